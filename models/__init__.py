@@ -1,0 +1,1 @@
+"""Networks: DeepLabv2 (ResNet backbones) compatible with the published checkpoints."""

@@ -1,0 +1,1 @@
+"""Lightning modules (one per training stage) and the data module that owns every loader."""

@@ -1,0 +1,33 @@
+"""Command-line plumbing shared by every entry point: user errors, size flags, exit codes."""
+import argparse
+import sys
+
+
+class UserError(Exception):
+    """A mistake in the user's input (a flag, a path, a file). Printed as one line, no traceback."""
+
+
+def input_size(text):
+    """Parse ``WIDTHxHEIGHT`` (e.g. ``1024x512``) into ``(width, height)``; an argparse ``type``."""
+    parts = str(text).lower().split("x")
+    if len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return int(parts[0]), int(parts[1])
+    raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1024x512, got {text!r}")
+
+
+def grid_size(text):
+    """Parse ``COLSxROWS`` (e.g. ``4x4``); same form as :func:`input_size`."""
+    return input_size(text)
+
+
+def run(main, argv=None):
+    """Call ``main(argv)``; turn a :class:`UserError` into ``error: ...`` on stderr and exit 2."""
+    try:
+        code = main(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished files are kept; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,69 @@
+"""Image and label files: OpenCV decoding with errors that name the file, atomic PNG writes."""
+import os
+import tempfile
+
+import cv2
+import numpy as np
+
+from utils.cli import UserError
+
+cv2.setNumThreads(1)  # loaders run in many worker processes; one thread each avoids oversubscription
+
+
+def read_image_bgr(path):
+    """Read a colour image as ``uint8`` H×W×3 in BGR order (OpenCV's and the network's order)."""
+    if not os.path.isfile(path):
+        raise UserError(f"image not found: {path}")
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"cannot read image (unreadable or truncated): {path}")
+    return image
+
+
+def read_label(path):
+    """Read a single-channel ``uint8`` label map (train ids or label ids) as H×W."""
+    if not os.path.isfile(path):
+        raise UserError(f"label not found: {path}")
+    label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise UserError(f"cannot read label (unreadable or truncated): {path}")
+    if label.ndim == 3:  # some tools save grey labels as three equal channels
+        label = label[:, :, 0]
+    return label
+
+
+def encode_png(array):
+    """Encode an H×W (grey) or H×W×3 (BGR) ``uint8`` array as PNG bytes."""
+    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(array))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` through a temporary file and a rename: never a truncated file."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_png(path, array):
+    """Atomically write a ``uint8`` label map (H×W) or BGR image (H×W×3) as PNG."""
+    atomic_write_bytes(path, encode_png(array))
+
+
+def write_rgb_png(path, rgb):
+    """Atomically write an RGB ``uint8`` image (H×W×3) as PNG."""
+    write_png(path, np.ascontiguousarray(rgb[:, :, ::-1]))
+
+
+def atomic_write_text(path, text):
+    atomic_write_bytes(path, text.encode("utf-8"))
