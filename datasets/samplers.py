@@ -1,0 +1,57 @@
+"""Samplers that shard data across processes without the duplicates a padded sampler adds.
+
+Evaluation and the data stages must see every image exactly once (padding with repeats changes
+mIoU and writes files twice); the hard patch stream of self-distillation cycles through the patch
+set so that every training step gets a fresh batch, and each rank gets different patches.
+"""
+import torch
+from torch.utils.data import Sampler
+
+
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + world_size, ...`` of a dataset: every index on exactly one rank."""
+
+    def __init__(self, dataset_len, rank=0, world_size=1):
+        self.indices = range(rank, dataset_len, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class CyclingSampler(Sampler):
+    """``num_samples`` indices per epoch and rank, taken from an endless stream of shuffled passes.
+
+    The stream is the concatenation of permutations seeded by ``seed + pass``; epoch ``e`` takes the
+    next ``num_samples * world_size`` positions of it and rank ``r`` every ``world_size``-th one, so
+    ranks never share a position and the stream continues where the previous epoch stopped.
+    """
+
+    def __init__(self, dataset_len, num_samples, rank=0, world_size=1, seed=0):
+        if dataset_len <= 0:
+            raise ValueError("CyclingSampler needs a non-empty dataset")
+        self.dataset_len, self.num_samples = dataset_len, num_samples
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def _permutation(self, k):
+        generator = torch.Generator().manual_seed(self.seed + k)
+        return torch.randperm(self.dataset_len, generator=generator)
+
+    def __iter__(self):
+        stride = self.num_samples * self.world_size
+        positions = range(self.epoch * stride + self.rank, (self.epoch + 1) * stride, self.world_size)
+        current_pass, permutation = None, None
+        for position in positions:
+            k, offset = divmod(position, self.dataset_len)
+            if k != current_pass:
+                current_pass, permutation = k, self._permutation(k)
+            yield int(permutation[offset])
+
+    def __len__(self):
+        return self.num_samples
