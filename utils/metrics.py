@@ -1,0 +1,140 @@
+"""Segmentation scores: the confusion matrix, IoU per class, mIoU and the CSV record (stage 8).
+
+The IoU maths lives here once and is shared by validation during training, ``--mode test`` and
+the scripts. It follows the official Cityscapes pixel-level evaluator: one confusion matrix over
+the whole split (ground-truth pixels marked ignore are skipped), IoU = TP / (TP + FP + FN) per
+class, and the mean taken over the classes whose IoU is defined (TP + FP + FN > 0).
+"""
+import csv
+import math
+import os
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from utils.cli import UserError
+from utils.labels import CLASS_NAMES, IGNORE_INDEX, MIOU13_EXCLUDED, MIOU16_EXCLUDED, NUM_CLASSES
+
+MEAN_COLUMNS = ("Mean", "Mean-16", "Mean-13")
+
+
+class ConfusionMatrix(Metric):
+    """Pixel counts ``confmat[ground truth, prediction]`` accumulated over many batches.
+
+    The state is summed across processes when ``compute()`` runs under ``torch.distributed``, so
+    every rank can evaluate its own shard of the split and all of them see the full matrix.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(self, num_classes=NUM_CLASSES, ignore_index=IGNORE_INDEX, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.add_state("confmat", default=torch.zeros(num_classes, num_classes, dtype=torch.long),
+                       dist_reduce_fx="sum")
+
+    def update(self, pred, target):
+        """Add a batch: ``pred`` and ``target`` are integer tensors of the same shape (train ids)."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
+        pred = pred.reshape(-1).to(device=self.confmat.device, dtype=torch.long)
+        target = target.reshape(-1).to(device=self.confmat.device, dtype=torch.long)
+        keep = target != self.ignore_index
+        pred, target = pred[keep], target[keep]
+        c = self.num_classes
+        # An out-of-range prediction would silently land in the next row of the flattened matrix.
+        if ((pred < 0) | (pred >= c) | (target < 0) | (target >= c)).any():
+            raise ValueError(f"labels must be in 0..{c - 1} (or {self.ignore_index} in the target)")
+        self.confmat += torch.bincount(target * c + pred, minlength=c * c).reshape(c, c)
+
+    def compute(self):
+        return self.confmat
+
+
+def iou_per_class(confmat):
+    """IoU of every class as a float64 array; ``nan`` where the class is absent from both the
+    ground truth and the prediction (TP + FP + FN == 0)."""
+    confmat = confmat.detach().cpu().numpy() if torch.is_tensor(confmat) else np.asarray(confmat)
+    confmat = confmat.astype(np.float64)
+    tp = np.diag(confmat)
+    union = confmat.sum(0) + confmat.sum(1) - tp
+    iou = np.full(len(tp), np.nan)
+    np.divide(tp, union, out=iou, where=union > 0)
+    return iou
+
+
+def _mean(values):
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def scores_from_confusion(confmat):
+    """Per-class IoU and the three means, all in percent (``nan`` where undefined).
+
+    ``miou16`` leaves out terrain, truck and train (the SYNTHIA protocol); ``miou13`` also wall,
+    fence and pole.
+    """
+    per_class = [float(v) * 100.0 for v in iou_per_class(confmat)]
+    classes = range(len(per_class))
+    return {
+        "per_class": per_class,
+        "miou": _mean(per_class),
+        "miou16": _mean(per_class[c] for c in classes if c not in MIOU16_EXCLUDED),
+        "miou13": _mean(per_class[c] for c in classes if c not in MIOU13_EXCLUDED),
+    }
+
+
+def _class_names(num_classes):
+    return CLASS_NAMES if num_classes == len(CLASS_NAMES) else tuple(f"class {k}" for k in range(num_classes))
+
+
+def format_table(scores, title=None):
+    """A plain-text table: one line per class with its IoU, then mIoU, mIoU-16 and mIoU-13."""
+    names = _class_names(len(scores["per_class"]))
+    width = max(len(n) for n in names + ("mIoU-16",))
+    lines = [title] if title else []
+    lines.append(f"{'class':<{width}}  IoU (%)")
+    lines.append("-" * (width + 9))
+    lines += [f"{name:<{width}}  {iou:7.2f}" for name, iou in zip(names, scores["per_class"])]
+    lines.append("-" * (width + 9))
+    for label, key in (("mIoU", "miou"), ("mIoU-16", "miou16"), ("mIoU-13", "miou13")):
+        lines.append(f"{label:<{width}}  {scores[key]:7.2f}")
+    return "\n".join(lines)
+
+
+def record_header(num_classes=NUM_CLASSES):
+    return list(_class_names(num_classes)) + list(MEAN_COLUMNS)
+
+
+def append_record(csv_path, scores):
+    """Append one evaluation (per-class IoUs and the three means, in percent) to a CSV record,
+    creating the file and its header on first use."""
+    header = record_header(len(scores["per_class"]))
+    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    if os.path.isfile(csv_path) and os.path.getsize(csv_path) > 0:
+        with open(csv_path, newline="") as f:
+            existing = next(csv.reader(f), [])
+        if existing != header:
+            raise UserError(f"{csv_path} has a different header (not a record of {len(scores['per_class'])} classes); "
+                            "choose another record file")
+        new_file = False
+    else:
+        new_file = True
+    values = list(scores["per_class"]) + [scores["miou"], scores["miou16"], scores["miou13"]]
+    with open(csv_path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new_file:
+            writer.writerow(header)
+        writer.writerow([f"{v:.2f}" for v in values])
+
+
+def read_record(csv_path):
+    """Read a record written by :func:`append_record`: a list of ``{column: float}`` rows."""
+    with open(csv_path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        return [dict(zip(header, map(float, row))) for row in reader if row]
