@@ -1,0 +1,126 @@
+"""Stage 1, label preparation: convert label-id images to the 19 Cityscapes train ids.
+
+    python utils/transfer_trainid.py --dataset cityscapes \\
+        --ori-label-root ./data/Cityscapes/gtFine --dst-label-root ./data/Cityscapes/gtFine2
+
+Cityscapes: every ``*_gtFine_labelIds.png`` under the root (all splits) is converted through the
+official label table (``cityscapesscripts``) into a mirror tree with the same file names; the
+other gtFine files are not copied. ``--dataset gta5`` converts every ``*.png`` of a GTA5 labels
+folder (same label ids) and ``--dataset synthia`` the 16-bit SYNTHIA ``GT/LABELS`` files. Ignored
+classes become 255. Finished files are skipped on a rerun unless ``--overwrite``.
+
+The source datasets (``datasets/source.py``) reuse the readers below to convert on the fly.
+"""
+import argparse
+import fnmatch
+import os
+import sys
+from multiprocessing import Pool
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import cv2  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from utils.cli import UserError, run  # noqa: E402
+from utils.io import read_label, write_png  # noqa: E402
+from utils.labels import LABEL_ID_LUTS  # noqa: E402
+
+PATTERNS = {"cityscapes": "*_gtFine_labelIds.png", "gta5": "*.png", "synthia": "*.png"}
+_LUTS = {}
+
+
+def read_synthia_label_ids(path):
+    """SYNTHIA class ids (H×W, ``uint16``) from a GT/LABELS file: its red channel."""
+    if not os.path.isfile(path):
+        raise UserError(f"label not found: {path}")
+    label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise UserError(f"cannot read label (unreadable or truncated): {path}")
+    if label.ndim == 3:
+        label = label[:, :, 2]  # OpenCV orders channels BGR(A): red is the third
+    return label
+
+
+def label_ids_to_train_ids(label_ids, lut, path):
+    """Map a label-id map through a 256-entry table (``utils.labels``) to ``uint8`` train ids."""
+    if label_ids.size and int(label_ids.max()) >= len(lut):
+        raise UserError(f"label ids above {len(lut) - 1} in {path} (max {int(label_ids.max())}): "
+                        f"not a label-id file of this dataset")
+    return lut[label_ids]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(PATTERNS), default="cityscapes",
+                        help="whose label ids the files hold (default: %(default)s)")
+    parser.add_argument("--ori-label-root", default="./data/Cityscapes/gtFine",
+                        help="folder of label-id images, searched recursively (default: %(default)s)")
+    parser.add_argument("--dst-label-root", default="./data/Cityscapes/gtFine2",
+                        help="where the train-id mirror tree goes (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="parallel processes (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="convert files that already exist in the destination")
+    return parser.parse_args(argv)
+
+
+def find_label_files(root, dataset, exclude=None):
+    """Sorted paths relative to ``root`` of the dataset's label-id files, skipping ``exclude``."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if exclude is not None:
+            dirnames[:] = [d for d in dirnames if os.path.abspath(os.path.join(dirpath, d)) != exclude]
+        found += [os.path.relpath(os.path.join(dirpath, f), root)
+                  for f in fnmatch.filter(filenames, PATTERNS[dataset])]
+    return sorted(found)
+
+
+def convert_file(src, dst, dataset):
+    """Read one label-id file and atomically write its train ids as a ``uint8`` PNG."""
+    if dataset not in _LUTS:
+        _LUTS[dataset] = LABEL_ID_LUTS[dataset]()
+    label_ids = read_synthia_label_ids(src) if dataset == "synthia" else read_label(src)
+    write_png(dst, label_ids_to_train_ids(label_ids, _LUTS[dataset], src))
+
+
+def _convert_job(job):
+    src, dst, dataset, overwrite = job
+    if not overwrite and os.path.isfile(dst):
+        return False
+    convert_file(src, dst, dataset)
+    return True
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    src_root, dst_root = args.ori_label_root, args.dst_label_root
+    if not os.path.isdir(src_root):
+        raise UserError(f"--ori-label-root: folder not found: {src_root}")
+    if os.path.abspath(src_root) == os.path.abspath(dst_root):
+        raise UserError(f"--dst-label-root must differ from --ori-label-root (both {src_root}): "
+                        f"the label ids would be overwritten")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    files = find_label_files(src_root, args.dataset, exclude=os.path.abspath(dst_root))
+    if not files:
+        raise UserError(f"--ori-label-root: no label files matching {PATTERNS[args.dataset]} under {src_root}")
+
+    jobs = [(os.path.join(src_root, rel), os.path.join(dst_root, rel), args.dataset, args.overwrite)
+            for rel in files]
+    progress = dict(total=len(jobs), unit="file", desc=f"{args.dataset} label ids -> train ids")
+    if args.workers == 1 or len(jobs) == 1:
+        done = [_convert_job(job) for job in tqdm(jobs, **progress)]
+    else:
+        with Pool(min(args.workers, len(jobs))) as pool:
+            done = list(tqdm(pool.imap_unordered(_convert_job, jobs, chunksize=16), **progress))
+    converted = sum(done)
+    skipped = len(done) - converted
+    note = " (already there; --overwrite redoes them)" if skipped else ""
+    print(f"converted {converted}, skipped {skipped}{note}, total {len(done)} -> {dst_root}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
