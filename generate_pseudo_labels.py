@@ -1,0 +1,67 @@
+"""Stage 2: the provider's pseudo-labels for the target training images.
+
+    python generate_pseudo_labels.py            # published defaults: ./pretrained/gta5_only.pth on
+                                                # ./data/Cityscapes train -> ./experiments/gta5_pseudo_label/
+    python generate_pseudo_labels.py --restore-from W --save DIR [--multiscale] [--accelerator gpu --devices 4]
+
+Writes ``label_ids/<split>/…`` (train ids), ``label_color/<split>/…``, ``easy.txt``, ``hard.txt`` and
+``summary.json`` under ``--save`` (see ``utils/pseudo_labels.py``). Rerunning the same command after
+an interruption finishes the missing images only.
+"""
+import argparse
+import os
+import sys
+
+from utils.cli import UserError, run
+
+
+def build_parser():
+    from utils.prediction import add_hardware_args
+    from utils.pseudo_labels import add_labelling_args, add_target_args
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target_args(parser)
+    parser.add_argument("--restore-from", default="./pretrained/gta5_only.pth",
+                        help="the provider's weights: a state dict or a Lightning checkpoint (default: %(default)s)")
+    parser.add_argument("--save", default="./experiments/gta5_pseudo_label/", help="output folder (default: %(default)s)")
+    parser.add_argument("--label-root", default=None,
+                        help="ground truth in train ids, <label-root>/<split>/<city>/<stem>_gtFine_labelIds.png, to "
+                             "score the pseudo-labels when it exists (default: <data-dir>/gtFine2)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier run in --save instead of resuming it")
+    add_labelling_args(parser)
+    add_hardware_args(parser)
+    return parser
+
+
+def report(result, summary, scores, truth_note):
+    total, skipped = len(result["names"]), result["skipped"]
+    print(f"pseudo-labels: {total} images ({total - skipped} labelled now, {skipped} already done)")
+    print(f"easy: {summary['easy']}, hard: {summary['hard']} (median entropy {summary['median_entropy']})")
+    print("pixel share per class (%):")
+    for name, share in summary["class_pixel_share"].items():
+        print(f"  {name:<14} {100 * share:6.2f}")
+    if scores is None:
+        print(f"no quality report: {truth_note}")
+    else:
+        from utils.metrics import format_table
+        print(format_table(scores, title=f"pseudo-labels against {truth_note} (at ground-truth resolution)"))
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from utils.pseudo_labels import generate, write_report
+
+    label_root = args.label_root or os.path.join(args.data_dir, "gtFine2")
+    if args.label_root and not os.path.isdir(os.path.join(label_root, args.split)):
+        raise UserError(f"--label-root: folder not found: {os.path.join(label_root, args.split)}")
+    result = generate(args, args.save)
+    if result is None:  # a secondary process of a multi-device run: the first one reports
+        return 0
+    summary, scores, truth_note = write_report(args.save, args.split, result, args, label_root)
+    report(result, summary, scores, truth_note)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main, sys.argv[1:])

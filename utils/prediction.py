@@ -1,0 +1,285 @@
+"""Lightning prediction machinery of the data stages (stage 2 pseudo-labels, stage 5 hard patches).
+
+Both stages run the provider's network over every target training image and write files per
+image. What they share lives here:
+
+- :class:`PredictionModule`: the network wrapped for ``Trainer.predict``; a step returns the
+  argmax labels and the mean per-pixel entropy of the (flip- and scale-augmented) logits.
+- :class:`PredictionData`: a data module that gives each image to exactly one process (no padded
+  duplicates: every file is written once) and leaves out the batches an earlier run finished.
+- :class:`RecordWriter`: a ``BasePredictionWriter`` base that writes each image's files on the
+  process that predicted it, then appends one line per image to that process's record file
+  (flushed and synced), so that an interrupted run resumes where it stopped.
+- :func:`run_predict`: the ``Trainer`` (devices, nodes, precision, progress bar) around them.
+"""
+import glob
+import json
+import os
+import shutil
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from datasets.samplers import ShardSampler
+from utils.cli import UserError
+from utils.inference import entropy_map, predict_logits
+from utils.io import atomic_write_text
+
+
+def devices(text):
+    """``--devices``: a count, ``auto``, or a comma-separated list of device indices."""
+    return text if text == "auto" or "," in text else int(text)
+
+
+def add_hardware_args(parser):
+    """Flags of batched prediction on one or many devices (shared by the data-stage scripts)."""
+    group = parser.add_argument_group("hardware")
+    group.add_argument("--batch-size", type=int, default=1, help="images per prediction step and device (default: %(default)s)")
+    group.add_argument("--num-workers", type=int, default=4, help="data loader processes per device (default: %(default)s)")
+    group.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
+    group.add_argument("--devices", type=devices, default="auto",
+                       help="number of devices per node, a list such as 0,1, or auto (default: %(default)s)")
+    group.add_argument("--num-nodes", type=int, default=1, help="number of machines (default: %(default)s)")
+    group.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: %(default)s)")
+    group.add_argument("--precision", default="32-true",
+                       help="32-true as published, or bf16-mixed for speed on recent GPUs (default: %(default)s)")
+    return group
+
+
+def check_hardware_args(args):
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise UserError(f"--num-workers must be at least 0, got {args.num_workers}")
+
+
+class PredictionModule(pl.LightningModule):
+    """The provider's network for ``Trainer.predict``.
+
+    Logits are ``net(x) + flip(net(flip(x)))`` at the input size (``flip=True``, the published
+    pseudo-label computation); with several ``scales`` the input is also resized by each factor
+    (bilinear), the flip-augmented logits of each scale are resized back to the input size and
+    averaged. A step returns ``name`` (list), ``label`` (uint8 N×H×W train ids, CPU) and
+    ``entropy`` (float64 N, CPU: mean per-pixel entropy of the softmax of those logits).
+    """
+
+    def __init__(self, net, flip=True, scales=(1.0,)):
+        super().__init__()
+        self.net = net
+        self.flip = flip
+        self.scales = tuple(scales)
+
+    def logits(self, images):
+        height, width = images.shape[-2:]
+        total = None
+        for scale in self.scales:
+            scaled = images
+            if scale != 1.0:
+                size = (max(1, round(height * scale)), max(1, round(width * scale)))
+                scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            logits = predict_logits(self.net, scaled, size=(height, width), flip=self.flip).float()
+            total = logits if total is None else total + logits
+        return total if len(self.scales) == 1 else total / len(self.scales)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        if "error" in batch:
+            raise UserError(batch["error"])
+        logits = self.logits(batch["image"])
+        return {"name": list(batch["name"]),
+                "label": logits.argmax(dim=1).to(torch.uint8).cpu(),
+                # Averaged in double: the value is written out in full and decides the easy/hard split.
+                "entropy": entropy_map(logits).double().mean(dim=(1, 2)).cpu()}
+
+
+class _ErrorsAsItems(Dataset):
+    """Turns a user error inside a loader process into an item, so that it reaches the user as the
+    original one-line message instead of a worker traceback."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except UserError as err:
+            return {"error": str(err)}
+
+
+def collate(samples):
+    """Stack images (and labels) of a batch; keep names as a list; pass the first error on."""
+    errors = [s["error"] for s in samples if "error" in s]
+    if errors:
+        return {"error": errors[0]}
+    batch = {"name": [s["name"] for s in samples], "index": torch.tensor([s["index"] for s in samples])}
+    for key in ("image", "label"):
+        if key in samples[0]:
+            batch[key] = torch.stack([s[key] for s in samples])
+    return batch
+
+
+def shard_batches(names, batch_size, rank=0, world_size=1, done=frozenset()):
+    """Index batches of this process: its shard (``rank::world_size``) cut into consecutive batches,
+    without the batches whose images are all in ``done``.
+
+    A batch with one unfinished image is predicted whole, so every image is always computed in the
+    same batch company as in an uninterrupted run: the results are bit-identical after a resume.
+    """
+    shard = list(ShardSampler(len(names), rank, world_size))
+    batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
+    return [batch for batch in batches if not all(names[i] in done for i in batch)]
+
+
+class _Indices(Sampler):
+    def __init__(self, indices):
+        self.indices = list(indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class PredictionData(pl.LightningDataModule):
+    """One loader over ``dataset`` (items are dicts with ``name``), sharded per process."""
+
+    def __init__(self, dataset, names, batch_size=1, num_workers=0, done=frozenset()):
+        super().__init__()
+        self.dataset, self.names = dataset, list(names)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.done = frozenset(done)
+
+    def predict_dataloader(self):
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batches = shard_batches(self.names, self.batch_size, rank, world, self.done)
+        # Only a shard's last batch can be short, so batching the concatenation again gives back
+        # exactly these batches.
+        indices = _Indices(i for batch in batches for i in batch)
+        return DataLoader(_ErrorsAsItems(self.dataset), batch_size=self.batch_size, sampler=indices,
+                          num_workers=self.num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available())
+
+
+# -- per-image records -------------------------------------------------------------------------------
+# A record is one tab-separated line ``name<TAB>field...``. Each process appends to its own file, so
+# no two processes ever write the same file. Only newline-terminated lines count: a run killed in
+# the middle of a write leaves at most a torn last line, which readers ignore and writers cut off.
+
+def _cut_torn_tail(path):
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+class RecordFile:
+    """Append-only record file of one process."""
+
+    def __init__(self, path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if os.path.exists(path):
+            _cut_torn_tail(path)
+        self.file = open(path, "a", encoding="utf-8")
+
+    def append(self, rows):
+        """Append rows (``(name, field, ...)`` tuples of strings) and make them durable."""
+        if not rows:
+            return
+        self.file.write("".join("\t".join(row) + "\n" for row in rows))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self):
+        if not self.file.closed:
+            self.file.close()
+
+
+def read_records(folder):
+    """All records under ``folder/*.tsv`` as ``{name: [field, ...]}`` (one entry per name)."""
+    records = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.tsv"))):
+        with open(path, "r", encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break
+                row = line.rstrip("\n").split("\t")
+                if len(row) >= 2 and row[0]:
+                    records[row[0]] = row[1:]
+    return records
+
+
+class RecordWriter(BasePredictionWriter):
+    """Writes the files of each predicted batch, then records its images in ``record_dir/<rank>.tsv``.
+
+    Subclasses implement :meth:`write_batch` (files of one batch, returning one record row per
+    image). A record is appended only after the image's files exist, so "recorded" means "done".
+    At the end of prediction all processes wait for each other, so that the first one can read
+    every record.
+    """
+
+    def __init__(self, record_dir):
+        super().__init__(write_interval="batch")
+        self.record_dir = record_dir
+        self.records = None
+
+    def write_batch(self, prediction, batch):
+        raise NotImplementedError
+
+    def setup(self, trainer, pl_module, stage):
+        self.records = RecordFile(os.path.join(self.record_dir, f"{trainer.global_rank}.tsv"))
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        self.records.append(self.write_batch(prediction, batch))
+
+    def on_predict_end(self, trainer, pl_module):
+        self.records.close()
+        trainer.strategy.barrier("records-written")
+
+    def teardown(self, trainer, pl_module, stage):
+        if self.records is not None:
+            self.records.close()
+
+
+def claim_folder(folder, settings, overwrite, remove=()):
+    """Start or continue a run whose state lives in ``folder``.
+
+    A rerun must use the same ``settings`` (a JSON-able dict of what decides the results), else old
+    and new outputs would mix; ``overwrite`` first removes the paths in ``remove`` and the state.
+    """
+    path = os.path.join(folder, "settings.json")
+    text = json.dumps(settings, indent=1, sort_keys=True) + "\n"
+    if overwrite:
+        for target in (*remove, folder):
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.isfile(target):
+                os.remove(target)
+    elif os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            previous = f.read()
+        if previous != text:
+            raise UserError(f"--save holds results made with other settings ({path}); add --overwrite to "
+                            "replace them, or choose another --save")
+    atomic_write_text(path, text)
+
+
+def run_predict(module, data, writer, args):
+    """Predict ``data`` with ``module`` on the devices of ``args`` (see :func:`add_hardware_args`),
+    ``writer`` writing the files. Returns ``True`` in the first process (the one that should report),
+    ``False`` in the others."""
+    try:
+        trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
+                             strategy=args.strategy, precision=args.precision, callbacks=[writer],
+                             logger=False, enable_checkpointing=False, enable_model_summary=False,
+                             enable_progress_bar=True, use_distributed_sampler=False)
+    except (MisconfigurationException, ValueError) as err:
+        raise UserError(f"--accelerator/--devices/--strategy/--precision: {err}") from None
+    trainer.predict(module, datamodule=data, return_predictions=False)
+    return trainer.is_global_zero

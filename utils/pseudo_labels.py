@@ -1,0 +1,304 @@
+"""Stage 2 of the method: the provider's pseudo-labels for the target images.
+
+The provider network predicts every image of a split with horizontal-flip test-time augmentation
+(logits(x) + flip(logits(flip(x))), optionally averaged over several input scales), at the input
+size. For each image ``<city>/<stem>`` the run writes, under ``--save``:
+
+- ``label_ids/<split>/<city>/<stem>_gtFine_labelIds.png``: the argmax, uint8 train ids;
+- ``label_color/<split>/<city>/<stem>_gtFine_labelIds.png``: the same in the Cityscapes colours;
+
+and at the end ``easy.txt`` / ``hard.txt``: the images ranked by the mean per-pixel entropy of the
+softmax of those logits, lines ``<city>/<stem> <entropy>`` in ascending entropy; the lower half
+(``n // 2`` images) is easy, the rest hard. ``summary.json`` holds the pixel share of every class
+and, where ground truth exists, the pseudo-labels' IoU against it. For a split other than
+``train`` these three files are named ``easy_<split>.txt``, ``hard_<split>.txt``,
+``summary_<split>.json``.
+
+A run can be interrupted at any point and resumed by rerunning the same command: each finished
+image is recorded (its entropy in full precision and its class pixel counts) in
+``.state/<split>/<rank>.tsv`` after its files were written atomically, so the resumed run
+predicts only what is missing and its result is identical, byte for byte, to an uninterrupted run.
+"""
+import json
+import os
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datasets.cityscapes import LABEL_SUFFIX, CityscapesDataset
+from datasets.transforms import resize_label
+from models.deeplabv2 import get_deeplabv2
+from utils.cli import UserError, input_size
+from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
+from utils.labels import CLASS_NAMES, IGNORE_INDEX, colorize
+from utils.metrics import ConfusionMatrix, scores_from_confusion
+from utils.prediction import (PredictionData, PredictionModule, RecordWriter, check_hardware_args, claim_folder,
+                              read_records, run_predict)
+
+
+
+# -- flags shared by the data-stage scripts ---------------------------------------------------------------
+
+def add_target_args(parser, data_list_help=""):
+    """``--data-dir``, ``--data-list``, ``--split``: the target images to label."""
+    group = parser.add_argument_group("target images")
+    group.add_argument("--data-dir", default="./data/Cityscapes",
+                       help="Cityscapes root containing leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png "
+                            "(default: %(default)s)")
+    group.add_argument("--data-list", default=None, metavar="FILE",
+                       help="image list, one <city>/<stem>_leftImg8bit.png per line (default: "
+                            "./datasets/list/cityscapes/<split>.txt; the image folder is scanned when it is absent)"
+                            + data_list_help)
+    group.add_argument("--split", default="train", help="split to label (default: %(default)s)")
+    return group
+
+
+def scales(text):
+    return tuple(float(s) for s in text.split(",") if s.strip())
+
+
+def add_labelling_args(parser):
+    """The network and how it predicts: the pseudo-label computation, shared by both data stages."""
+    group = parser.add_argument_group("provider network")
+    group.add_argument("--arch", default="deeplabv2_r101",
+                       help="deeplabv2_r101 (published), deeplabv2_r50, or deeplabv2_tiny (default: %(default)s)")
+    group.add_argument("--num-classes", type=int, default=19, help="number of train ids (default: %(default)s)")
+    group.add_argument("--head-branches", type=int, choices=(2, 4), default=2,
+                       help="ASPP branches summed in the head: 2 as the published checkpoints were made, or 4 "
+                            "(default: %(default)s)")
+    group.add_argument("--input-size", type=input_size, default=(1024, 512), metavar="WxH",
+                       help="images are resized (bicubic) to WIDTHxHEIGHT; labels are written at this size "
+                            "(default: 1024x512)")
+    group.add_argument("--no-flip", dest="flip", action="store_false",
+                       help="leave out the horizontal-flip test-time augmentation (published: flip on)")
+    group.add_argument("--multiscale", action="store_true",
+                       help="average the flip-augmented logits over the input scales of --scales")
+    group.add_argument("--scales", type=scales, default=(0.75, 1.0, 1.25), metavar="S,S,...",
+                       help="input scale factors of --multiscale (default: 0.75,1.0,1.25)")
+    return group
+
+
+# -- inputs ---------------------------------------------------------------------------------------------
+
+def image_root_of(args):
+    """``<data-dir>/leftImg8bit``, checked to contain the split."""
+    if not os.path.isdir(args.data_dir):
+        raise UserError(f"--data-dir: folder not found: {args.data_dir}")
+    image_root = os.path.join(args.data_dir, "leftImg8bit")
+    if not os.path.isdir(os.path.join(image_root, args.split)):
+        raise UserError(f"--data-dir: no images of split {args.split!r}: folder not found: "
+                        f"{os.path.join(image_root, args.split)}")
+    return image_root
+
+
+def list_root_of(args):
+    """The folder holding ``<split>.txt`` for the dataset classes, from ``--data-list``."""
+    if args.data_list is None:
+        return os.path.join(".", "datasets", "list", "cityscapes")
+    if not os.path.isfile(args.data_list):
+        raise UserError(f"--data-list: file not found: {args.data_list}")
+    if os.path.basename(args.data_list) != f"{args.split}.txt":
+        raise UserError(f"--data-list: the list of split {args.split!r} must be named {args.split}.txt, "
+                        f"got {args.data_list}")
+    return os.path.dirname(args.data_list) or "."
+
+
+def target_dataset(args, pseudo_label_root=None):
+    """The split's images at the input size (and the pseudo-labels of ``pseudo_label_root``)."""
+    image_root = image_root_of(args)
+    dataset = CityscapesDataset(image_root, args.split, input_size=args.input_size, list_root=list_root_of(args),
+                                pseudo_label_root=pseudo_label_root, num_classes=args.num_classes)
+    # Only the file signatures are read here (cheap): a file that is no image at all fails before
+    # anything is written; a damaged image stops the run when it is reached.
+    for image_path, _, _ in dataset.samples:
+        if not cv2.haveImageReader(image_path):
+            raise UserError(f"cannot read image (not an image file): {image_path}")
+    return dataset
+
+
+def load_network(args):
+    """The provider network with ``--restore-from`` loaded (errors name the file and the keys)."""
+    if not args.restore_from:
+        raise UserError("--restore-from: the provider's weight file is needed")
+    if not os.path.isfile(args.restore_from):
+        raise UserError(f"--restore-from: weight file not found: {args.restore_from}")
+    return get_deeplabv2(num_classes=args.num_classes, restore_from=args.restore_from, arch=args.arch,
+                         head_branches=args.head_branches)
+
+
+def check_labelling_args(args):
+    check_hardware_args(args)
+    if args.multiscale and (not args.scales or any(s <= 0 for s in args.scales)):
+        raise UserError(f"--scales must be positive factors such as 0.75,1.0,1.25, got {args.scales}")
+
+
+# -- outputs --------------------------------------------------------------------------------------------
+
+def label_path(save, kind, split, name):
+    """``<save>/<kind>/<split>/<city>/<stem>_gtFine_labelIds.png`` (kind: label_ids or label_color)."""
+    return os.path.join(save, kind, split, name + LABEL_SUFFIX)
+
+
+def report_names(save, split):
+    suffix = "" if split == "train" else f"_{split}"
+    return {key: os.path.join(save, f"{key}{suffix}.{ext}")
+            for key, ext in (("easy", "txt"), ("hard", "txt"), ("summary", "json"))}
+
+
+def state_dir(save, split):
+    return os.path.join(save, ".state", split)
+
+
+def settings_of(args):
+    """What decides the labels: a rerun into the same folder must use the same."""
+    return {"restore_from": os.path.abspath(args.restore_from), "arch": args.arch, "num_classes": args.num_classes,
+            "head_branches": args.head_branches, "input_size": list(args.input_size), "flip": args.flip,
+            "scales": list(args.scales) if args.multiscale else [1.0], "precision": args.precision}
+
+
+class PseudoLabelWriter(RecordWriter):
+    """Writes label_ids (and label_color) PNGs; records ``name, entropy, class pixel counts``."""
+
+    def __init__(self, save, split, num_classes, write_color=True):
+        super().__init__(state_dir(save, split))
+        self.save, self.split, self.num_classes, self.write_color = save, split, num_classes, write_color
+
+    def write_batch(self, prediction, batch):
+        rows = []
+        for name, label, entropy in zip(prediction["name"], prediction["label"], prediction["entropy"]):
+            label = label.numpy()
+            write_png(label_path(self.save, "label_ids", self.split, name), label)
+            if self.write_color:
+                write_rgb_png(label_path(self.save, "label_color", self.split, name), colorize(label))
+            counts = np.bincount(label.ravel(), minlength=self.num_classes)[:self.num_classes]
+            # repr keeps every digit: the ranking read back after a resume is the same ranking.
+            rows.append((name, repr(float(entropy)), ",".join(str(int(c)) for c in counts)))
+        return rows
+
+
+def finished(save, split, names, write_color=True):
+    """Images whose files exist and whose record is complete."""
+    records = read_records(state_dir(save, split))
+    done = set()
+    for name in names:
+        if name in records and os.path.isfile(label_path(save, "label_ids", split, name)) and (
+                not write_color or os.path.isfile(label_path(save, "label_color", split, name))):
+            done.add(name)
+    return done
+
+
+def generate(args, save, write_color=True):
+    """Label every image of ``args.split`` into ``save`` (resuming a previous run).
+
+    Inputs are checked first; nothing is written when they are wrong. Returns ``None`` in every
+    process but the first, which gets ``{"names", "records", "skipped"}``: the listed images, their
+    records (``[entropy, counts]`` as strings) and how many were already done before this run.
+    """
+    check_labelling_args(args)
+    dataset = target_dataset(args)
+    names = dataset.names
+    net = load_network(args)
+    claim_folder(state_dir(save, args.split), settings_of(args), args.overwrite,
+                 remove=[os.path.join(save, kind, args.split) for kind in ("label_ids", "label_color")]
+                 + list(report_names(save, args.split).values()))
+    done = finished(save, args.split, names, write_color)
+    first = True
+    if len(done) < len(names):
+        module = PredictionModule(net, flip=args.flip, scales=args.scales if args.multiscale else (1.0,))
+        data = PredictionData(dataset, names, args.batch_size, args.num_workers, done)
+        writer = PseudoLabelWriter(save, args.split, args.num_classes, write_color)
+        first = run_predict(module, data, writer, args)
+    if not first:
+        return None
+    records = read_records(state_dir(save, args.split))
+    missing = [name for name in names if name not in records]
+    if missing:
+        raise RuntimeError(f"{len(missing)} images have no pseudo-label (first: {missing[0]}); rerun to complete them")
+    return {"names": names, "records": {name: records[name] for name in names}, "skipped": len(done)}
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+def rank_by_entropy(records):
+    """``(easy, hard)``: lists of ``(name, entropy text)`` in ascending entropy (ties by name); the
+    lower ``n // 2`` are easy."""
+    ranking = sorted(((name, fields[0]) for name, fields in records.items()), key=lambda r: (float(r[1]), r[0]))
+    half = len(ranking) // 2
+    return ranking[:half], ranking[half:]
+
+
+def class_pixels(records, num_classes):
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for fields in records.values():
+        counts += np.array([int(c) for c in fields[1].split(",")], dtype=np.int64)
+    return counts
+
+
+class _LabelPairs(Dataset):
+    def __init__(self, pairs):
+        self.pairs = pairs
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        prediction_path, truth_path = self.pairs[index]
+        truth = read_label(truth_path)
+        # Nearest upsampling to the ground truth's own resolution, as evaluation compares there.
+        prediction = resize_label(read_label(prediction_path), (truth.shape[1], truth.shape[0]))
+        return torch.from_numpy(prediction), torch.from_numpy(truth)
+
+
+def ground_truth_scores(save, split, names, label_root, num_classes, num_workers=0):
+    """IoU of the pseudo-labels against the ground-truth train ids of ``label_root``; ``None`` when
+    that ground truth is absent or incomplete (the second value says why)."""
+    truth_dir = os.path.join(label_root, split)
+    if not os.path.isdir(truth_dir):
+        return None, f"no ground truth at {truth_dir}"
+    pairs = [(label_path(save, "label_ids", split, name), os.path.join(truth_dir, name + LABEL_SUFFIX))
+             for name in names]
+    absent = [truth for _, truth in pairs if not os.path.isfile(truth)]
+    if absent:
+        return None, f"ground truth incomplete: {len(absent)} of {len(pairs)} files missing (first: {absent[0]})"
+    confusion = ConfusionMatrix(num_classes, IGNORE_INDEX)
+    loader = DataLoader(_LabelPairs(pairs), batch_size=None, num_workers=num_workers)
+    for prediction, truth in loader:
+        confusion.update(prediction, truth)
+    return scores_from_confusion(confusion.compute()), truth_dir
+
+
+def _finite(value):
+    return None if value != value else round(value, 4)  # JSON has no NaN
+
+
+def write_report(save, split, result, args, label_root):
+    """easy/hard lists and the summary; returns the summary (a dict) and the ground-truth scores."""
+    records, names = result["records"], result["names"]
+    files = report_names(save, split)
+    easy, hard = rank_by_entropy(records)
+    for key, rows in (("easy", easy), ("hard", hard)):
+        atomic_write_text(files[key], "".join(f"{name} {entropy}\n" for name, entropy in rows))
+
+    counts = class_pixels(records, args.num_classes)
+    class_names = CLASS_NAMES if args.num_classes == len(CLASS_NAMES) else [f"class {k}" for k in range(args.num_classes)]
+    share = counts / max(1, counts.sum())
+    scores, truth_note = ground_truth_scores(save, split, names, label_root, args.num_classes, args.num_workers)
+    summary = {
+        "split": split, "images": len(names), "input_size": "x".join(map(str, args.input_size)),
+        "restore_from": args.restore_from, "flip": args.flip,
+        "scales": list(args.scales) if args.multiscale else [1.0],
+        "easy": len(easy), "hard": len(hard),
+        "median_entropy": float(hard[0][1]) if hard else None,
+        "class_pixel_share": {n: round(float(s), 6) for n, s in zip(class_names, share)},
+        "ground_truth": None,
+    }
+    if scores is not None:
+        summary["ground_truth"] = {
+            "label_root": truth_note, "compared_at": "ground-truth resolution (pseudo-labels upsampled, nearest)",
+            "iou": {n: _finite(v) for n, v in zip(class_names, scores["per_class"])},
+            "miou": _finite(scores["miou"]), "miou16": _finite(scores["miou16"]), "miou13": _finite(scores["miou13"]),
+        }
+    atomic_write_text(files["summary"], json.dumps(summary, indent=1) + "\n")
+    return summary, scores, truth_note
