@@ -17,8 +17,8 @@ device the batch lives on. Input and output: RGB images in [0, 1], N×3×H×W.
   1024×512), reflect padding. Implemented as one grouped convolution over all samples.
 
 Randomness is drawn with the caller's ``generator`` on its device (or on the images' device when
-none is given) and then moved; no value is read back to the host. Half-precision input is
-processed in float32 and returned in its own dtype.
+none is given) and then moved with a non-blocking copy; no value is read back to the host.
+Half-precision input is processed in float32 and returned in its own dtype.
 """
 import math
 
@@ -116,7 +116,7 @@ def photometric_augment(images, generator=None, jitter_p=0.8, strength=0.25, blu
     n, device = images.shape[0], images.device
     rand_device = generator.device if generator is not None else device
     # one draw for everything, so a seeded generator reproduces the whole augmentation
-    u = torch.rand(n, 7, generator=generator, device=rand_device).to(device)
+    u = torch.rand(n, 7, generator=generator, device=rand_device).to(device, non_blocking=True)
     work = images if images.dtype in (torch.float32, torch.float64) else images.float()
     u = u.to(work.dtype)
 

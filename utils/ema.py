@@ -24,7 +24,9 @@ def _pairs(teacher_tensors, student_tensors, kind):
     if len(teacher_tensors) != len(student_tensors) or any(
         t.shape != s.shape for t, s in zip(teacher_tensors, student_tensors)
     ):
-        raise ValueError(f"EMA teacher and student {kind} do not match: the two networks must have the same architecture")
+        raise ValueError(
+            f"EMA teacher and student {kind} do not match: the two networks must have the same architecture"
+        )
     return teacher_tensors, student_tensors
 
 

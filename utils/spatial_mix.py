@@ -12,9 +12,10 @@ Split points: ``x = floor(W * (0.2 + 0.6 * b_x))`` and ``y = floor(H * (0.2 + 0.
 ``[0, x)`` and rows ``[0, y)`` belong to the left and top quadrants.
 
 Randomness is drawn with the caller's ``generator`` on the generator's device (or on the data's
-device when no generator is given) and only then moved, so nothing waits on the host. Beta
-samples come from ``torch._sample_dirichlet`` (the sampler behind ``torch.distributions.Beta``),
-which, unlike the distribution object, accepts a generator and therefore makes runs reproducible.
+device when no generator is given) and only then moved with a non-blocking copy, so nothing
+waits on the host. Beta samples come from ``torch._sample_dirichlet`` (the sampler behind
+``torch.distributions.Beta``), which, unlike the distribution object, accepts a generator and
+therefore makes runs reproducible.
 """
 import torch
 
@@ -61,7 +62,8 @@ def _draw(n, h, w, position_beta, generator=None, device=None):
     else:
         xs = torch.full((n,), w // 2, dtype=torch.long, device=rand_device)
         ys = torch.full((n,), h // 2, dtype=torch.long, device=rand_device)
-    return others.to(device), xs.to(device), ys.to(device)
+    # non_blocking: a blocking host-to-device copy would wait for the whole GPU queue
+    return tuple(t.to(device, non_blocking=True) for t in (others, xs, ys))
 
 
 def _source_map(others, xs, ys, h, w):
@@ -142,7 +144,7 @@ def random_flip(images, logits, p=0.5, generator=None):
     (``torch.where`` on a 0-dim mask), so no host synchronisation happens.
     """
     rand_device = _random_device(generator, images.device)
-    flip = (torch.rand((), generator=generator, device=rand_device) < p).to(images.device)
+    flip = (torch.rand((), generator=generator, device=rand_device) < p).to(images.device, non_blocking=True)
     return (
         torch.where(flip, images.flip(-1), images),
         torch.where(flip, logits.flip(-1), logits),
