@@ -1,0 +1,86 @@
+"""Source datasets: GTA5 label ids and SYNTHIA's 16-bit red channel become train ids on the fly."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from datasets.source import GTA5Dataset, SynthiaDataset
+from utils.cli import UserError
+from utils.labels import SYNTHIA_TO_TRAIN_ID
+from utils.transfer_trainid import read_synthia_label_ids
+
+SIZE = (64, 32)
+
+
+def _write(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+
+
+def _gta5(root, count=3):
+    rng = np.random.default_rng(0)
+    for k in range(count):
+        _write(f"{root}/images/{k:05d}.png", rng.integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8))
+        label_ids = np.zeros((SIZE[1], SIZE[0]), np.uint8)
+        label_ids[:, :16], label_ids[:, 16:32], label_ids[:, 32:48], label_ids[:, 48:] = 7, 26, 33, 3
+        _write(f"{root}/labels/{k:05d}.png", label_ids)
+
+
+def test_gta5_label_ids_become_train_ids(tmp_path):
+    _gta5(tmp_path)
+    ds = GTA5Dataset(str(tmp_path), input_size=(32, 16))
+    assert ds.names == ["00000", "00001", "00002"]
+    item = ds[0]
+    assert item["image"].shape == (3, 16, 32) and item["label"].shape == (16, 32)
+    # road 7 -> 0, car 26 -> 13, bicycle 33 -> 18, out of roi 3 -> ignore
+    assert item["label"][0, ::4].tolist() == [0, 0, 13, 13, 18, 18, 255, 255]
+
+
+def test_gta5_list_and_errors(tmp_path):
+    _gta5(tmp_path)
+    (tmp_path / "list.txt").write_text("00002.png\n\n00000.png\n")
+    assert GTA5Dataset(str(tmp_path), list_path=str(tmp_path / "list.txt")).names == ["00002", "00000"]
+    with pytest.raises(UserError, match="image list not found: .*nolist"):
+        GTA5Dataset(str(tmp_path), list_path=str(tmp_path / "nolist.txt"))
+    with pytest.raises(UserError, match="source dataset folder not found: .*nowhere"):
+        GTA5Dataset(str(tmp_path / "nowhere"))
+    os.remove(tmp_path / "labels" / "00001.png")
+    with pytest.raises(UserError, match=r"label not found: .*labels/00001\.png"):
+        GTA5Dataset(str(tmp_path))
+    _write(tmp_path / "labels" / "00001.png", np.zeros((20, 64), np.uint8))
+    with pytest.raises(UserError, match=r"label size 64x20 does not match its image \(64x32\): .*00001\.png"):
+        GTA5Dataset(str(tmp_path), input_size=(32, 16))[1]
+
+
+def _synthia_label(ids):
+    """A 16-bit BGR PNG as SYNTHIA ships it: class id in red, instance-like junk in green and blue."""
+    bgr = np.zeros(ids.shape + (3,), np.uint16)
+    bgr[..., 2] = ids
+    bgr[..., 1] = 1000
+    bgr[..., 0] = np.arange(ids.size, dtype=np.uint16).reshape(ids.shape)
+    return bgr
+
+
+def test_synthia_reads_the_red_channel_of_a_16bit_png(tmp_path):
+    ids = np.zeros((SIZE[1], SIZE[0]), np.uint16)
+    ids[:, :16], ids[:, 16:32], ids[:, 32:48], ids[:, 48:] = 3, 8, 11, 0  # road, car, bicycle, void
+    _write(tmp_path / "RGB" / "0000000.png", np.full((SIZE[1], SIZE[0], 3), 90, np.uint8))
+    _write(tmp_path / "GT" / "LABELS" / "0000000.png", _synthia_label(ids))
+    assert cv2.imread(str(tmp_path / "GT" / "LABELS" / "0000000.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert np.array_equal(read_synthia_label_ids(str(tmp_path / "GT" / "LABELS" / "0000000.png")), ids)
+    item = SynthiaDataset(str(tmp_path), input_size=SIZE)[0]
+    expected = np.vectorize(lambda i: SYNTHIA_TO_TRAIN_ID.get(int(i), 255))(ids)
+    assert torch.equal(item["label"], torch.from_numpy(expected).long())
+    assert item["label"][0, ::16].tolist() == [0, 13, 18, 255]
+
+
+def test_synthia_ids_out_of_table_are_an_error(tmp_path):
+    _write(tmp_path / "RGB" / "a.png", np.zeros((SIZE[1], SIZE[0], 3), np.uint8))
+    _write(tmp_path / "GT" / "LABELS" / "a.png", _synthia_label(np.full((SIZE[1], SIZE[0]), 300, np.uint16)))
+    with pytest.raises(UserError, match=r"label ids above 255 in .*a\.png \(max 300\)"):
+        SynthiaDataset(str(tmp_path), input_size=SIZE)[0]
+    with pytest.raises(UserError, match=r"folder not found: .*GT/LABELS"):
+        os.rename(tmp_path / "GT", tmp_path / "gt")
+        SynthiaDataset(str(tmp_path))
