@@ -1,0 +1,96 @@
+"""Checkpoint extraction: a Lightning-style checkpoint in, a plain state dict out that loads strictly
+into our network and into the published-style definition, bit for bit."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from extract_model_state_dict import main
+from models.deeplabv2 import DeepLabV2, WeightFileError, get_deeplabv2
+from tests.published_deeplab import DeeplabMulti, randomize_weights
+from utils.cli import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    student, teacher = get_deeplabv2(arch="deeplabv2_tiny"), get_deeplabv2(arch="deeplabv2_tiny")
+    state = {"net." + k: v for k, v in student.state_dict().items()}
+    state.update({"ema_net." + k: v for k, v in teacher.state_dict().items()})
+    path = tmp_path / "checkpoint-step_3-miou_1.00.ckpt"
+    torch.save({"state_dict": state, "epoch": 0, "global_step": 3, "pytorch-lightning_version": "2.6.0",
+                "hyper_parameters": {"lr": 1e-4, "module_name": "smhm", "input_size": (64, 32)}}, path)
+    return str(path), student, teacher
+
+
+def assert_same_weights(state, net):
+    expected = net.state_dict()
+    assert list(state) == list(expected)
+    for k, v in expected.items():
+        assert torch.equal(state[k], v), k
+
+
+@pytest.mark.parametrize("keyname", ["net", "ema_net"])
+def test_extracts_either_network_bit_for_bit(checkpoint, tmp_path, capsys, keyname):
+    path, student, teacher = checkpoint
+    out = str(tmp_path / "pretrained" / "basic.pth")
+    assert main(["--pl-weight-path", path, "--model-weight-keyname", keyname, "--save-path", out]) == 0
+    assert f"wrote {len(student.state_dict())} tensors" in capsys.readouterr().out
+    assert_same_weights(torch.load(out, weights_only=True), student if keyname == "net" else teacher)
+    assert os.listdir(os.path.dirname(out)) == ["basic.pth"]  # no temporary file left behind
+
+    restored = get_deeplabv2(arch="deeplabv2_tiny", restore_from=out).eval()
+    x = torch.randn(1, 3, 32, 64) * 50
+    with torch.no_grad():
+        assert torch.equal(restored(x), (student if keyname == "net" else teacher).eval()(x))
+
+
+def test_default_save_path_is_next_to_the_checkpoint(checkpoint):
+    path, student, _ = checkpoint
+    main(["--pl-weight-path", path])
+    assert_same_weights(torch.load(path[:-len(".ckpt")] + "_net.pth", weights_only=True), student)
+
+
+def test_output_loads_into_the_published_definition(tmp_path):
+    published = randomize_weights(DeeplabMulti(num_classes=19, layers=(1, 1, 1, 1)), seed=2)
+    ckpt = str(tmp_path / "published.ckpt")
+    torch.save({"state_dict": {"net." + k: v for k, v in published.state_dict().items()}}, ckpt)
+    out = str(tmp_path / "plain.pth")
+    main(["--pl-weight-path", ckpt, "--save-path", out])
+    other = DeeplabMulti(num_classes=19, layers=(1, 1, 1, 1))
+    other.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    ours = DeepLabV2(blocks=(1, 1, 1, 1), width=64)
+    ours.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    assert_same_weights(torch.load(out, weights_only=True), published)
+
+
+def test_errors(checkpoint, tmp_path):
+    path, student, _ = checkpoint
+    with pytest.raises(UserError, match="not found: .*missing.ckpt"):
+        main(["--pl-weight-path", str(tmp_path / "missing.ckpt")])
+    plain = str(tmp_path / "plain.pth")
+    torch.save(student.state_dict(), plain)
+    with pytest.raises(WeightFileError, match="not a Lightning checkpoint.*plain.pth.*--restore-from"):
+        main(["--pl-weight-path", plain])
+    only_student = str(tmp_path / "baseline.ckpt")
+    torch.save({"state_dict": {"net." + k: v for k, v in student.state_dict().items()}}, only_student)
+    with pytest.raises(WeightFileError, match=r"baseline.ckpt has no weights under 'ema_net\.' \(prefixes present: net\)"):
+        main(["--pl-weight-path", only_student, "--model-weight-keyname", "ema_net"])
+    with pytest.raises(UserError, match="overwrite"):
+        main(["--pl-weight-path", path, "--save-path", path])
+
+
+def test_command_line_error_is_one_line(tmp_path):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_text("not a checkpoint")
+    result = subprocess.run([sys.executable, "extract_model_state_dict.py", "--pl-weight-path", str(garbage)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and str(garbage) in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not os.path.exists(str(garbage)[:-len(".ckpt")] + "_net.pth")
