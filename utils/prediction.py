@@ -125,15 +125,17 @@ def collate(samples):
 
 
 def shard_batches(names, batch_size, rank=0, world_size=1, done=frozenset()):
-    """Index batches of this process: its shard (``rank::world_size``) cut into consecutive batches,
-    without the batches whose images are all in ``done``.
+    """Index batches of this process, without the batches whose images are all in ``done``.
 
-    A batch with one unfinished image is predicted whole, so every image is always computed in the
-    same batch company as in an uninterrupted run: the results are bit-identical after a resume.
+    The image list is cut into consecutive batches and the batches are dealt out to the processes
+    (``rank::world_size``, no padding), so every image is predicted once and always in the same batch
+    company, whatever the number of processes and however often the run was resumed (a batch with
+    one unfinished image is predicted whole). Kernels may depend on the batch, so this is what makes
+    the results bit-identical across those runs.
     """
-    shard = list(ShardSampler(len(names), rank, world_size))
-    batches = [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
-    return [batch for batch in batches if not all(names[i] in done for i in batch)]
+    batches = [list(range(i, min(i + batch_size, len(names)))) for i in range(0, len(names), batch_size)]
+    mine = [batches[b] for b in ShardSampler(len(batches), rank, world_size)]
+    return [batch for batch in mine if not all(names[i] in done for i in batch)]
 
 
 class _Indices(Sampler):
@@ -160,8 +162,8 @@ class PredictionData(pl.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         batches = shard_batches(self.names, self.batch_size, rank, world, self.done)
-        # Only a shard's last batch can be short, so batching the concatenation again gives back
-        # exactly these batches.
+        # Only the last batch of the list can be short, and it comes last in its process, so batching
+        # the concatenation again gives back exactly these batches.
         indices = _Indices(i for batch in batches for i in batch)
         return DataLoader(_ErrorsAsItems(self.dataset), batch_size=self.batch_size, sampler=indices,
                           num_workers=self.num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available())

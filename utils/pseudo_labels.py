@@ -262,7 +262,8 @@ def ground_truth_scores(save, split, names, label_root, num_classes, num_workers
     absent = [truth for _, truth in pairs if not os.path.isfile(truth)]
     if absent:
         return None, f"ground truth incomplete: {len(absent)} of {len(pairs)} files missing (first: {absent[0]})"
-    confusion = ConfusionMatrix(num_classes, IGNORE_INDEX)
+    # Only the first process reports, so the matrix must not wait for the others to sum it.
+    confusion = ConfusionMatrix(num_classes, IGNORE_INDEX, sync_on_compute=False)
     loader = DataLoader(_LabelPairs(pairs), batch_size=None, num_workers=num_workers)
     for prediction, truth in loader:
         confusion.update(prediction, truth)
