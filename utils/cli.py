@@ -7,6 +7,13 @@ class UserError(Exception):
     """A mistake in the user's input (a flag, a path, a file). Printed as one line, no traceback."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose mistakes are one line (``error: ...``) instead of the usage dump."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def input_size(text):
     """Parse ``WIDTHxHEIGHT`` (e.g. ``1024x512``) into ``(width, height)``; an argparse ``type``."""
     parts = str(text).lower().split("x")

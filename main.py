@@ -1,0 +1,141 @@
+"""Train or evaluate one stage of the method.
+
+    python main.py --module-name baseline --mode train --restore-from ./pretrained/gta5_only.pth ...
+    python main.py --module-name smhm --mode train --restore-from ./pretrained/basic.pth ...
+    python main.py --mode test --restore-from W [--flip-when-test] [--save-predictions DIR]
+
+``python main.py --module-name NAME --help`` lists the flags of stage NAME.
+"""
+import argparse
+import sys
+
+from utils.cli import ArgumentParser, input_size, run
+
+STAGES = ("basic", "source_only", "baseline", "spatial_mix", "smhm")
+DESCRIPTION = """Train or evaluate one stage of black-box domain adaptation (SpatialMix + hard patches).
+
+stages (--module-name):
+  basic        supervised training on the target ground truth (oracle); the plain evaluator in test mode
+  source_only  the provider: supervised training on a labelled source domain (GTA5 / SYNTHIA layout)
+  baseline     cross-domain distillation on the provider's pseudo-labels
+  spatial_mix  self-distillation with SpatialMix (no hard patches)
+  smhm         self-distillation with SpatialMix and hard patch mining
+
+Add --module-name NAME to --help to see the flags of that stage."""
+
+
+def interval(text):
+    """``--val-interval``: a fraction of an epoch (``1.0``, ``0.25``) or a number of steps (``500``)."""
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 1.0 or a step count such as 500, got {text!r}")
+
+
+def devices(text):
+    return text if text == "auto" or "," in text else int(text)
+
+
+def add_common_args(parser):
+    parser.add_argument("--module-name", choices=STAGES, default="basic", help="the stage to run (default: %(default)s)")
+    parser.add_argument("--mode", choices=("train", "test"), default="train",
+                        help="train the stage, or evaluate --restore-from on the val split (default: %(default)s)")
+    parser.add_argument("--restore-from", default=None,
+                        help="initial weights: a state dict, a Lightning checkpoint, or the ImageNet DeepLab "
+                             "init (head left fresh); in test mode, the weights to evaluate")
+    parser.add_argument("--experiment-name", default="none",
+                        help="outputs go to <log-tb-dir>/<module-name>/<experiment-name> (default: %(default)s)")
+    parser.add_argument("--log-tb-dir", default="./experiments", help="root of all experiment folders (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="self-distillation rounds: round k+1 restarts from the best student of round k; "
+                             "outputs in <experiment-name>_round_<k> and a <experiment-name>_rounds.csv table "
+                             "(default: %(default)s, a single run without the _round suffix)")
+    parser.add_argument("--resume", default=None, metavar="PATH|last",
+                        help="continue training from a Lightning checkpoint, or 'last' for the experiment's last.ckpt")
+
+    net = parser.add_argument_group("network")
+    net.add_argument("--arch", default="deeplabv2_r101",
+                     help="deeplabv2_r101 (published), deeplabv2_r50, or deeplabv2_tiny for CPU trials (default: %(default)s)")
+    net.add_argument("--num-classes", type=int, default=19, help="number of train ids (default: %(default)s)")
+    net.add_argument("--head-branches", type=int, choices=(2, 4), default=2,
+                     help="ASPP branches summed in the head: 2 as the published checkpoints were made, or all 4 "
+                          "(default: %(default)s)")
+    net.add_argument("--freeze-bn-stats", action="store_true",
+                     help="keep BatchNorm running statistics fixed during training (published: they update)")
+    net.add_argument("--input-size", type=input_size, default=(1024, 512), metavar="WxH",
+                     help="images are resized to WIDTHxHEIGHT for training and inference (default: 1024x512)")
+
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: %(default)s)")
+    opt.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                     help="adam as published, or sgd (momentum 0.9, weight decay 5e-4, head at 10x lr) (default: %(default)s)")
+    opt.add_argument("--lr-schedule", choices=("auto", "constant", "poly"), default="auto",
+                     help="constant, or poly (power 0.9 to --max-steps); auto = constant for adam, poly for sgd")
+    opt.add_argument("--max-steps", type=int, default=20000,
+                     help="training ends after this many optimiser steps (default: %(default)s)")
+    opt.add_argument("--max-epochs", type=int, default=None, help="or after this many epochs, whichever comes first")
+    opt.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+
+    ev = parser.add_argument_group("evaluation and logging")
+    ev.add_argument("--val-interval", type=interval, default=1.0,
+                    help="validate every fraction of an epoch (1.0 = each epoch) or every N steps (an integer) "
+                         "(default: %(default)s)")
+    ev.add_argument("--flip-when-test", action="store_true", help="add horizontal-flip test-time augmentation")
+    ev.add_argument("--save-predictions", default=None, metavar="DIR",
+                    help="test mode: write predicted train-id PNGs (train_ids/) and colour PNGs (color/) at "
+                         "ground-truth resolution, mirroring <city>/<stem>")
+    ev.add_argument("--log-interval", type=int, default=50, help="log scalars every N steps (default: %(default)s)")
+    ev.add_argument("--visualize-interval", type=int, default=500,
+                    help="log an input | target | prediction picture every N steps; 0 = never (default: %(default)s)")
+
+    hw = parser.add_argument_group("hardware")
+    hw.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
+    hw.add_argument("--devices", type=devices, default="auto", help="number of devices per node, or auto (default: %(default)s)")
+    hw.add_argument("--num-nodes", type=int, default=1, help="number of machines (default: %(default)s)")
+    hw.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: %(default)s)")
+    hw.add_argument("--precision", default="32-true",
+                    help="32-true as published, or bf16-mixed for speed on recent GPUs (default: %(default)s)")
+
+
+def build_parser(module_name=None):
+    from modules import MODULES
+    from modules.data import add_data_args
+
+    parser = ArgumentParser(prog="main.py", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    add_data_args(parser)
+    if module_name in MODULES:
+        MODULES[module_name].add_args(parser)
+    return parser
+
+
+def parse_args(argv=None):
+    # The stage decides which flags exist, so it is read first.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--module-name", default="basic")
+    known, _ = pre.parse_known_args(argv)
+    args = build_parser(known.module_name).parse_args(argv)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import pytorch_lightning as pl
+
+    from modules import runner
+
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    if args.mode == "test":
+        runner.test(args)
+    elif args.rounds > 1:
+        from modules.rounds import train_rounds
+
+        train_rounds(args, args.rounds)
+    else:
+        result = runner.train(args)
+        print(f"best checkpoint: {result['best_checkpoint']} (val mIoU {result['best_miou']})")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main, sys.argv[1:])

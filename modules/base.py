@@ -1,0 +1,138 @@
+"""The shared training-stage module: network, loss, optimiser and schedule, evaluation, records.
+
+Every stage of the method (oracle, source-only provider, cross-domain distillation and the two
+self-distillation variants) is a subclass that says what it trains on (``train_source``) and,
+where it differs from pixel-wise cross-entropy on labelled images, how one training step goes.
+Validation and testing are identical for all stages: predict the target val split at the input
+size, upsample logits to the ground-truth resolution, accumulate one confusion matrix (synchronised
+across processes) and report per-class IoU and the three means.
+"""
+import argparse
+import os
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_info
+
+from datasets.transforms import to_bgr_uint8
+from models.deeplabv2 import get_deeplabv2
+from utils.inference import predict_logits
+from utils.io import write_png, write_rgb_png
+from utils.labels import IGNORE_INDEX, colorize
+from utils.metrics import ConfusionMatrix, append_record, format_table, scores_from_confusion
+from utils.visualize import label_panel, stack_rows
+
+
+class SegmentationModule(pl.LightningModule):
+    """Supervised cross-entropy on ``batch["target"]["label"]``; subclasses change the step."""
+
+    train_source = "labels"  # what the data module feeds the training step
+    use_patches = False
+    default_position_beta = None
+
+    @classmethod
+    def add_args(cls, parser):
+        """Flags of this stage; subclasses extend them."""
+        return parser
+
+    def __init__(self, args):
+        super().__init__()
+        self.args = args
+        self.save_hyperparameters(vars(args))
+        self.net = get_deeplabv2(num_classes=args.num_classes, restore_from=args.restore_from, arch=args.arch,
+                                 head_branches=args.head_branches, freeze_bn_stats=args.freeze_bn_stats)
+        self.val_confusion = ConfusionMatrix(args.num_classes, IGNORE_INDEX)
+        self.test_confusion = ConfusionMatrix(args.num_classes, IGNORE_INDEX)
+        self.last_scores = None
+
+    def forward(self, images, size=None):
+        return self.net(images, size=size)
+
+    # -- training ----------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        target = batch["target"]
+        images, labels = target["image"], target["label"]
+        logits = self.net(images, size=images.shape[-2:])
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+        self.log("train/loss", loss)
+        self.maybe_visualize(images, labels, logits)
+        return loss
+
+    def configure_optimizers(self):
+        a = self.args
+        if a.optimizer == "sgd":
+            # The classic DeepLab recipe: the freshly initialised head learns ten times faster.
+            optimizer = torch.optim.SGD(self.net.param_groups(a.lr), lr=a.lr, momentum=0.9, weight_decay=5e-4)
+        else:
+            # The published stages train every parameter with one Adam learning rate.
+            optimizer = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=a.lr)
+        schedule = a.lr_schedule if a.lr_schedule != "auto" else ("poly" if a.optimizer == "sgd" else "constant")
+        if schedule == "constant":
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: max(0.0, 1.0 - step / max(1, total)) ** 0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def maybe_visualize(self, images, targets, logits):
+        """Log ``input | target | prediction`` for the first image every ``--visualize-interval`` steps."""
+        interval = self.args.visualize_interval
+        if not interval or self.global_step % interval or not isinstance(self.logger, TensorBoardLogger):
+            return
+        if self.global_rank != 0:
+            return
+        image = to_bgr_uint8(images[0].detach().float().cpu())[:, :, ::-1]
+        target = targets[0].detach().cpu().numpy()
+        prediction = logits[0].detach().argmax(0).cpu().numpy()
+        panel = label_panel(np.ascontiguousarray(image), [target, prediction])
+        self.logger.experiment.add_image("train/input_target_prediction", panel, self.global_step, dataformats="HWC")
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def _evaluate(self, batch, confusion, save_dir=None):
+        images, labels = batch["image"], batch["label"]
+        logits = predict_logits(self.net, images, size=None, flip=self.args.flip_when_test)
+        for i, label in enumerate(labels):
+            # Logits are upsampled to the ground truth's own resolution (2048x1024 for Cityscapes).
+            full = F.interpolate(logits[i:i + 1].float(), size=label.shape[-2:], mode="bilinear", align_corners=True)
+            prediction = full.argmax(1)[0]
+            confusion.update(prediction, label)
+            if save_dir:
+                self._save_prediction(save_dir, batch["name"][i], prediction)
+
+    @staticmethod
+    def _save_prediction(save_dir, name, prediction):
+        train_ids = prediction.to(torch.uint8).cpu().numpy()
+        write_png(os.path.join(save_dir, "train_ids", name + ".png"), train_ids)
+        write_rgb_png(os.path.join(save_dir, "color", name + ".png"), colorize(train_ids))
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, self.val_confusion)
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, self.test_confusion, save_dir=self.args.save_predictions)
+
+    def _report(self, confusion, title):
+        # compute() sums the matrices of all processes, so every rank sees the same scores.
+        scores = scores_from_confusion(confusion.compute().cpu().numpy())
+        confusion.reset()
+        self.last_scores = scores
+        if self.trainer.is_global_zero:
+            rank_zero_info(format_table(scores, title=title))
+            append_record(os.path.join(self.args.experiment_dir, "miou_record.csv"), scores)
+        return scores
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            self.val_confusion.reset()
+            return
+        scores = self._report(self.val_confusion, f"validation at step {self.global_step}")
+        miou = scores["miou"] if np.isfinite(scores["miou"]) else 0.0
+        self.log("val_miou", float(miou), prog_bar=True, sync_dist=False)
+
+    def on_test_epoch_end(self):
+        scores = self._report(self.test_confusion, f"test ({self.args.restore_from or 'no weights'})")
+        for key in ("miou", "miou16", "miou13"):
+            self.log(f"test/{key}", float(scores[key]), sync_dist=False)

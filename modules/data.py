@@ -1,0 +1,137 @@
+"""The data module: every dataset and loader of the training stages, and nothing else.
+
+Each training stage names what it learns from (``train_source``): ground-truth labels of the
+target (``labels``, the oracle), the provider's pseudo-labels (``pseudo_labels``), bare target
+images for self-distillation (``images``) or a labelled source domain (``source``). Validation and
+testing always use the target val split with full-resolution ground truth. Samplers are built
+here, per rank, so that evaluation counts every image once and hard patches differ across ranks.
+"""
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from datasets.cityscapes import CityscapesDataset, resolve_pseudo_label_root
+from datasets.patches import HardPatchDataset
+from datasets.samplers import CyclingSampler, ShardSampler
+from datasets.source import GTA5Dataset, SynthiaDataset
+from utils.cli import UserError
+
+SOURCE_DATASETS = {"gta5": GTA5Dataset, "synthia": SynthiaDataset}
+
+
+def add_data_args(parser):
+    group = parser.add_argument_group("data")
+    group.add_argument("--image-root", default="./data/Cityscapes/leftImg8bit",
+                       help="target images, <image-root>/<split>/<city>/<stem>_leftImg8bit.png (default: %(default)s)")
+    group.add_argument("--label-root", default="./data/Cityscapes/gtFine2",
+                       help="target ground truth in train ids (made by utils/transfer_trainid.py), "
+                            "<label-root>/<split>/<city>/<stem>_gtFine_labelIds.png (default: %(default)s)")
+    group.add_argument("--list-root", default="./datasets/list/cityscapes",
+                       help="folder with <split>.txt image lists; the image folder is scanned when a list "
+                            "is absent (default: %(default)s)")
+    group.add_argument("--val-split", default="val", help="split used for validation and testing (default: %(default)s)")
+    group.add_argument("--num-workers", type=int, default=4, help="data loader processes per device (default: %(default)s)")
+    group.add_argument("--train-batch-size", type=int, default=4, help="images per training step and device (default: %(default)s)")
+    group.add_argument("--val-batch-size", type=int, default=2, help="images per validation step (default: %(default)s)")
+    group.add_argument("--test-batch-size", type=int, default=2, help="images per test step (default: %(default)s)")
+    return group
+
+
+def collate(samples):
+    """Stack a batch; full-resolution labels of different sizes stay a list instead of failing."""
+    batch = {"image": torch.stack([s["image"] for s in samples]),
+             "name": [s["name"] for s in samples],
+             "index": torch.tensor([s["index"] for s in samples])}
+    if "label" in samples[0]:
+        labels = [s["label"] for s in samples]
+        same = all(label.shape == labels[0].shape for label in labels)
+        batch["label"] = torch.stack(labels) if same else labels
+    return batch
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    def __init__(self, args, train_source, use_patches=False):
+        super().__init__()
+        self.args = args
+        self.train_source = train_source
+        self.use_patches = use_patches
+        self._datasets = {}
+
+    # Datasets are built once and on demand, so that ``check()`` can run before training starts
+    # and Lightning's own ``setup`` calls reuse them.
+    def _dataset(self, name):
+        if name not in self._datasets:
+            self._datasets[name] = getattr(self, f"_build_{name}")()
+        return self._datasets[name]
+
+    def _build_train(self):
+        a = self.args
+        if self.train_source == "source":
+            return SOURCE_DATASETS[a.source_dataset](a.source_root, input_size=a.input_size,
+                                                     num_classes=a.num_classes)
+        kwargs = dict(input_size=a.input_size, list_root=a.list_root, num_classes=a.num_classes)
+        if self.train_source == "labels":
+            kwargs["label_root"] = a.label_root
+        elif self.train_source == "pseudo_labels":
+            kwargs["pseudo_label_root"] = resolve_pseudo_label_root(a.pseudo_label_root, "train")
+        return CityscapesDataset(a.image_root, "train", **kwargs)
+
+    def _build_eval(self):
+        a = self.args
+        return CityscapesDataset(a.image_root, a.val_split, input_size=a.input_size, label_root=a.label_root,
+                                 list_root=a.list_root, resize_label=False, num_classes=a.num_classes)
+
+    def _build_patches(self):
+        return HardPatchDataset(self.args.hard_patches_root, num_classes=self.args.num_classes)
+
+    def check(self, stage):
+        """Build the datasets a stage needs now: bad paths fail before any training starts."""
+        if stage == "fit":
+            self._dataset("train")
+            if self.use_patches:
+                self._dataset("patches")
+        self._dataset("eval")
+
+    def setup(self, stage):
+        self.check(stage)
+
+    # -- loaders ---------------------------------------------------------------------------------
+    def _rank(self):
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, dataset, batch_size, sampler, drop_last=False):
+        workers = self.args.num_workers
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          collate_fn=collate, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=workers > 0)
+
+    def train_dataloader(self):
+        rank, world = self._rank()
+        a = self.args
+        dataset = self._dataset("train")
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=a.seed)
+        steps = len(sampler) // a.train_batch_size
+        if steps == 0:
+            raise UserError(f"--train-batch-size {a.train_batch_size} is larger than the {len(sampler)} "
+                            f"training images each device gets")
+        # A last partial batch is dropped: SpatialMix cannot mix a batch of one image.
+        loaders = {"target": self._loader(dataset, a.train_batch_size, sampler, drop_last=True)}
+        if self.use_patches:
+            patches = self._dataset("patches")
+            batch_size = a.hard_patch_batch_size or a.train_batch_size
+            patch_sampler = CyclingSampler(len(patches), steps * batch_size, rank, world, seed=a.seed)
+            loaders["patches"] = self._loader(patches, batch_size, patch_sampler, drop_last=True)
+        return loaders
+
+    def _eval_loader(self, batch_size):
+        rank, world = self._rank()
+        dataset = self._dataset("eval")
+        return self._loader(dataset, batch_size, ShardSampler(len(dataset), rank, world))
+
+    def val_dataloader(self):
+        return self._eval_loader(self.args.val_batch_size)
+
+    def test_dataloader(self):
+        return self._eval_loader(self.args.test_batch_size)
+

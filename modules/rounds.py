@@ -1,0 +1,74 @@
+"""Self-distillation rounds without hand-work (stage 7).
+
+The published recipe repeats self-distillation by hand: extract the best student of a round and
+restart ``smhm`` from it. ``main.py --rounds N`` does exactly that: round ``k`` trains in
+``<log-tb-dir>/<module>/<experiment-name>_round_<k>``, its best student (by val mIoU) is
+extracted to ``student.pth`` there and starts round ``k + 1``. A finished round leaves
+``round.json``, so rerunning the command after an interruption continues where it stopped.
+A table of the rounds goes to ``<log-tb-dir>/<module>/<experiment-name>_rounds.csv``.
+"""
+import copy
+import csv
+import io
+import json
+import os
+
+import torch
+
+from models.deeplabv2 import extract_state_dict
+from modules import runner
+from utils.cli import UserError
+from utils.io import atomic_write_bytes, atomic_write_text
+
+
+def _save_state_dict(state, path):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def train_rounds(args, rounds):
+    """Train ``rounds`` rounds; returns one dict per round (round, restore_from, best_miou, student)."""
+    if not args.restore_from:
+        raise UserError("--rounds needs --restore-from: the weights the first round starts from")
+    results, restore_from = [], args.restore_from
+    for k in range(1, rounds + 1):
+        round_args = copy.copy(args)
+        round_args.experiment_name = f"{args.experiment_name}_round_{k}"
+        round_args.restore_from = restore_from
+        folder = runner.experiment_dir(round_args)
+        marker = os.path.join(folder, "round.json")
+        if os.path.isfile(marker):
+            with open(marker) as f:
+                result = json.load(f)
+            print(f"round {k}: already finished (best val mIoU {result['best_miou']:.2f}), skipped")
+        else:
+            if os.path.isfile(os.path.join(folder, "last.ckpt")):
+                round_args.resume = "last"
+            print(f"round {k}/{rounds}: {args.module_name} from {restore_from}")
+            trained = runner.train(round_args)
+            if not trained["best_checkpoint"]:
+                raise UserError(f"round {k} ended without a validated checkpoint in {folder}: "
+                                "lower --val-interval or raise --max-steps")
+            student = os.path.join(folder, "student.pth")
+            _save_state_dict(extract_state_dict(trained["best_checkpoint"], "net"), student)
+            result = {"round": k, "restore_from": restore_from, "best_checkpoint": trained["best_checkpoint"],
+                      "best_miou": trained["best_miou"], "student": student}
+            atomic_write_text(marker, json.dumps(result, indent=2))
+        results.append(result)
+        restore_from = result["student"]
+    write_round_table(os.path.join(args.log_tb_dir, args.module_name, f"{args.experiment_name}_rounds.csv"), results)
+    return results
+
+
+def write_round_table(path, results):
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["round", "best_val_miou", "student", "restore_from"])
+    for r in results:
+        writer.writerow([r["round"], f"{r['best_miou']:.2f}", r["student"], r["restore_from"]])
+    atomic_write_text(path, out.getvalue())
+    print("\nround  best val mIoU")
+    for r in results:
+        print(f"{r['round']:>5}  {r['best_miou']:13.2f}")
+    print(f"table: {path}")

@@ -1,0 +1,100 @@
+"""Running a stage: the Trainer (devices, precision, distribution, checkpoints, logging) around a
+stage module and the data module. ``main.py`` parses flags and calls :func:`train` or
+:func:`test`; the round automation calls them in a loop."""
+import glob
+import os
+import warnings
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from modules import MODULES
+from modules.data import SegmentationDataModule
+from utils.cli import UserError
+
+
+def experiment_dir(args):
+    """``<log-tb-dir>/<module-name>/<experiment-name>``: every output of a run lives here."""
+    return os.path.join(args.log_tb_dir, args.module_name, args.experiment_name)
+
+
+def _check_experiment_dir(args):
+    """Refuse to start a second run on top of a finished one (its checkpoints would be mixed)."""
+    if args.mode != "train" or args.resume:
+        return
+    if glob.glob(os.path.join(args.experiment_dir, "*.ckpt")):
+        raise UserError(f"{args.experiment_dir} already holds checkpoints of a run: continue it with "
+                        "--resume last, or choose another --experiment-name")
+
+
+def _resolve_resume(args):
+    if not args.resume:
+        return None
+    path = os.path.join(args.experiment_dir, "last.ckpt") if args.resume == "last" else args.resume
+    if not os.path.isfile(path):
+        raise UserError(f"--resume: checkpoint not found: {path}")
+    return path
+
+
+def build(args):
+    """Module, data module and checked inputs: every user mistake surfaces here, before training."""
+    args.experiment_dir = experiment_dir(args)
+    _check_experiment_dir(args)
+    resume = _resolve_resume(args)
+    module_class = MODULES[args.module_name]
+    module = module_class(args)
+    data = SegmentationDataModule(args, module_class.train_source, use_patches=module_class.use_patches)
+    data.check("fit" if args.mode == "train" else "test")
+    return module, data, resume
+
+
+def build_trainer(args):
+    # Checkpoints deliberately share the experiment folder with the logs and the record.
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    logger = TensorBoardLogger(save_dir=args.log_tb_dir, name=args.module_name, version=args.experiment_name,
+                               default_hp_metric=False)
+    callbacks = []
+    if args.mode == "train":
+        callbacks += [
+            ModelCheckpoint(dirpath=args.experiment_dir, filename="checkpoint-step_{step}-miou_{val_miou:.2f}",
+                            monitor="val_miou", mode="max", save_top_k=1, save_last=True,
+                            auto_insert_metric_name=False),
+            LearningRateMonitor(logging_interval="step"),
+        ]
+    val_interval = args.val_interval
+    return pl.Trainer(
+        accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
+        precision=args.precision, max_epochs=args.max_epochs, max_steps=args.max_steps,
+        val_check_interval=val_interval,
+        # An integer interval counts steps across epochs, a fraction is a share of each epoch.
+        check_val_every_n_epoch=None if isinstance(val_interval, int) else 1,
+        log_every_n_steps=args.log_interval, logger=logger, callbacks=callbacks,
+        default_root_dir=args.experiment_dir, num_sanity_val_steps=0,
+        # The data module shards every loader itself (no padded duplicates in evaluation).
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+    )
+
+
+def train(args):
+    """Train a stage; returns ``{"best_checkpoint", "best_miou", "last_checkpoint", "experiment_dir"}``."""
+    module, data, resume = build(args)
+    trainer = build_trainer(args)
+    trainer.fit(module, datamodule=data, ckpt_path=resume)
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_score
+    return {"best_checkpoint": checkpoint.best_model_path or None,
+            "best_miou": float(best) if best is not None else None,
+            "last_checkpoint": os.path.join(args.experiment_dir, "last.ckpt"),
+            "experiment_dir": args.experiment_dir}
+
+
+def test(args):
+    """Evaluate ``--restore-from`` on the val split; returns the scores (per-class IoU and means, %)."""
+    if not args.restore_from:
+        raise UserError("--mode test needs --restore-from: the weights to evaluate")
+    module, data, _ = build(args)
+    trainer = build_trainer(args)
+    trainer.test(module, datamodule=data, verbose=False)
+    return module.last_scores

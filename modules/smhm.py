@@ -1,0 +1,35 @@
+"""``smhm``: SpatialMix + Hard patches Mining (stage 6) — the ``spatial_mix`` step plus a
+cross-entropy on a batch of mined hard patches (rare classes, labelled by the provider)."""
+import torch.nn.functional as F
+
+from modules.spatial_mix import SpatialMixModule
+from utils.labels import IGNORE_INDEX
+
+
+class SMHMModule(SpatialMixModule):
+    use_patches = True
+    default_position_beta = 0.25
+
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        group = parser.add_argument_group("hard patches")
+        group.add_argument("--hard-patches-root", default="./experiments/hard_patch_from_gta5_model/",
+                           help="output folder of construct_hard_patch.py (patches/ and labels/) "
+                                "(default: %(default)s)")
+        group.add_argument("--hard-patch-weight", type=float, default=0.1,
+                           help="weight of the hard patch loss (default: %(default)s)")
+        group.add_argument("--hard-patch-batch-size", type=int, default=None,
+                           help="patches per step and device (default: --train-batch-size)")
+        return parser
+
+    def training_step(self, batch, batch_idx):
+        consistency = self.consistency_loss(batch["target"]["image"])
+        patches = batch["patches"]
+        logits = self.net(patches["image"], size=patches["image"].shape[-2:])
+        hard = F.cross_entropy(logits, patches["label"], ignore_index=IGNORE_INDEX)
+        loss = consistency + self.args.hard_patch_weight * hard
+        self.log("train/consistency_loss", consistency)
+        self.log("train/hard_patch_loss", hard)
+        self.log("train/loss", loss)
+        return loss

@@ -1,0 +1,110 @@
+"""``spatial_mix``: self-distillation with SpatialMix (stage 6 without hard patches).
+
+Student and EMA teacher start from the baseline weights. Each step the teacher labels the batch,
+SpatialMix recombines quadrants of different images *at their own positions* (so the street
+layout survives), the student learns the teacher's argmax on a photometrically augmented copy,
+weighted by the share of confident pixels, and the teacher follows the student by EMA after the
+optimiser step (the published code updated one step earlier, before the optimiser step; with
+α close to 1 the two are equivalent in practice).
+"""
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from datasets.transforms import denormalize_to_rgb01, normalize_rgb01
+from modules.base import SegmentationModule
+from utils.augment import photometric_augment
+from utils.cli import UserError
+from utils.ema import ema_update
+from utils.labels import IGNORE_INDEX
+from utils.spatial_mix import random_flip, spatial_mix
+
+
+def consistency_target(logits, threshold=0.968, source="softmax"):
+    """Teacher target (argmax) and the step's consistency weight: the share of pixels whose
+    confidence reaches ``threshold``. ``source="logits"`` compares raw logits instead of softmax
+    probabilities, as the published code did by mistake."""
+    scores = logits.float().softmax(dim=1) if source == "softmax" else logits.float()
+    confidence, target = scores.max(dim=1)
+    weight = (confidence >= threshold).float().mean()
+    return target, weight
+
+
+class SpatialMixModule(SegmentationModule):
+    train_source = "images"
+    default_position_beta = 0.5
+
+    @classmethod
+    def add_args(cls, parser):
+        group = parser.add_argument_group("self-distillation")
+        group.add_argument("--position-beta", type=float, default=cls.default_position_beta,
+                           help="β of the Beta(β, β) that places the SpatialMix split point in [0.2, 0.8] of "
+                                "each side; β <= 0 splits at the centre (default: %(default)s)")
+        group.add_argument("--confidence-threshold", type=float, default=0.968,
+                           help="a teacher pixel counts as confident at this probability; the consistency "
+                                "weight is the share of confident pixels (default: %(default)s)")
+        group.add_argument("--confidence-source", choices=("softmax", "logits"), default="softmax",
+                           help="compare the threshold with softmax probabilities, or with raw logits as the "
+                                "published code did (default: %(default)s)")
+        group.add_argument("--ema-alpha", type=float, default=0.99,
+                           help="largest EMA factor of the teacher; α = min(1 - 1/(step + 1), this) "
+                                "(default: %(default)s)")
+        group.add_argument("--flip-prob", type=float, default=0.5,
+                           help="probability of flipping the whole mixed batch horizontally (default: %(default)s)")
+        group.add_argument("--no-augment", action="store_true",
+                           help="feed the student the mixed images without colour jitter and blur")
+        return parser
+
+    def __init__(self, args):
+        if args.train_batch_size < 2:
+            raise UserError("--train-batch-size must be at least 2: SpatialMix mixes each image with others "
+                            "of its batch")
+        if not args.restore_from and args.mode == "train":
+            raise UserError(f"--restore-from is required for {args.module_name}: student and teacher start "
+                            "from the baseline weights (extract_model_state_dict.py makes that file)")
+        super().__init__(args)
+        self.ema_net = copy.deepcopy(self.net)
+        for parameter in self.ema_net.parameters():
+            parameter.requires_grad_(False)
+        self.generator = None
+
+    def on_fit_start(self):
+        # One random stream per rank (Lightning seeds every rank alike), restarted past the steps
+        # already taken when resuming.
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(self.args.seed * 100003 + self.global_rank * 7919 + self.global_step)
+
+    def mixed_batch(self, images):
+        """Teacher logits for ``images``, SpatialMix, batch flip: (mixed images, mixed teacher logits)."""
+        with torch.no_grad():
+            teacher_logits = self.ema_net(images, size=images.shape[-2:])
+            mixed_images, mixed_logits = spatial_mix(images, teacher_logits, self.args.position_beta,
+                                                     generator=self.generator)
+            return random_flip(mixed_images, mixed_logits, p=self.args.flip_prob, generator=self.generator)
+
+    def augment(self, images):
+        if self.args.no_augment:
+            return images
+        with torch.no_grad():
+            return normalize_rgb01(photometric_augment(denormalize_to_rgb01(images), generator=self.generator))
+
+    def consistency_loss(self, images):
+        mixed_images, mixed_logits = self.mixed_batch(images)
+        target, weight = consistency_target(mixed_logits, self.args.confidence_threshold, self.args.confidence_source)
+        student_images = self.augment(mixed_images)
+        logits = self.net(student_images, size=images.shape[-2:])
+        loss = weight * F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        self.log("train/consistency_weight", weight)
+        self.maybe_visualize(student_images, target, logits)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self.consistency_loss(batch["target"]["image"])
+        self.log("train/consistency_loss", loss)
+        self.log("train/loss", loss)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # global_step already counts the optimiser step just taken; its 0-based index is one less.
+        ema_update(self.ema_net, self.net, self.global_step - 1, max_alpha=self.args.ema_alpha)

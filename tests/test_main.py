@@ -1,0 +1,111 @@
+"""main.py: the published commands, flags, and one-line errors before training starts."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from main import main, parse_args
+from utils.cli import run
+from tests.fixtures import make_cityscapes, make_patches, make_pseudo_labels
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PUBLISHED_BASELINE = ("--module-name baseline --mode train --restore-from ./pretrained/gta5_only.pth "
+                      "--experiment-name none --train-batch-size 4 --lr 1.0e-4 --val-interval 1.0 "
+                      "--pseudo-label-root ./experiments/gta5_pseudo_label/").split()
+PUBLISHED_SMHM = ("--module-name smhm --mode train --restore-from ./pretrained/basic.pth --experiment-name none "
+                  "--train-batch-size 4 --lr 1.0e-5 --val-interval 1.0 --position-beta 0.25 "
+                  "--hard-patches-root ./experiments/hard_patch_from_gta5_model/").split()
+
+
+def test_published_commands_parse_with_published_defaults():
+    args = parse_args(PUBLISHED_BASELINE)
+    assert (args.module_name, args.train_batch_size, args.lr, args.val_interval) == ("baseline", 4, 1e-4, 1.0)
+    assert args.pseudo_label_root == "./experiments/gta5_pseudo_label/"
+    assert args.image_root == "./data/Cityscapes/leftImg8bit" and args.label_root == "./data/Cityscapes/gtFine2"
+    assert args.list_root == "./datasets/list/cityscapes" and args.input_size == (1024, 512)
+    assert args.arch == "deeplabv2_r101" and args.max_steps > 0
+    args = parse_args(PUBLISHED_SMHM)
+    assert (args.module_name, args.position_beta, args.hard_patch_weight, args.lr) == ("smhm", 0.25, 0.1, 1e-5)
+
+
+def test_stage_defaults_and_intervals():
+    assert parse_args(["--module-name", "spatial_mix"]).position_beta == 0.5
+    assert parse_args(["--module-name", "smhm"]).position_beta == 0.25
+    assert parse_args(["--val-interval", "500"]).val_interval == 500
+    assert parse_args(["--val-interval", "0.25"]).val_interval == 0.25
+    assert parse_args(["--input-size", "256x128"]).input_size == (256, 128)
+
+
+def run_main(*argv, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *argv], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def run_in_process(capsys, *argv):
+    """``main.py`` as the shell runs it, without paying a fresh interpreter per case."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(main, list(argv))
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_help_lists_stage_flags():
+    out = run_main("--module-name", "smhm", "--help")
+    assert out.returncode == 0
+    for flag in ("--hard-patches-root", "--position-beta", "--confidence-source", "--input-size", "--resume"):
+        assert flag in out.stdout
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cs")
+    paths = make_cityscapes(str(root / "cs"))
+    paths["pseudo"] = make_pseudo_labels(str(root / "pseudo"), paths["label_root"])
+    paths["patches"] = make_patches(str(root / "patches"))
+    paths["empty"] = str(root / "empty")
+    os.makedirs(paths["empty"])
+    return paths
+
+
+def common(tree, tmp_path):
+    return ["--image-root", tree["image_root"], "--label-root", tree["label_root"], "--list-root", str(tmp_path),
+            "--arch", "deeplabv2_tiny", "--input-size", "64x32", "--log-tb-dir", str(tmp_path / "exp"),
+            "--num-workers", "0", "--accelerator", "cpu"]
+
+
+@pytest.mark.parametrize("case, expected", [
+    (["--module-name", "nope"], "invalid choice: 'nope'"),
+    (["--input-size", "1024*512"], "WIDTHxHEIGHT"),
+    (["--module-name", "basic", "--restore-from", "missing.pth"], "missing.pth"),
+    (["--module-name", "baseline", "--pseudo-label-root", "no/such/folder"], "no/such/folder"),
+    (["--module-name", "smhm", "--restore-from", "WEIGHTS", "--hard-patches-root", "EMPTY"], "EMPTY"),
+    (["--module-name", "spatial_mix", "--restore-from", "WEIGHTS", "--train-batch-size", "1"], "--train-batch-size"),
+    (["--module-name", "basic", "--restore-from", "WEIGHTS21"], "layer5"),
+    (["--module-name", "basic", "--mode", "test"], "--restore-from"),
+])
+def test_bad_input_is_one_line_before_training(tree, tmp_path, capsys, case, expected):
+    import torch
+
+    from models.deeplabv2 import get_deeplabv2
+
+    weights, weights21 = str(tmp_path / "w.pth"), str(tmp_path / "w21.pth")
+    torch.save(get_deeplabv2(arch="deeplabv2_tiny").state_dict(), weights)
+    torch.save(get_deeplabv2(num_classes=21, arch="deeplabv2_tiny").state_dict(), weights21)
+    subs = {"WEIGHTS": weights, "WEIGHTS21": weights21, "EMPTY": tree["empty"]}
+    case = [subs.get(c, c) for c in case]
+    expected = subs.get(expected, expected)
+    code, err = run_in_process(capsys, *common(tree, tmp_path), *case)
+    assert code == 2, err
+    assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "exp" / "basic" / "none" / "last.ckpt")
+
+
+def test_missing_pseudo_label_for_a_listed_image(tree, tmp_path):
+    """Run as a real process once: exit code 2, one line on stderr, no traceback."""
+    pseudo = tmp_path / "partial"
+    make_pseudo_labels(str(pseudo), tree["label_root"])
+    victim = sorted((pseudo / "label_ids" / "train" / "aachen").iterdir())[0]
+    victim.unlink()
+    out = run_main(*common(tree, tmp_path), "--module-name", "baseline", "--pseudo-label-root", str(pseudo))
+    assert out.returncode == 2 and victim.name in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,155 @@
+"""Every training stage trains a few steps on tiny data and leaves checkpoints and a record;
+test mode, predictions, resume, extraction round trip."""
+import csv
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from main import parse_args
+from modules import runner
+from modules.spatial_mix import consistency_target
+from tests.fixtures import make_cityscapes, make_gta5, make_patches, make_pseudo_labels
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    paths = make_cityscapes(str(root / "cs"), train=4, val=3)
+    paths["pseudo"] = make_pseudo_labels(str(root / "pseudo"), paths["label_root"])
+    paths["patches"] = make_patches(str(root / "patches"))
+    paths["gta5"] = make_gta5(str(root / "gta5"))
+    paths["list_root"] = str(root / "lists")
+    weights = str(root / "init.pth")
+    from models.deeplabv2 import get_deeplabv2
+    torch.manual_seed(0)
+    torch.save(get_deeplabv2(arch="deeplabv2_tiny").state_dict(), weights)
+    paths["weights"] = weights
+    return paths
+
+
+def stage_args(tree, tmp_path, module, *extra):
+    argv = ["--module-name", module, "--image-root", tree["image_root"], "--label-root", tree["label_root"],
+            "--list-root", tree["list_root"], "--arch", "deeplabv2_tiny", "--input-size", "64x32",
+            "--log-tb-dir", str(tmp_path / "exp"), "--num-workers", "0", "--accelerator", "cpu", "--devices", "1",
+            "--train-batch-size", "2", "--max-steps", "2", "--val-interval", "2", "--log-interval", "1",
+            "--visualize-interval", "1", "--experiment-name", "t", *extra]
+    return parse_args(argv)
+
+
+STAGE_FLAGS = {
+    "basic": [],
+    "source_only": ["--source-root", "GTA5"],
+    "baseline": ["--pseudo-label-root", "PSEUDO", "--restore-from", "WEIGHTS"],
+    "spatial_mix": ["--restore-from", "WEIGHTS"],
+    "smhm": ["--restore-from", "WEIGHTS", "--hard-patches-root", "PATCHES"],
+}
+
+
+@pytest.mark.parametrize("module", list(STAGE_FLAGS))
+def test_stage_trains_and_writes_outputs(tree, tmp_path, module):
+    subs = {"GTA5": tree["gta5"], "PSEUDO": tree["pseudo"], "WEIGHTS": tree["weights"], "PATCHES": tree["patches"]}
+    args = stage_args(tree, tmp_path, module, *[subs.get(f, f) for f in STAGE_FLAGS[module]])
+    result = runner.train(args)
+    folder = tmp_path / "exp" / module / "t"
+    assert result["experiment_dir"] == str(folder)
+    assert os.path.isfile(folder / "last.ckpt")
+    best = glob.glob(str(folder / "checkpoint-step_2-miou_*.ckpt"))
+    assert best and result["best_checkpoint"] == best[0]
+    assert np.isfinite(result["best_miou"])
+    with open(folder / "miou_record.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][-3:] == ["Mean", "Mean-16", "Mean-13"] and rows[0][0] == "road" and len(rows) == 2
+    assert os.path.isfile(folder / "hparams.yaml")
+    assert glob.glob(str(folder / "events.out.tfevents.*"))
+    state = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+    keys = state["state_dict"].keys()
+    assert any(k.startswith("net.") for k in keys)
+    assert any(k.startswith("ema_net.") for k in keys) == (module in ("spatial_mix", "smhm"))
+
+
+def test_resume_continues_step_count(tree, tmp_path):
+    runner.train(stage_args(tree, tmp_path, "basic"))
+    args = stage_args(tree, tmp_path, "basic", "--resume", "last")
+    args.max_steps = 4
+    runner.train(args)
+    state = torch.load(tmp_path / "exp" / "basic" / "t" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 4
+
+
+def test_second_run_refuses_to_overwrite(tree, tmp_path):
+    from utils.cli import UserError
+
+    runner.train(stage_args(tree, tmp_path, "basic"))
+    with pytest.raises(UserError, match="--resume last"):
+        runner.train(stage_args(tree, tmp_path, "basic"))
+
+
+def test_test_mode_scores_and_saves_predictions(tree, tmp_path):
+    out = tmp_path / "pred"
+    args = stage_args(tree, tmp_path, "basic", "--mode", "test", "--restore-from", tree["weights"],
+                      "--save-predictions", str(out), "--flip-when-test", "--test-batch-size", "2")
+    scores = runner.test(args)
+    assert len(scores["per_class"]) == 19 and np.isfinite(scores["miou"])
+    names = sorted(os.listdir(out / "train_ids" / "frankfurt"))
+    assert len(names) == 3 and sorted(os.listdir(out / "color" / "frankfurt")) == names
+    import cv2
+    prediction = cv2.imread(str(out / "train_ids" / "frankfurt" / names[0]), cv2.IMREAD_UNCHANGED)
+    assert prediction.shape == (32, 64) and prediction.max() < 19
+    with open(tmp_path / "exp" / "basic" / "t" / "miou_record.csv") as f:
+        assert len(list(csv.reader(f))) == 2
+
+
+def test_evaluation_matches_an_independent_computation(tree, tmp_path):
+    """Test mode's mIoU equals the metric computed by hand on the same predictions."""
+    from datasets.cityscapes import CityscapesDataset
+    from models.deeplabv2 import get_deeplabv2
+    from utils.metrics import ConfusionMatrix, scores_from_confusion
+
+    args = stage_args(tree, tmp_path, "basic", "--mode", "test", "--restore-from", tree["weights"])
+    scores = runner.test(args)
+    net = get_deeplabv2(arch="deeplabv2_tiny", restore_from=tree["weights"]).eval()
+    data = CityscapesDataset(tree["image_root"], "val", input_size=(64, 32), label_root=tree["label_root"],
+                             resize_label=False)
+    confusion = ConfusionMatrix(19)
+    with torch.no_grad():
+        for item in data:
+            logits = net(item["image"][None], size=item["label"].shape)
+            confusion.update(logits.argmax(1)[0], item["label"])
+    expected = scores_from_confusion(confusion.compute().numpy())
+    assert scores["miou"] == pytest.approx(expected["miou"], abs=1e-9)
+
+
+def test_consistency_weight_softmax_vs_logits():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 0] = torch.tensor([[10.0, 0.5], [0.9, 2.0]])
+    target, weight = consistency_target(logits, threshold=0.968, source="softmax")
+    assert target.tolist() == [[[0, 0], [0, 0]]]
+    # softmax confidences: 10 -> ~0.9999; 0.5, 0.9, 2.0 -> below 0.968
+    assert weight.item() == pytest.approx(0.25)
+    _, weight = consistency_target(logits, threshold=0.968, source="logits")
+    assert weight.item() == pytest.approx(0.5)  # raw logits 10 and 2.0 pass the threshold
+
+
+def test_rounds_chain_students_and_resume(tree, tmp_path):
+    from modules.rounds import train_rounds
+
+    args = stage_args(tree, tmp_path, "smhm", "--restore-from", tree["weights"], "--hard-patches-root",
+                      tree["patches"], "--rounds", "2")
+    results = train_rounds(args, 2)
+    base = tmp_path / "exp" / "smhm"
+    assert [r["round"] for r in results] == [1, 2]
+    assert results[0]["restore_from"] == tree["weights"]
+    assert results[1]["restore_from"] == str(base / "t_round_1" / "student.pth")
+    student = torch.load(results[1]["student"], map_location="cpu", weights_only=True)
+    best = torch.load(results[1]["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, best["net." + k]) for k, v in student.items())
+    with open(base / "t_rounds.csv") as f:
+        assert [row[0] for row in csv.reader(f)] == ["round", "1", "2"]
+    # Rerunning finds both rounds finished and trains nothing.
+    again = train_rounds(stage_args(tree, tmp_path, "smhm", "--restore-from", tree["weights"],
+                                    "--hard-patches-root", tree["patches"]), 2)
+    assert again == results
