@@ -94,7 +94,10 @@ class CityscapesDataset(LabelledImages):
             raise UserError(f"no images of split {split!r}: folder not found: {split_dir}")
         self.images = list_images(image_root, split, list_root)
         if not self.images:
-            raise UserError(f"no images of split {split!r}: found no <city>/*{IMAGE_SUFFIX} in {split_dir}")
+            list_file = os.path.join(list_root, f"{split}.txt") if list_root is not None else None
+            where = f"the image list {list_file} is empty" if list_file and os.path.isfile(list_file) \
+                else f"found no <city>/*{IMAGE_SUFFIX} in {split_dir}"
+            raise UserError(f"no images of split {split!r}: {where}")
         image_paths = [os.path.join(split_dir, rel) for rel in self.images]
         check_files_exist(image_paths, "listed image")
         names = [image_name(rel) for rel in self.images]

@@ -124,6 +124,9 @@ def test_construction_errors_name_the_path(tree, tmp_path):
         CityscapesDataset(f"{root}/img", "test")
     lists = tmp_path / "lists"
     lists.mkdir()
+    (lists / "train.txt").write_text("\n\n")
+    with pytest.raises(UserError, match=r"the image list .*lists/train\.txt is empty"):
+        CityscapesDataset(f"{root}/img", "train", list_root=str(lists))
     (lists / "train.txt").write_text("aachen/nope_leftImg8bit.png\naachen/gone_leftImg8bit.png\n")
     with pytest.raises(UserError, match=r"listed image not found: .*aachen/nope_leftImg8bit\.png \(2 of 2 missing\)"):
         CityscapesDataset(f"{root}/img", "train", list_root=str(lists))
