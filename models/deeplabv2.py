@@ -87,6 +87,10 @@ class ClassifierHead(nn.Module):
             nn.Conv2d(inplanes, num_classes, kernel_size=3, padding=d, dilation=d, bias=True) for d in HEAD_DILATIONS)
         for conv in self.conv2d_list:
             nn.init.normal_(conv.weight, 0.0, 0.01)  # as published; biases keep PyTorch's default
+        # Branches outside the sum stay in the state dict but get no gradient (DDP would otherwise
+        # wait for gradients that never come).
+        for conv in self.conv2d_list[branches:]:
+            conv.requires_grad_(False)
 
     def forward(self, x):
         out = self.conv2d_list[0](x)
@@ -115,11 +119,11 @@ class DeepLabV2(nn.Module):
         # layer3/4 trade their stride for dilation: output stride 8 instead of 32.
         self.layer3 = self._make_layer(width * 4, blocks[2], dilation=2)
         self.layer4 = self._make_layer(width * 8, blocks[3], dilation=4)
-        self.layer5 = ClassifierHead(self.inplanes, num_classes, head_branches)
-
+        # Backbones are normally loaded from a file; He init keeps a from-scratch (tiny) one trainable.
         for m in self.modules():
-            if isinstance(m, nn.Conv2d) and not any(m is c for c in self.layer5.conv2d_list):
+            if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.layer5 = ClassifierHead(self.inplanes, num_classes, head_branches)
 
     def _make_layer(self, planes, blocks, stride=1, dilation=1):
         # The first block of every layer changes the width, so it always has a projection shortcut.
@@ -199,7 +203,8 @@ def _torch_load(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if not zipfile.is_zipfile(path):
-            raise WeightFileError(f"not a PyTorch weight file: {path}") from err
+            raise WeightFileError(f"not a PyTorch weight file, or a legacy one holding Python objects besides "
+                                  f"tensors: {path}") from err
         if not _looks_like_lightning_checkpoint(path):
             raise WeightFileError(f"{path} holds pickled Python objects besides tensors; save a state dict "
                                   "(torch.save(net.state_dict(), ...)) instead") from err

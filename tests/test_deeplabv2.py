@@ -251,7 +251,7 @@ def test_imagenet_init_keeps_fresh_head(tmp_path):
     state = {"Scale." + k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
     state["Scale.fc1_voc12_c0.weight"] = torch.zeros(1000, 2048)
     path = str(tmp_path / "DeepLab_resnet_pretrained_init-f81d91e8.pth")
-    torch.save(state, path)
+    torch.save(state, path, _use_new_zipfile_serialization=False)  # the released file predates the zip format
     net = tiny(seed=7)
     fresh_head = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("layer5.")}
     load_weights(net, path)
