@@ -95,6 +95,9 @@ def add_common_args(parser):
     hw.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: %(default)s)")
     hw.add_argument("--precision", default="32-true",
                     help="32-true as published, or bf16-mixed for speed on recent GPUs (default: %(default)s)")
+    hw.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                    help="channels-last memory format for the networks; auto = on for CUDA (default: %(default)s)")
+    hw.add_argument("--compile", action="store_true", help="torch.compile the networks (slower start, faster steps)")
 
 
 def build_parser(module_name=None):

@@ -34,6 +34,8 @@ def consistency_target(logits, threshold=0.968, source="softmax"):
 class SpatialMixModule(SegmentationModule):
     train_source = "images"
     default_position_beta = 0.5
+    # The batched SpatialMix; benchmark.py swaps in the published per-image loop for comparison.
+    mix = staticmethod(spatial_mix)
 
     @classmethod
     def add_args(cls, parser):
@@ -69,6 +71,9 @@ class SpatialMixModule(SegmentationModule):
             parameter.requires_grad_(False)
         self.generator = None
 
+    def networks(self):
+        return [self.net, self.ema_net]
+
     def on_fit_start(self):
         # One random stream per rank (Lightning seeds every rank alike), restarted past the steps
         # already taken when resuming.
@@ -79,7 +84,7 @@ class SpatialMixModule(SegmentationModule):
         """Teacher logits for ``images``, SpatialMix, batch flip: (mixed images, mixed teacher logits)."""
         with torch.no_grad():
             teacher_logits = self.ema_net(images, size=images.shape[-2:])
-            mixed_images, mixed_logits = spatial_mix(images, teacher_logits, self.args.position_beta,
+            mixed_images, mixed_logits = self.mix(images, teacher_logits, self.args.position_beta,
                                                      generator=self.generator)
             return random_flip(mixed_images, mixed_logits, p=self.args.flip_prob, generator=self.generator)
 
