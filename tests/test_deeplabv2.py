@@ -106,11 +106,15 @@ def test_batchnorm_affine_frozen_and_param_groups():
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             assert not m.weight.requires_grad and not m.bias.requires_grad
-        elif isinstance(m, nn.Conv2d):
-            assert m.weight.requires_grad
+    # Head branches outside the sum get no gradient (under DDP they would never receive one).
+    unused = {id(p) for c in net.layer5.conv2d_list[2:] for p in c.parameters()}
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            assert all(p.requires_grad != (id(p) in unused) for p in m.parameters())
+    assert all(p.requires_grad for p in tiny(head_branches=4).layer5.parameters())
     backbone, head = net.param_groups(0.01)
     assert backbone["lr"] == 0.01 and head["lr"] == pytest.approx(0.1)
-    assert {id(p) for p in head["params"]} == {id(p) for p in net.layer5.parameters()}
+    assert {id(p) for p in head["params"]} == {id(p) for p in net.layer5.parameters() if p.requires_grad}
     trainable = {id(p) for p in net.parameters() if p.requires_grad}
     assert {id(p) for p in backbone["params"]} | {id(p) for p in head["params"]} == trainable
     assert len(backbone["params"]) + len(head["params"]) == len(trainable)
@@ -159,8 +163,9 @@ def test_r101_keys_shapes_and_outputs_match_published():
     theirs, mine = published.state_dict(), ours.state_dict()
     assert list(theirs) == list(mine)
     assert all(theirs[k].shape == mine[k].shape for k in theirs)
-    assert [n for n, p in published.named_parameters() if p.requires_grad] == \
-           [n for n, p in ours.named_parameters() if p.requires_grad]
+    frozen_in_ours = ("layer5.conv2d_list.2.", "layer5.conv2d_list.3.")  # outside the two-branch sum
+    assert [n for n, p in published.named_parameters() if p.requires_grad and not n.startswith(frozen_in_ours)] \
+        == [n for n, p in ours.named_parameters() if p.requires_grad]
     ours.load_state_dict(theirs, strict=True)
     x = image(h=65, w=65)
     with torch.no_grad():
