@@ -72,6 +72,8 @@ class PredictionModule(pl.LightningModule):
         self.net = net
         self.flip = flip
         self.scales = tuple(scales)
+        # A process may have nothing left to predict (a resumed run, more processes than batches).
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def logits(self, images):
         height, width = images.shape[-2:]
@@ -222,8 +224,6 @@ class RecordWriter(BasePredictionWriter):
 
     Subclasses implement :meth:`write_batch` (files of one batch, returning one record row per
     image). A record is appended only after the image's files exist, so "recorded" means "done".
-    At the end of prediction all processes wait for each other, so that the first one can read
-    every record.
     """
 
     def __init__(self, record_dir):
@@ -242,7 +242,6 @@ class RecordWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer, pl_module):
         self.records.close()
-        trainer.strategy.barrier("records-written")
 
     def teardown(self, trainer, pl_module, stage):
         if self.records is not None:
@@ -284,4 +283,11 @@ def run_predict(module, data, writer, args):
     except (MisconfigurationException, ValueError) as err:
         raise UserError(f"--accelerator/--devices/--strategy/--precision: {err}") from None
     trainer.predict(module, datamodule=data, return_predictions=False)
+    # Every process waits here until all have written their files and records, so that the first
+    # one can read them all. (Not in a predict hook: a process with nothing to predict skips those.)
+    try:
+        trainer.strategy.barrier("records-written")
+    except RuntimeError as err:
+        raise UserError(f"another process of this run stopped early ({err.__class__.__name__}; its message is above); "
+                        "finished images are kept: rerun the command to complete them") from None
     return trainer.is_global_zero
