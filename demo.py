@@ -1,0 +1,231 @@
+"""The whole method, end to end, on the embedded synthetic benchmark: minutes on a laptop CPU.
+
+    python demo.py            # or: make demo
+
+Stages, each run through the same entry points as the real staged commands (printed as it goes):
+generate a two-domain benchmark (source in GTA5 layout, target in Cityscapes layout), convert the
+target labels to train ids, train the provider on the source (the black box), let it pseudo-label
+the target, distil a baseline from the pseudo-labels alone, mine hard patches from the
+pseudo-labels alone (strictly black-box), run the smhm self-distillation rounds, train the target
+oracle, evaluate every stage on target val. Results: ``experiments/demo/results.json`` and a
+picture ``experiments/demo/predictions.png`` (image | ground truth | source-only | baseline | final).
+
+A stage whose weights already exist is skipped, so an interrupted demo continues where it stopped;
+``--fresh`` starts over.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+from utils.cli import ArgumentParser, UserError, input_size, run
+
+# Tuned so that the demo finishes within ten minutes on two CPU cores (see docs/demo.md).
+DEFAULTS = dict(num_source=200, num_train=200, num_val=50, data_size="256x128", input_size="256x128",
+                arch="deeplabv2_tiny", batch_size=4, provider_steps=300, baseline_steps=300, oracle_steps=300,
+                round_steps=100, rounds=2, lr=1e-3, smhm_lr=1e-4, rare_classes="gta5")
+QUICK = dict(num_source=8, num_train=8, num_val=4, data_size="64x32", input_size="64x32",
+             provider_steps=4, baseline_steps=4, oracle_steps=4, round_steps=2, rounds=2,
+             rare_classes="auto")  # an untrained provider predicts no rare class: take its rarest ones
+
+
+def build_parser():
+    parser = ArgumentParser(prog="demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="./experiments/demo", help="everything the demo makes goes here (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of training (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=None, help=f"smhm self-distillation rounds (default: {DEFAULTS['rounds']})")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few images and steps: checks that every stage runs (seconds), not that adaptation helps")
+    parser.add_argument("--fresh", action="store_true", help="delete an earlier demo in --out and start over")
+    parser.add_argument("--num-workers", type=int, default=0, help="data loader processes (default: %(default)s)")
+    return parser
+
+
+def _finite(value):
+    """JSON has no NaN: a class absent from both prediction and ground truth is ``null``."""
+    return None if value != value else float(value)
+
+
+class Demo:
+    def __init__(self, args):
+        self.args = args
+        self.cfg = dict(DEFAULTS, **(QUICK if args.quick else {}))
+        if args.rounds is not None:
+            self.cfg["rounds"] = args.rounds
+        self.out = args.out
+        self.data = os.path.join(self.out, "data")
+        self.cityscapes = os.path.join(self.data, "cityscapes")
+        self.weights = os.path.join(self.out, "weights")
+        self.runs = os.path.join(self.out, "runs")
+        self.timings = {}
+
+    # -- running the entry points ---------------------------------------------------------------------
+    def step(self, title, script, argv, call):
+        print(f"\n=== {title}\n$ python {script} {' '.join(argv)}", flush=True)
+        start = time.time()
+        result = call(argv)
+        self.timings[title] = round(time.time() - start, 1)
+        return result
+
+    def common_training(self):
+        c = self.cfg
+        return ["--image-root", os.path.join(self.cityscapes, "leftImg8bit"),
+                "--label-root", os.path.join(self.cityscapes, "gtFine2"), "--list-root", os.path.join(self.out, "lists"),
+                "--arch", c["arch"], "--input-size", c["input_size"], "--train-batch-size", str(c["batch_size"]),
+                "--val-batch-size", "10", "--test-batch-size", "10", "--num-workers", str(self.args.num_workers),
+                "--accelerator", "cpu", "--devices", "1", "--log-tb-dir", self.runs, "--seed", str(self.args.seed), "--log-interval", "10", "--visualize-interval", "100"]
+
+    def train(self, name, module, steps, lr, extra):
+        """Train a stage (resuming an interrupted run) and extract its best network to weights/<name>.pth."""
+        from extract_model_state_dict import main as extract
+        from main import main as train_main
+
+        target = os.path.join(self.weights, f"{name}.pth")
+        if os.path.isfile(target):
+            print(f"\n=== {name}: done earlier ({target})")
+            return target
+        argv = ["--module-name", module, "--mode", "train", *self.common_training(), "--experiment-name", name,
+                "--max-steps", str(steps), "--lr", str(lr), "--val-interval", str(max(1, steps // 4)), *extra]
+        if os.path.isfile(os.path.join(self.runs, module, name, "last.ckpt")):
+            argv += ["--resume", "last"]
+        self.step(f"{name}: train", "main.py", argv, train_main)
+        best = self.best_checkpoint(os.path.join(self.runs, module, name))
+        self.step(f"{name}: extract", "extract_model_state_dict.py",
+                  ["--pl-weight-path", best, "--model-weight-keyname", "net", "--save-path", target], extract)
+        return target
+
+    @staticmethod
+    def best_checkpoint(folder):
+        best = [f for f in os.listdir(folder) if f.startswith("checkpoint-step_") and f.endswith(".ckpt")]
+        if not best:
+            raise UserError(f"no validated checkpoint in {folder}")
+        return os.path.join(folder, sorted(best)[-1])
+
+    def smhm_rounds(self, baseline, patches):
+        """``main.py --rounds N``: each round restarts smhm from the best student of the previous one."""
+        from main import main as train_main
+
+        c = self.cfg
+        argv = ["--module-name", "smhm", "--mode", "train", *self.common_training(), "--experiment-name", "smhm",
+                "--rounds", str(c["rounds"]), "--restore-from", baseline, "--hard-patches-root", patches,
+                "--position-beta", "0.25", "--max-steps", str(c["round_steps"]), "--lr", str(c["smhm_lr"]),
+                "--val-interval", str(max(1, c["round_steps"] // 4))]
+        self.step("smhm self-distillation rounds", "main.py", argv, train_main)
+        return [os.path.join(self.runs, "smhm", f"smhm_round_{k}", "student.pth") for k in range(1, c["rounds"] + 1)]
+
+    def evaluate(self, stages):
+        """``main.py --mode test`` for every stage's weights; returns {stage: {miou, miou16, miou13, per_class}}."""
+        from main import parse_args
+        from modules import runner
+        from utils.labels import CLASS_NAMES
+
+        results = {}
+        for stage, weights in stages.items():
+            argv = ["--module-name", "basic", "--mode", "test", *self.common_training(),
+                    "--experiment-name", f"eval_{stage}", "--restore-from", weights]
+            scores = self.step(f"evaluate {stage}", "main.py", argv, lambda v: runner.test(parse_args(v)))
+            results[stage] = {"weights": weights, "miou": _finite(scores["miou"]),
+                              "miou16": _finite(scores["miou16"]), "miou13": _finite(scores["miou13"]),
+                              "per_class": {n: _finite(v) for n, v in zip(CLASS_NAMES, scores["per_class"])}}
+        return results
+
+    def picture(self, stages, columns, count=4):
+        """Rows of image | ground truth | one prediction per column, for the first val images."""
+        import torch
+
+        from datasets.cityscapes import CityscapesDataset
+        from datasets.transforms import to_bgr_uint8
+        from models.deeplabv2 import get_deeplabv2
+        from utils.io import write_rgb_png
+        from utils.visualize import label_panel, stack_rows
+
+        c = self.cfg
+        data = CityscapesDataset(os.path.join(self.cityscapes, "leftImg8bit"), "val",
+                                 input_size=input_size(c["input_size"]),
+                                 label_root=os.path.join(self.cityscapes, "gtFine2"), resize_label=False)
+        items = [data[i] for i in range(min(count, len(data)))]
+        predictions = []
+        for column in columns:
+            net = get_deeplabv2(arch=c["arch"], restore_from=stages[column]).eval()
+            with torch.no_grad():
+                predictions.append([net(item["image"][None], size=item["label"].shape)[0].argmax(0).numpy()
+                                    for item in items])
+        rows = []
+        for i, item in enumerate(items):
+            image = to_bgr_uint8(item["image"])[:, :, ::-1]
+            rows.append(label_panel(image, [item["label"].numpy()] + [p[i] for p in predictions]))
+        path = os.path.join(self.out, "predictions.png")
+        write_rgb_png(path, stack_rows(rows))
+        print(f"\npicture: {path} (image | ground truth | {' | '.join(columns)})")
+
+    def table(self, results, total):
+        print(f"\n{'stage':<16} {'mIoU-19':>8} {'mIoU-16':>8} {'mIoU-13':>8}")
+        for stage, r in results.items():
+            print(f"{stage:<16} " + " ".join(f"{r[k] if r[k] is not None else float('nan'):8.2f}"
+                                              for k in ("miou", "miou16", "miou13")))
+        print(f"\ntotal {total:.0f} s; per-class IoU in {os.path.join(self.out, 'results.json')}")
+
+    # -- the stages -----------------------------------------------------------------------------------
+    def run(self):
+        c, a = self.cfg, self.args
+        if a.fresh and os.path.isdir(self.out):
+            shutil.rmtree(self.out)
+        os.makedirs(self.weights, exist_ok=True)
+        start = time.time()
+
+        from datasets.synthetic import main as synthetic
+        self.step("benchmark: generate", "-m datasets.synthetic",
+                  ["--root", self.data, "--seed", str(a.seed), "--num-source", str(c["num_source"]),
+                   "--num-train", str(c["num_train"]), "--num-val", str(c["num_val"]), "--size", c["data_size"]],
+                  synthetic)
+        from utils.transfer_trainid import main as transfer
+        self.step("labels: convert to train ids", "utils/transfer_trainid.py",
+                  ["--dataset", "cityscapes", "--ori-label-root", os.path.join(self.cityscapes, "gtFine"),
+                   "--dst-label-root", os.path.join(self.cityscapes, "gtFine2")], transfer)
+
+        provider = self.train("source_only", "source_only", c["provider_steps"], c["lr"],
+                              ["--source-dataset", "gta5", "--source-root", os.path.join(self.data, "gta5")])
+
+        from generate_pseudo_labels import main as pseudo
+        pseudo_root = os.path.join(self.out, "pseudo_label")
+        self.step("pseudo-labels (the black box's predictions)", "generate_pseudo_labels.py",
+                  ["--data-dir", self.cityscapes, "--restore-from", provider, "--save", pseudo_root, "--arch", c["arch"],
+                   "--input-size", c["input_size"], "--batch-size", "10", "--num-workers", str(a.num_workers),
+                   "--accelerator", "cpu"], pseudo)
+
+        # Strict black-box: the target model starts without the provider's weights.
+        baseline = self.train("baseline", "baseline", c["baseline_steps"], c["lr"],
+                              ["--pseudo-label-root", pseudo_root])
+
+        from construct_hard_patch import main as mine
+        patches = os.path.join(self.out, "hard_patches")
+        self.step("hard patches (from the pseudo-labels alone)", "construct_hard_patch.py",
+                  ["--data-dir", self.cityscapes, "--pseudo-label-root", pseudo_root, "--save", patches, "--rare-classes", c["rare_classes"],
+                   "--input-size", c["input_size"], "--grid", "4x4", "--num-workers", str(a.num_workers)], mine)
+
+        rounds = self.smhm_rounds(baseline, patches)
+
+        oracle = self.train("oracle", "basic", c["oracle_steps"], c["lr"], [])
+
+        stages = {"source_only": provider, "baseline": baseline,
+                  **{f"smhm_round_{k}": w for k, w in enumerate(rounds, 1)}, "oracle": oracle}
+        results = self.evaluate(stages)
+        self.picture(stages, ["source_only", "baseline", f"smhm_round_{len(rounds)}"])
+        total = round(time.time() - start, 1)
+        with open(os.path.join(self.out, "results.json"), "w") as f:
+            json.dump({"stages": results, "seconds": self.timings, "total_seconds": total,
+                       "settings": dict(self.cfg, seed=a.seed)}, f, indent=2)
+        self.table(results, total)
+        return results
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    Demo(args).run()
+    return 0
+
+
+if __name__ == "__main__":
+    run(main, sys.argv[1:])
