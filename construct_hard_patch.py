@@ -109,7 +109,7 @@ def main(argv=None):
     settings = {"labels": label_source, "split": args.split, "input_size": list(args.input_size),
                 "grid": list(args.grid), "rare_classes": list(rare)}
     claim_folder(os.path.join(args.save, ".state"), settings, args.overwrite,
-                 remove=[os.path.join(args.save, f) for f in (*hp.OUTPUT_FOLDERS, "summary.json")])
+                 outputs=[os.path.join(args.save, f) for f in (*hp.OUTPUT_FOLDERS, "summary.json")])
     records, skipped = hp.mine(dataset, names, args.save, boxes, rare, args.num_workers)
     summary = hp.summarize(records, rare, rare_source, args.num_classes, args.grid, args.input_size,
                            label_source, counts, absent)

@@ -99,15 +99,14 @@ def reference_logits(world, paths, scales=(1.0,)):
 
 
 def tree(folder):
-    """{relative path: bytes} of the results (the resume state and temporary files left out)."""
+    """{relative path: bytes} of the results (the resume state left out)."""
     files = {}
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if d != ".state"]
         for f in filenames:
-            if not f.startswith(".tmp-"):
-                path = os.path.join(dirpath, f)
-                with open(path, "rb") as handle:
-                    files[os.path.relpath(path, folder)] = handle.read()
+            path = os.path.join(dirpath, f)
+            with open(path, "rb") as handle:
+                files[os.path.relpath(path, folder)] = handle.read()
     return files
 
 

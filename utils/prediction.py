@@ -248,16 +248,37 @@ class RecordWriter(BasePredictionWriter):
             self.records.close()
 
 
-def claim_folder(folder, settings, overwrite, remove=()):
-    """Start or continue a run whose state lives in ``folder``.
+def launched_as_first_process():
+    """Whether this process is (or will be) global rank 0, from the variables that launchers set
+    (Lightning's own, torchrun, SLURM); usable before the ``Trainer`` exists."""
+    for variable in ("RANK", "SLURM_PROCID"):
+        if variable in os.environ:
+            return int(os.environ[variable]) == 0
+    return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
+
+
+def _remove_temporary_files(folder):
+    # A run killed while writing leaves the temporary file of an atomic write behind.
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            if name.startswith(".tmp-"):
+                os.remove(os.path.join(dirpath, name))
+
+
+def claim_folder(folder, settings, overwrite, outputs=()):
+    """Start or continue a run whose state lives in ``folder`` and whose results are ``outputs``.
 
     A rerun must use the same ``settings`` (a JSON-able dict of what decides the results), else old
-    and new outputs would mix; ``overwrite`` first removes the paths in ``remove`` and the state.
+    and new outputs would mix; ``overwrite`` first removes the outputs and the state. Only the first
+    process removes and writes: the others may start while it does.
     """
     path = os.path.join(folder, "settings.json")
     text = json.dumps(settings, indent=1, sort_keys=True) + "\n"
+    first = launched_as_first_process()
     if overwrite:
-        for target in (*remove, folder):
+        if not first:
+            return
+        for target in (*outputs, folder):
             if os.path.isdir(target):
                 shutil.rmtree(target)
             elif os.path.isfile(target):
@@ -268,7 +289,11 @@ def claim_folder(folder, settings, overwrite, remove=()):
         if previous != text:
             raise UserError(f"--save holds results made with other settings ({path}); add --overwrite to "
                             "replace them, or choose another --save")
-    atomic_write_text(path, text)
+    if first:
+        for target in outputs:
+            if os.path.isdir(target):
+                _remove_temporary_files(target)
+        atomic_write_text(path, text)
 
 
 def run_predict(module, data, writer, args):

@@ -201,9 +201,10 @@ def generate(args, save, write_color=True):
     names = dataset.names
     net = load_network(args)
     claim_folder(state_dir(save, args.split), settings_of(args), args.overwrite,
-                 remove=[os.path.join(save, kind, args.split) for kind in ("label_ids", "label_color")]
+                 outputs=[os.path.join(save, kind, args.split) for kind in ("label_ids", "label_color")]
                  + list(report_names(save, args.split).values()))
-    done = finished(save, args.split, names, write_color)
+    # With --overwrite nothing counts as done, even where the first process has not yet removed it.
+    done = frozenset() if args.overwrite else finished(save, args.split, names, write_color)
     first = True
     if len(done) < len(names):
         module = PredictionModule(net, flip=args.flip, scales=args.scales if args.multiscale else (1.0,))
