@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: venv test demo clean
 
@@ -20,12 +21,7 @@ test: venv
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 demo: venv
-	@if [ -f demo.py ]; then \
-		$(PY) demo.py; \
-	else \
-		echo "the demo (demo.py) is not available yet; running the test suite instead"; \
-		$(PY) -m pytest -q tests $(PYTEST_ARGS); \
-	fi
+	$(PY) demo.py $(DEMO_ARGS)
 
 clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
