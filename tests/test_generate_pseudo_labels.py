@@ -21,6 +21,7 @@ from models.deeplabv2 import get_deeplabv2
 from tests.fixtures import make_cityscapes
 from utils.cli import run
 from utils.labels import colorize
+from utils.prediction import RecordFile, read_records, shard_batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float32)
@@ -108,6 +109,33 @@ def tree(folder):
             with open(path, "rb") as handle:
                 files[os.path.relpath(path, folder)] = handle.read()
     return files
+
+
+def test_records_survive_a_torn_last_line(tmp_path):
+    folder = tmp_path / "state"
+    records = RecordFile(str(folder / "0.tsv"))
+    records.append([("a/x", "0.5", "1,2"), ("a/y", "0.25", "3,4")])
+    records.close()
+    with open(folder / "0.tsv", "a") as f:
+        f.write("a/z\t0.12")  # killed in the middle of a line: an entropy that parses, but is cut
+    assert read_records(str(folder)) == {"a/x": ["0.5", "1,2"], "a/y": ["0.25", "3,4"]}
+    records = RecordFile(str(folder / "0.tsv"))  # a resumed run cuts the torn line off first
+    records.append([("a/z", "0.125", "5,6"), ("a/x", "0.5", "1,2")])
+    records.close()
+    assert (folder / "0.tsv").read_text().count("\n") == 4
+    assert read_records(str(folder)) == {"a/x": ["0.5", "1,2"], "a/y": ["0.25", "3,4"], "a/z": ["0.125", "5,6"]}
+
+
+def test_batches_are_the_same_for_any_number_of_processes():
+    names = [f"c/{k}" for k in range(7)]
+    single = shard_batches(names, 2)
+    assert single == [[0, 1], [2, 3], [4, 5], [6]]
+    for world in (2, 3, 5):
+        dealt = [b for rank in range(world) for b in shard_batches(names, 2, rank, world)]
+        assert sorted(dealt) == single  # every image once, in the same batch company
+    # Finished batches are left out; a batch with one unfinished image is predicted whole.
+    assert shard_batches(names, 2, done={"c/0", "c/1", "c/2"}) == [[2, 3], [4, 5], [6]]
+    assert shard_batches(names, 2, rank=1, world_size=2, done={"c/2", "c/3"}) == [[6]]
 
 
 def test_published_defaults():
