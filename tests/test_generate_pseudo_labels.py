@@ -4,6 +4,7 @@ the easy/hard split, the ground-truth report, resuming after a real kill, bad in
 The two-process test starts real DDP processes (gloo) and takes about half a minute on two cores, so
 it runs only with ``RUN_DDP_TESTS=1`` in the environment.
 """
+import json
 import os
 import signal
 import subprocess
@@ -179,7 +180,7 @@ def test_labels_ranking_and_report(world, tmp_path, capsys):
     np.testing.assert_allclose([recorded[n] for n in names], entropy, rtol=1e-9)
 
     # Ground truth (gtFine2, 128x64) is compared at its own resolution: the label upsampled nearest.
-    summary = __import__("json").loads((save / "summary.json").read_text())
+    summary = json.loads((save / "summary.json").read_text())
     confusion = np.zeros((19, 19), np.int64)
     for name, label in zip(names, labels):
         truth = cv2.imread(os.path.join(world["data"], "gtFine2", "train", name + SUFFIX), cv2.IMREAD_UNCHANGED)

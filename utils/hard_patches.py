@@ -25,7 +25,7 @@ from datasets.transforms import resize_label, to_bgr_uint8
 from utils.cli import UserError
 from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
 from utils.labels import CLASS_NAMES, colorize, parse_rare_classes
-from utils.prediction import RecordFile, read_records
+from utils.prediction import ErrorsAsItems, RecordFile, check_item, read_records
 
 OUTPUT_FOLDERS = ("patches", "labels", "color_labels")
 
@@ -78,9 +78,10 @@ class _Labels(Dataset):
 def class_pixel_counts(label_paths, input_size, num_classes, num_workers=0):
     """Pixels of every class over all labels (at the input size, as they are cut into patches)."""
     counts = np.zeros(num_classes, dtype=np.int64)
-    loader = DataLoader(_Labels(label_paths, input_size, num_classes), batch_size=None, num_workers=num_workers)
+    loader = DataLoader(ErrorsAsItems(_Labels(label_paths, input_size, num_classes)), batch_size=None,
+                        num_workers=num_workers)
     for image_counts in tqdm(loader, desc="counting class pixels", leave=False):
-        counts += np.asarray(image_counts, dtype=np.int64)
+        counts += np.asarray(check_item(image_counts), dtype=np.int64)
     return counts
 
 
@@ -145,8 +146,9 @@ def mine(dataset, names, save, boxes, rare, num_workers=0):
     pending = [i for i, name in enumerate(names) if name not in done]
     records = RecordFile(os.path.join(save, ".state", "mined.tsv"))
     try:
-        loader = DataLoader(Subset(dataset, pending), batch_size=None, num_workers=num_workers)
+        loader = DataLoader(ErrorsAsItems(Subset(dataset, pending)), batch_size=None, num_workers=num_workers)
         for item in tqdm(loader, total=len(pending), desc="mining hard patches"):
+            check_item(item)
             label = item["label"].numpy().astype(np.uint8)
             kept = select_patches(label, boxes, rare)
             if kept:

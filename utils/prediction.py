@@ -88,8 +88,7 @@ class PredictionModule(pl.LightningModule):
         return total if len(self.scales) == 1 else total / len(self.scales)
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
-        if "error" in batch:
-            raise UserError(batch["error"])
+        check_item(batch)
         logits = self.logits(batch["image"])
         return {"name": list(batch["name"]),
                 "label": logits.argmax(dim=1).to(torch.uint8).cpu(),
@@ -97,9 +96,10 @@ class PredictionModule(pl.LightningModule):
                 "entropy": entropy_map(logits).double().mean(dim=(1, 2)).cpu()}
 
 
-class _ErrorsAsItems(Dataset):
-    """Turns a user error inside a loader process into an item, so that it reaches the user as the
-    original one-line message instead of a worker traceback."""
+class ErrorsAsItems(Dataset):
+    """Turns a user error inside a loader process into an item ``{"error": message}``, so that it
+    reaches the user as the original one-line message instead of a worker traceback (see
+    :func:`check_item`)."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -112,6 +112,13 @@ class _ErrorsAsItems(Dataset):
             return self.dataset[index]
         except UserError as err:
             return {"error": str(err)}
+
+
+def check_item(item):
+    """Raise the user error carried by an item of :class:`ErrorsAsItems`; else return the item."""
+    if isinstance(item, dict) and "error" in item:
+        raise UserError(item["error"])
+    return item
 
 
 def collate(samples):
@@ -167,7 +174,7 @@ class PredictionData(pl.LightningDataModule):
         # Only the last batch of the list can be short, and it comes last in its process, so batching
         # the concatenation again gives back exactly these batches.
         indices = _Indices(i for batch in batches for i in batch)
-        return DataLoader(_ErrorsAsItems(self.dataset), batch_size=self.batch_size, sampler=indices,
+        return DataLoader(ErrorsAsItems(self.dataset), batch_size=self.batch_size, sampler=indices,
                           num_workers=self.num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available())
 
 

@@ -34,8 +34,8 @@ from utils.cli import UserError, input_size
 from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
 from utils.labels import CLASS_NAMES, IGNORE_INDEX, colorize
 from utils.metrics import ConfusionMatrix, scores_from_confusion
-from utils.prediction import (PredictionData, PredictionModule, RecordWriter, check_hardware_args, claim_folder,
-                              read_records, run_predict)
+from utils.prediction import (ErrorsAsItems, PredictionData, PredictionModule, RecordWriter, check_hardware_args,
+                              check_item, claim_folder, read_records, run_predict)
 
 
 
@@ -265,8 +265,9 @@ def ground_truth_scores(save, split, names, label_root, num_classes, num_workers
         return None, f"ground truth incomplete: {len(absent)} of {len(pairs)} files missing (first: {absent[0]})"
     # Only the first process reports, so the matrix must not wait for the others to sum it.
     confusion = ConfusionMatrix(num_classes, IGNORE_INDEX, sync_on_compute=False)
-    loader = DataLoader(_LabelPairs(pairs), batch_size=None, num_workers=num_workers)
-    for prediction, truth in loader:
+    loader = DataLoader(ErrorsAsItems(_LabelPairs(pairs)), batch_size=None, num_workers=num_workers)
+    for item in loader:
+        prediction, truth = check_item(item)
         confusion.update(prediction, truth)
     return scores_from_confusion(confusion.compute()), truth_dir
 
