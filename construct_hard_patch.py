@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from utils.cli import UserError, grid_size, run
+from utils.cli import grid_size, run
 
 
 def build_parser():
@@ -66,55 +66,12 @@ def report(summary, skipped, counts, cells_per_image):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from datasets.cityscapes import resolve_pseudo_label_root
-    from utils import hard_patches as hp
-    from utils.prediction import claim_folder
-    from utils.pseudo_labels import LABEL_SUFFIX, check_labelling_args, generate, target_dataset
+    from utils.hard_patches import construct
 
-    if (args.pseudo_label_root is None) == (args.restore_from is None):
-        raise UserError("give exactly one of --pseudo-label-root (pseudo-labels already made) and --restore-from "
-                        "(weights to compute them)")
-    check_labelling_args(args)
-    rare = hp.check_rare_classes(args.rare_classes, args.num_classes)
-    if args.rare_classes == "auto" and not 1 <= args.num_rare <= args.num_classes:
-        raise UserError(f"--num-rare must be between 1 and {args.num_classes}, got {args.num_rare}")
-    boxes = hp.grid_boxes(args.input_size, args.grid)
-
-    if args.restore_from is not None:
-        label_source = {"model": os.path.abspath(args.restore_from)}
-        generated = generate(args, os.path.join(args.save, ".pseudo_labels"), write_color=False)
-        if generated is None:  # a secondary process of a multi-device run: the first one mines
-            return 0
-        print(f"pseudo-labels from the model: {len(generated['names'])} images "
-              f"({generated['skipped']} already done)")
-        pseudo_root = os.path.join(args.save, ".pseudo_labels")
-    else:
-        pseudo_root = args.pseudo_label_root
-        if not os.path.isdir(pseudo_root):
-            raise UserError(f"--pseudo-label-root: folder not found: {pseudo_root}")
-        label_source = {"pseudo_label_root": os.path.abspath(pseudo_root)}
-    label_dir = resolve_pseudo_label_root(pseudo_root, args.split)
-    dataset = target_dataset(args, pseudo_label_root=label_dir)
-    names = dataset.names
-
-    counts, absent, rare_source = None, (), args.rare_classes
-    if rare is None:
-        paths = [os.path.join(label_dir, name + LABEL_SUFFIX) for name in names]
-        counts = hp.class_pixel_counts(paths, args.input_size, args.num_classes, args.num_workers)
-        rare, absent = hp.choose_rare_classes(counts, args.num_rare)
-        rare_source = f"auto: the {args.num_rare} classes with the smallest pixel share"
-        if not rare:
-            raise UserError(f"--rare-classes auto: the labels in {label_dir} contain no class at all")
-
-    settings = {"labels": label_source, "split": args.split, "input_size": list(args.input_size),
-                "grid": list(args.grid), "rare_classes": list(rare)}
-    claim_folder(os.path.join(args.save, ".state"), settings, args.overwrite,
-                 outputs=[os.path.join(args.save, f) for f in (*hp.OUTPUT_FOLDERS, "summary.json")])
-    records, skipped = hp.mine(dataset, names, args.save, boxes, rare, args.num_workers)
-    summary = hp.summarize(records, rare, rare_source, args.num_classes, args.grid, args.input_size,
-                           label_source, counts, absent)
-    hp.write_summary(args.save, summary)
-    report(summary, skipped, counts, len(boxes))
+    result = construct(args)
+    if result is None:  # a secondary process of a multi-device run: the first one mines and reports
+        return 0
+    report(result["summary"], result["skipped"], result["counts"], result["cells_per_image"])
     return 0
 
 

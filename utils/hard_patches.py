@@ -21,11 +21,13 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from datasets.cityscapes import LABEL_SUFFIX, resolve_pseudo_label_root
 from datasets.transforms import resize_label, to_bgr_uint8
 from utils.cli import UserError
 from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
 from utils.labels import CLASS_NAMES, colorize, parse_rare_classes
-from utils.prediction import ErrorsAsItems, RecordFile, check_item, read_records
+from utils.prediction import ErrorsAsItems, RecordFile, check_item, claim_folder, read_records
+from utils.pseudo_labels import check_labelling_args, generate, target_dataset
 
 OUTPUT_FOLDERS = ("patches", "labels", "color_labels")
 
@@ -192,3 +194,56 @@ def summarize(records, rare, rare_source, num_classes, grid, input_size, label_s
 
 def write_summary(save, summary):
     atomic_write_text(os.path.join(save, "summary.json"), json.dumps(summary, indent=1) + "\n")
+
+
+def construct(args):
+    """Stage 5 from the flags of ``construct_hard_patch.py``: check the inputs (nothing is written
+    when they are wrong), get the labels (from ``--pseudo-label-root``, or stage 2 run with
+    ``--restore-from`` into ``<save>/.pseudo_labels``), choose the rare classes, mine and summarize.
+
+    Returns ``None`` in every process but the first, which gets ``{"summary", "skipped", "counts",
+    "cells_per_image"}`` (``counts``: class pixel counts behind ``--rare-classes auto``, else None).
+    """
+    if (args.pseudo_label_root is None) == (args.restore_from is None):
+        raise UserError("give exactly one of --pseudo-label-root (pseudo-labels already made) and --restore-from "
+                        "(weights to compute them)")
+    check_labelling_args(args)
+    rare = check_rare_classes(args.rare_classes, args.num_classes)
+    if args.rare_classes == "auto" and not 1 <= args.num_rare <= args.num_classes:
+        raise UserError(f"--num-rare must be between 1 and {args.num_classes}, got {args.num_rare}")
+    boxes = grid_boxes(args.input_size, args.grid)
+
+    if args.restore_from is not None:
+        label_source = {"model": os.path.abspath(args.restore_from)}
+        pseudo_root = os.path.join(args.save, ".pseudo_labels")
+        generated = generate(args, pseudo_root, write_color=False)
+        if generated is None:
+            return None
+        print(f"pseudo-labels from the model: {len(generated['names'])} images ({generated['skipped']} already done)")
+    else:
+        pseudo_root = args.pseudo_label_root
+        if not os.path.isdir(pseudo_root):
+            raise UserError(f"--pseudo-label-root: folder not found: {pseudo_root}")
+        label_source = {"pseudo_label_root": os.path.abspath(pseudo_root)}
+    label_dir = resolve_pseudo_label_root(pseudo_root, args.split)
+    dataset = target_dataset(args, pseudo_label_root=label_dir)
+    names = dataset.names
+
+    counts, absent, rare_source = None, (), args.rare_classes
+    if rare is None:
+        paths = [os.path.join(label_dir, name + LABEL_SUFFIX) for name in names]
+        counts = class_pixel_counts(paths, args.input_size, args.num_classes, args.num_workers)
+        rare, absent = choose_rare_classes(counts, args.num_rare)
+        rare_source = f"auto: the {args.num_rare} classes with the smallest pixel share"
+        if not rare:
+            raise UserError(f"--rare-classes auto: the labels in {label_dir} contain no class at all")
+
+    settings = {"labels": label_source, "split": args.split, "input_size": list(args.input_size),
+                "grid": list(args.grid), "rare_classes": list(rare)}
+    claim_folder(os.path.join(args.save, ".state"), settings, args.overwrite,
+                 outputs=[os.path.join(args.save, f) for f in (*OUTPUT_FOLDERS, "summary.json")])
+    records, skipped = mine(dataset, names, args.save, boxes, rare, args.num_workers)
+    summary = summarize(records, rare, rare_source, args.num_classes, args.grid, args.input_size,
+                        label_source, counts, absent)
+    write_summary(args.save, summary)
+    return {"summary": summary, "skipped": skipped, "counts": counts, "cells_per_image": len(boxes)}
