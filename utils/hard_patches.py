@@ -25,15 +25,11 @@ from datasets.cityscapes import LABEL_SUFFIX, resolve_pseudo_label_root
 from datasets.transforms import resize_label, to_bgr_uint8
 from utils.cli import UserError
 from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
-from utils.labels import CLASS_NAMES, colorize, parse_rare_classes
+from utils.labels import colorize, parse_rare_classes
 from utils.prediction import ErrorsAsItems, RecordFile, check_item, claim_folder, read_records
-from utils.pseudo_labels import check_labelling_args, generate, target_dataset
+from utils.pseudo_labels import check_labelling_args, class_names, generate, target_dataset
 
 OUTPUT_FOLDERS = ("patches", "labels", "color_labels")
-
-
-def class_names(num_classes):
-    return CLASS_NAMES if num_classes == len(CLASS_NAMES) else tuple(f"class {k}" for k in range(num_classes))
 
 
 # -- the grid ---------------------------------------------------------------------------------------------

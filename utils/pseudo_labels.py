@@ -134,6 +134,10 @@ def check_labelling_args(args):
         raise UserError(f"--scales must be positive factors such as 0.75,1.0,1.25, got {args.scales}")
 
 
+def class_names(num_classes):
+    return CLASS_NAMES if num_classes == len(CLASS_NAMES) else tuple(f"class {k}" for k in range(num_classes))
+
+
 # -- outputs --------------------------------------------------------------------------------------------
 
 def label_path(save, kind, split, name):
@@ -285,7 +289,7 @@ def write_report(save, split, result, args, label_root):
         atomic_write_text(files[key], "".join(f"{name} {entropy}\n" for name, entropy in rows))
 
     counts = class_pixels(records, args.num_classes)
-    class_names = CLASS_NAMES if args.num_classes == len(CLASS_NAMES) else [f"class {k}" for k in range(args.num_classes)]
+    names_of_classes = class_names(args.num_classes)
     share = counts / max(1, counts.sum())
     scores, truth_note = ground_truth_scores(save, split, names, label_root, args.num_classes, args.num_workers)
     summary = {
@@ -294,13 +298,13 @@ def write_report(save, split, result, args, label_root):
         "scales": list(args.scales) if args.multiscale else [1.0],
         "easy": len(easy), "hard": len(hard),
         "median_entropy": float(hard[0][1]) if hard else None,
-        "class_pixel_share": {n: round(float(s), 6) for n, s in zip(class_names, share)},
+        "class_pixel_share": {n: round(float(s), 6) for n, s in zip(names_of_classes, share)},
         "ground_truth": None,
     }
     if scores is not None:
         summary["ground_truth"] = {
             "label_root": truth_note, "compared_at": "ground-truth resolution (pseudo-labels upsampled, nearest)",
-            "iou": {n: _finite(v) for n, v in zip(class_names, scores["per_class"])},
+            "iou": {n: _finite(v) for n, v in zip(names_of_classes, scores["per_class"])},
             "miou": _finite(scores["miou"]), "miou16": _finite(scores["miou16"]), "miou13": _finite(scores["miou13"]),
         }
     atomic_write_text(files["summary"], json.dumps(summary, indent=1) + "\n")
