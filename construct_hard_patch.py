@@ -11,7 +11,6 @@ or any folder of ``<city>/<stem>_gtFine_labelIds.png``), or computed with the we
 the same command after an interruption finishes the missing images only.
 """
 import argparse
-import os
 import sys
 
 from utils.cli import grid_size, run

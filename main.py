@@ -9,7 +9,7 @@
 import argparse
 import sys
 
-from utils.cli import ArgumentParser, input_size, run
+from utils.cli import ArgumentParser, run
 
 STAGES = ("basic", "source_only", "baseline", "spatial_mix", "smhm")
 DESCRIPTION = """Train or evaluate one stage of black-box domain adaptation (SpatialMix + hard patches).
@@ -53,17 +53,11 @@ def add_common_args(parser):
     parser.add_argument("--resume", default=None, metavar="PATH|last",
                         help="continue training from a Lightning checkpoint, or 'last' for the experiment's last.ckpt")
 
-    net = parser.add_argument_group("network")
-    net.add_argument("--arch", default="deeplabv2_r101",
-                     help="deeplabv2_r101 (published), deeplabv2_r50, or deeplabv2_tiny for CPU trials (default: %(default)s)")
-    net.add_argument("--num-classes", type=int, default=19, help="number of train ids (default: %(default)s)")
-    net.add_argument("--head-branches", type=int, choices=(2, 4), default=2,
-                     help="ASPP branches summed in the head: 2 as the published checkpoints were made, or all 4 "
-                          "(default: %(default)s)")
+    from models.deeplabv2 import add_network_args
+
+    net = add_network_args(parser)
     net.add_argument("--freeze-bn-stats", action="store_true",
                      help="keep BatchNorm running statistics fixed during training (published: they update)")
-    net.add_argument("--input-size", type=input_size, default=(1024, 512), metavar="WxH",
-                     help="images are resized to WIDTHxHEIGHT for training and inference (default: 1024x512)")
 
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: %(default)s)")

@@ -165,6 +165,24 @@ class DeepLabV2(nn.Module):
         return [{"params": backbone, "lr": lr}, {"params": head, "lr": 10 * lr}]
 
 
+def add_network_args(parser, title="network"):
+    """The flags that choose the network and its input size, shared by every entry point."""
+    from utils.cli import input_size
+
+    group = parser.add_argument_group(title)
+    group.add_argument("--arch", default="deeplabv2_r101", choices=tuple(ARCHS),
+                       help="deeplabv2_r101 (published), deeplabv2_r50, or deeplabv2_tiny for CPU trials "
+                            "(default: %(default)s)")
+    group.add_argument("--num-classes", type=int, default=19, help="number of train ids (default: %(default)s)")
+    group.add_argument("--head-branches", type=int, choices=(2, 4), default=2,
+                       help="ASPP branches summed in the head: 2 as the published checkpoints were made, or all 4 "
+                            "(default: %(default)s)")
+    group.add_argument("--input-size", type=input_size, default=(1024, 512), metavar="WxH",
+                       help="images are resized (bicubic) to WIDTHxHEIGHT for training and inference "
+                            "(default: 1024x512)")
+    return group
+
+
 def get_deeplabv2(num_classes=19, restore_from=None, arch="deeplabv2_r101", head_branches=2, freeze_bn_stats=False):
     """Build the network named ``arch`` (see ``ARCHS``) and load ``restore_from`` if given."""
     if arch not in ARCHS:

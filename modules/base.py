@@ -7,7 +7,6 @@ Validation and testing are identical for all stages: predict the target val spli
 size, upsample logits to the ground-truth resolution, accumulate one confusion matrix (synchronised
 across processes) and report per-class IoU and the three means.
 """
-import argparse
 import os
 
 import numpy as np
@@ -23,7 +22,7 @@ from utils.inference import predict_logits
 from utils.io import write_png, write_rgb_png
 from utils.labels import IGNORE_INDEX, colorize
 from utils.metrics import ConfusionMatrix, append_record, format_table, scores_from_confusion
-from utils.visualize import label_panel, stack_rows
+from utils.visualize import label_panel
 
 
 class SegmentationModule(pl.LightningModule):

@@ -5,7 +5,6 @@ images from easy to hard.
 Grad mode is the caller's choice: wrap calls in ``torch.no_grad()`` / ``torch.inference_mode()``
 when no gradient is wanted (the teacher in self-distillation, evaluation, pseudo-labels).
 """
-import torch
 import torch.nn.functional as F
 
 

@@ -20,15 +20,16 @@ def read_image_bgr(path):
     return image
 
 
-def read_label(path):
-    """Read a single-channel ``uint8`` label map (train ids or label ids) as H×W."""
+def read_label(path, channel=0):
+    """Read a label map (train ids or label ids) as H×W, keeping its bit depth; from a multi-channel
+    file, take ``channel`` in OpenCV's BGR(A) order."""
     if not os.path.isfile(path):
         raise UserError(f"label not found: {path}")
     label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if label is None:
         raise UserError(f"cannot read label (unreadable or truncated): {path}")
     if label.ndim == 3:  # some tools save grey labels as three equal channels
-        label = label[:, :, 0]
+        label = label[:, :, channel]
     return label
 
 

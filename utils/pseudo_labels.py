@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from datasets.cityscapes import LABEL_SUFFIX, CityscapesDataset
 from datasets.transforms import resize_label
-from models.deeplabv2 import get_deeplabv2
-from utils.cli import UserError, input_size
+from models.deeplabv2 import add_network_args, get_deeplabv2
+from utils.cli import UserError
 from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
 from utils.labels import CLASS_NAMES, IGNORE_INDEX, colorize
 from utils.metrics import ConfusionMatrix, scores_from_confusion
@@ -61,16 +61,7 @@ def scales(text):
 
 def add_labelling_args(parser):
     """The network and how it predicts: the pseudo-label computation, shared by both data stages."""
-    group = parser.add_argument_group("provider network")
-    group.add_argument("--arch", default="deeplabv2_r101",
-                       help="deeplabv2_r101 (published), deeplabv2_r50, or deeplabv2_tiny (default: %(default)s)")
-    group.add_argument("--num-classes", type=int, default=19, help="number of train ids (default: %(default)s)")
-    group.add_argument("--head-branches", type=int, choices=(2, 4), default=2,
-                       help="ASPP branches summed in the head: 2 as the published checkpoints were made, or 4 "
-                            "(default: %(default)s)")
-    group.add_argument("--input-size", type=input_size, default=(1024, 512), metavar="WxH",
-                       help="images are resized (bicubic) to WIDTHxHEIGHT; labels are written at this size "
-                            "(default: 1024x512)")
+    group = add_network_args(parser, "provider network")
     group.add_argument("--no-flip", dest="flip", action="store_false",
                        help="leave out the horizontal-flip test-time augmentation (published: flip on)")
     group.add_argument("--multiscale", action="store_true",

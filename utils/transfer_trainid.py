@@ -20,7 +20,6 @@ from multiprocessing import Pool
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-import cv2  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from utils.cli import UserError, run  # noqa: E402
@@ -32,15 +31,8 @@ _LUTS = {}
 
 
 def read_synthia_label_ids(path):
-    """SYNTHIA class ids (H×W, ``uint16``) from a GT/LABELS file: its red channel."""
-    if not os.path.isfile(path):
-        raise UserError(f"label not found: {path}")
-    label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise UserError(f"cannot read label (unreadable or truncated): {path}")
-    if label.ndim == 3:
-        label = label[:, :, 2]  # OpenCV orders channels BGR(A): red is the third
-    return label
+    """SYNTHIA class ids (H×W, ``uint16``) from a GT/LABELS file: its red channel (third in BGR)."""
+    return read_label(path, channel=2)
 
 
 def label_ids_to_train_ids(label_ids, lut, path):
