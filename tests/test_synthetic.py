@@ -1,0 +1,198 @@
+"""The synthetic two-domain benchmark: real layouts, determinism, label ids, class coverage, a
+street layout, a real appearance gap, the command line, and that the real loaders read it."""
+import glob
+import os
+
+import numpy as np
+import pytest
+from cityscapesscripts.helpers.labels import labels as cityscapes_labels
+
+from datasets import synthetic
+from datasets.synthetic import ID, generate_benchmark, main, render_scene
+from utils.cli import UserError, run
+from utils.io import read_image_bgr, read_label
+from utils.labels import IGNORE_INDEX, NUM_CLASSES, cityscapes_label_id_lut
+
+SIZE = (128, 64)
+COUNTS = dict(num_source=40, num_train=40, num_val=4)
+LUT = cityscapes_label_id_lut()
+
+
+def files_under(root):
+    return sorted(os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
+                  if os.path.isfile(p))
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    generate_benchmark(root, seed=0, size=SIZE, workers=0, progress=False, **COUNTS)
+    return root
+
+
+def read_split(root, domain):
+    if domain == "source":
+        pairs = zip(sorted(glob.glob(f"{root}/gta5/images/*.png")), sorted(glob.glob(f"{root}/gta5/labels/*.png")))
+    else:
+        images = sorted(glob.glob(f"{root}/cityscapes/leftImg8bit/{domain}/*/*.png"))
+        pairs = [(p, p.replace("leftImg8bit", "gtFine").replace("_gtFine.png", "_gtFine_labelIds.png"))
+                 for p in images]
+    return [(read_image_bgr(i), read_label(l)) for i, l in pairs]
+
+
+def test_layout_and_names_are_those_of_gta5_and_cityscapes(bench):
+    expected = ["synthetic.json"]
+    expected += [f"gta5/{kind}/{k:05d}.png" for kind in ("images", "labels") for k in range(1, 41)]
+    for split, cities, count in (("train", ("aachen", "bochum"), 40), ("val", ("frankfurt", "lindau"), 4)):
+        for city in cities:
+            for seq in range(count // 2):
+                stem = f"{city}/{city}_{seq:06d}_000019"
+                expected.append(f"cityscapes/leftImg8bit/{split}/{stem}_leftImg8bit.png")
+                expected.append(f"cityscapes/gtFine/{split}/{stem}_gtFine_labelIds.png")
+    assert files_under(bench) == sorted(expected)  # nothing else, no temporary files left behind
+    image, label = read_split(bench, "val")[0]
+    assert image.shape == (SIZE[1], SIZE[0], 3) and image.dtype == np.uint8
+    assert label.shape == (SIZE[1], SIZE[0]) and label.dtype == np.uint8
+
+
+def test_same_seed_gives_identical_bytes_whatever_the_worker_count(tmp_path):
+    small = dict(num_source=4, num_train=4, num_val=2, size=(64, 32), progress=False)
+    roots = [str(tmp_path / name) for name in ("a", "b", "c")]
+    generate_benchmark(roots[0], seed=3, workers=0, **small)
+    generate_benchmark(roots[1], seed=3, workers=2, **small)
+    generate_benchmark(roots[2], seed=4, workers=0, **small)
+    names = files_under(roots[0])
+    assert names == files_under(roots[1]) == files_under(roots[2])
+    for name in names:
+        with open(os.path.join(roots[0], name), "rb") as a, open(os.path.join(roots[1], name), "rb") as b:
+            assert a.read() == b.read(), name
+    for name in names:
+        if name.endswith(".png"):
+            with open(os.path.join(roots[0], name), "rb") as a, open(os.path.join(roots[2], name), "rb") as c:
+                assert a.read() != c.read(), name
+
+
+def test_label_ids_are_cityscapes_ids_with_void_ids(bench):
+    valid = {l.id for l in cityscapes_labels if l.id >= 0}
+    for domain in ("source", "train", "val"):
+        ids = set(np.unique(np.concatenate([l.ravel() for _, l in read_split(bench, domain)])).tolist())
+        assert ids <= valid, (domain, ids - valid)
+        assert any(LUT[i] == IGNORE_INDEX for i in ids), domain
+    for _, label in read_split(bench, "train"):
+        assert (label[-1] == ID["out of roi"]).all() and (label[-3:] == ID["ego vehicle"]).any()
+
+
+@pytest.mark.parametrize("domain", ["source", "train"])
+def test_every_train_class_occurs(bench, domain):
+    present = set()
+    for _, label in read_split(bench, domain):
+        present |= set(np.unique(LUT[label]).tolist())
+    assert present - {IGNORE_INDEX} == set(range(NUM_CLASSES))
+
+
+def test_forced_class_is_in_its_image():
+    for k, name in enumerate(synthetic.FORCED):
+        _, label = render_scene(np.random.default_rng([9, 1, k]), (64, 32), "target", 0.6, name)
+        assert (label == ID[name]).any(), name
+
+
+def test_street_layout_sky_on_top_road_at_the_bottom(bench):
+    labels = np.stack([l for _, l in read_split(bench, "source") + read_split(bench, "train")])
+    half = labels.shape[1] // 2
+    for name, top_share in (("sky", (0.95, 1.0)), ("road", (0.0, 0.05))):
+        mask = labels == ID[name]
+        share = mask[:, :half].sum() / mask.sum()
+        assert top_share[0] <= share <= top_share[1], (name, share)
+
+
+def mean_colour(pairs, label_id):
+    pixels = np.concatenate([image[label == label_id] for image, label in pairs])
+    return pixels.astype(np.float64).mean(0)
+
+
+def test_domains_differ_in_appearance_and_the_gap_is_a_parameter(bench):
+    road = ID["road"]
+    source, target = mean_colour(read_split(bench, "source"), road), mean_colour(read_split(bench, "train"), road)
+    assert np.linalg.norm(source - target) > 15
+
+    def target_road(gap):
+        pairs = [render_scene(np.random.default_rng([1, 1, k]), (64, 32), "target", gap) for k in range(12)]
+        return np.linalg.norm(mean_colour(pairs, road) - source)
+
+    distances = [target_road(gap) for gap in (0.0, 0.5, 1.0)]
+    assert distances == sorted(distances) and distances[0] < distances[2] / 3
+
+
+def test_rerun_keeps_files_and_other_settings_need_overwrite(tmp_path):
+    root, small = str(tmp_path / "bench"), dict(num_source=3, num_train=2, num_val=1, size=(64, 32), progress=False)
+    generate_benchmark(root, workers=0, **small)
+    first = os.path.join(root, "gta5", "images", "00001.png")
+    second = os.path.join(root, "gta5", "images", "00002.png")
+    with open(first, "rb") as f:
+        content = f.read()
+    stamps = os.stat(first).st_mtime_ns, os.stat(second).st_mtime_ns
+    generate_benchmark(root, workers=0, **small)
+    assert (os.stat(first).st_mtime_ns, os.stat(second).st_mtime_ns) == stamps
+    os.remove(first)  # an interrupted run resumes: only the missing file is drawn again, identically
+    generate_benchmark(root, workers=0, **small)
+    with open(first, "rb") as f:
+        assert f.read() == content
+    assert os.stat(second).st_mtime_ns == stamps[1]
+    with pytest.raises(UserError, match="--overwrite"):
+        generate_benchmark(root, workers=0, **dict(small, num_source=2))
+    generate_benchmark(root, workers=0, overwrite=True, **dict(small, num_source=2))
+    assert sorted(os.listdir(os.path.join(root, "gta5", "images"))) == ["00001.png", "00002.png"]
+
+
+def test_foreign_data_in_root_is_never_touched(tmp_path):
+    os.makedirs(tmp_path / "cityscapes" / "gtFine")
+    (tmp_path / "cityscapes" / "gtFine" / "real.png").write_bytes(b"x")
+    with pytest.raises(UserError, match="did not write"):
+        generate_benchmark(str(tmp_path), num_source=1, num_train=1, num_val=1, size=(64, 32), workers=0,
+                           overwrite=True, progress=False)
+    assert (tmp_path / "cityscapes" / "gtFine" / "real.png").exists()
+
+
+def test_cli_summary_rerun_and_bad_flags(tmp_path, capsys):
+    argv = ["--root", str(tmp_path), "--num-source", "13", "--num-train", "13", "--num-val", "2", "--size", "64x32",
+            "--workers", "0"]
+    for _ in range(2):  # the second run finds the benchmark complete and only reports
+        with pytest.raises(SystemExit) as exit_:
+            run(main, argv)
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert "class pixel shares" in out and "traffic light" in out and "target_train" in out
+    for bad in (["--size", "64by32"], ["--size", "8x4"], ["--num-val", "0"], ["--domain-gap", "1.5"]):
+        with pytest.raises(SystemExit) as exit_:
+            run(main, argv + bad)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert bad[0] in err
+
+
+def test_help_explains_every_flag():
+    text = synthetic.build_parser().format_help()
+    for flag in ("--root", "--seed", "--num-source", "--num-train", "--num-val", "--size", "--domain-gap",
+                 "--workers", "--overwrite"):
+        assert flag in text
+
+
+def test_the_real_loaders_read_it(bench, tmp_path):
+    from datasets.cityscapes import CityscapesDataset
+    from datasets.source import GTA5Dataset
+    from utils import transfer_trainid
+
+    source = GTA5Dataset(os.path.join(bench, "gta5"), input_size=SIZE)
+    assert len(source) == 40
+    assert set(np.unique(source[0]["label"].numpy())) <= set(range(NUM_CLASSES)) | {IGNORE_INDEX}
+    gtfine2 = str(tmp_path / "gtFine2")
+    with pytest.raises(SystemExit) as exit_:
+        run(transfer_trainid.main, ["--ori-label-root", os.path.join(bench, "cityscapes", "gtFine"),
+                                    "--dst-label-root", gtfine2, "--workers", "1"])
+    assert exit_.value.code == 0
+    images = os.path.join(bench, "cityscapes", "leftImg8bit")
+    val = CityscapesDataset(images, "val", input_size=SIZE, label_root=gtfine2, resize_label=False)
+    assert val.names[0] == "frankfurt/frankfurt_000000_000019" and len(val) == 4
+    label = val[0]["label"].numpy()
+    assert (label[-1] == IGNORE_INDEX).all() and set(np.unique(label)) - {IGNORE_INDEX} <= set(range(NUM_CLASSES))
+    assert len(CityscapesDataset(images, "train", input_size=SIZE)) == 40
