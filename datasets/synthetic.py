@@ -19,11 +19,9 @@ differ in appearance (palette, textures, lighting, sensor noise, blur: ``domain_
 and somewhat in class frequencies; the target also shows the ego vehicle and other void ids.
 Output is a pure function of the settings: the same seed gives byte-identical files.
 """
-import argparse
 import json
 import os
 import shutil
-import sys
 from multiprocessing import get_context
 
 import cv2
@@ -31,7 +29,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import name2label
 from tqdm import tqdm
 
-from utils.cli import UserError, input_size, run
+from utils.cli import ArgumentParser, UserError, input_size, run
 from utils.io import atomic_write_text, read_label, write_png
 from utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, cityscapes_label_id_lut
 
@@ -728,6 +726,8 @@ def _check_settings(seed, num_source, num_train, num_val, size, domain_gap, work
 
 def _prepare_root(root, settings, overwrite):
     """Refuse to mix settings in one folder; with ``overwrite`` remove what an earlier run wrote."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UserError(f"--root {root} is a file, not a folder")
     manifest_path = os.path.join(root, MANIFEST)
     ours = [os.path.join(root, "gta5", "images"), os.path.join(root, "gta5", "labels"),
             os.path.join(root, "cityscapes", "leftImg8bit"), os.path.join(root, "cityscapes", "gtFine")]
@@ -799,32 +799,32 @@ def _track(iterable, bar):
 # ----------------------------------------------------------------------------- command line
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m datasets.synthetic",
         description="Draw a small two-domain street-scene benchmark: a source domain in the GTA5 layout "
                     "(<root>/gta5) and a target domain in the Cityscapes layout (<root>/cityscapes), so the "
                     "whole adaptation pipeline runs in minutes on a CPU. The same settings always give the "
                     "same files.",
         epilog="Then point the stages at <root>/gta5 (--source-root) and <root>/cityscapes; see docs/synthetic.md.")
-    parser.add_argument("--root", default="./data/synthetic",
+    parser.add_argument("--root", default="./data/synthetic", metavar="DIR",
                         help="output folder; gets gta5/, cityscapes/ and synthetic.json (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="random seed; the same seed gives byte-identical files (default: %(default)s)")
-    parser.add_argument("--num-source", type=int, default=DEFAULT_NUM_SOURCE,
+    parser.add_argument("--num-source", type=int, default=DEFAULT_NUM_SOURCE, metavar="N",
                         help="labelled source (GTA5-layout) images (default: %(default)s)")
-    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN,
+    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, metavar="N",
                         help=f"target training images, spread over the cities {', '.join(TRAIN_CITIES)} "
                              f"(default: %(default)s)")
-    parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL,
+    parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL, metavar="N",
                         help=f"target validation images with ground truth, cities {', '.join(VAL_CITIES)} "
                              f"(default: %(default)s)")
-    parser.add_argument("--size", default="x".join(map(str, DEFAULT_SIZE)), metavar="WxH",
-                        help="image size WIDTHxHEIGHT of both domains (default: %(default)s)")
-    parser.add_argument("--domain-gap", type=float, default=DEFAULT_DOMAIN_GAP,
+    parser.add_argument("--size", type=input_size, default=DEFAULT_SIZE, metavar="WxH",
+                        help="image size WIDTHxHEIGHT of both domains (default: %dx%d)" % DEFAULT_SIZE)
+    parser.add_argument("--domain-gap", type=float, default=DEFAULT_DOMAIN_GAP, metavar="G",
                         help="strength of the target's appearance shift in [0, 1]: 0 gives the source palette and "
                              "textures (class frequencies and void ids still differ), 1 the full shift of palette, "
                              "textures, lighting, noise and blur (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="parallel processes; 0 or 1 draws in this process (default: the number of CPU cores, "
                              "at most 8)")
     parser.add_argument("--overwrite", action="store_true",
@@ -835,12 +835,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        size = input_size(args.size)
-    except argparse.ArgumentTypeError as err:
-        raise UserError(f"--size: {err}") from None
     manifest = generate_benchmark(args.root, seed=args.seed, num_source=args.num_source, num_train=args.num_train,
-                                  num_val=args.num_val, size=size, domain_gap=args.domain_gap, workers=args.workers,
+                                  num_val=args.num_val, size=args.size, domain_gap=args.domain_gap, workers=args.workers,
                                   overwrite=args.overwrite)
     s = manifest["settings"]
     print(f"synthetic benchmark in {args.root} (seed {s['seed']}, {s['size'][0]}x{s['size'][1]}, "
