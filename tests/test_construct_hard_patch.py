@@ -11,26 +11,17 @@ import time
 import cv2
 import numpy as np
 import pytest
-import torch
 
 import construct_hard_patch
 import generate_pseudo_labels
 from tests.fixtures import make_cityscapes
-from tests.test_generate_pseudo_labels import make_weights, single_thread_env, tree
+from tests.test_generate_pseudo_labels import make_weights, one_thread, single_thread_env, tree  # noqa: F401
 from utils.cli import run
 from utils.labels import colorize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUFFIX = "_gtFine_labelIds.png"
 # 64x32 images cut 4x4: patches of 16x8, k = row * 4 + col + 1.
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def stem(k):
