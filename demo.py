@@ -22,7 +22,7 @@ import time
 
 from utils.cli import ArgumentParser, UserError, input_size, run
 
-# Tuned so that the demo finishes within ten minutes on two CPU cores (see docs/demo.md).
+# The demo schedule; its measured results and timing are in docs/demo.md.
 DEFAULTS = dict(num_source=200, num_train=200, num_val=50, data_size="256x128", input_size="128x64",
                 arch="deeplabv2_tiny", batch_size=4, provider_steps=300, baseline_steps=300, oracle_steps=300,
                 round_steps=150, rounds=2, lr=1e-3, smhm_lr=1e-4, rare_classes="gta5")
