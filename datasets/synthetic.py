@@ -38,6 +38,7 @@ DEFAULT_NUM_SOURCE = 200
 DEFAULT_NUM_TRAIN = 200
 DEFAULT_NUM_VAL = 50
 DEFAULT_DOMAIN_GAP = 0.6
+GAP_SPREAD = (0.4, 1.4)  # a target frame's strength is domain_gap times a factor drawn from this range
 MIN_SIZE = (32, 16)
 TRAIN_CITIES = ("aachen", "bochum")
 VAL_CITIES = ("frankfurt", "lindau")
@@ -646,7 +647,11 @@ def render_scene(rng, size=DEFAULT_SIZE, domain="source", domain_gap=DEFAULT_DOM
             draw_ego_vehicle(cv, rng)
         if forced is None or (cv.label == ID[forced]).any():
             break
-    return paint(cv, rng, domain_style(domain, domain_gap)), cv.label
+    # Each target frame has its own strength, around domain_gap: a continuum from source-like to
+    # strongly shifted frames (as weather and light vary in real data), along which self-training
+    # can move from confident to hard images.
+    gap = min(1.0, domain_gap * rng.uniform(*GAP_SPREAD)) if target else 0.0
+    return paint(cv, rng, domain_style(domain, gap)), cv.label
 
 
 # ----------------------------------------------------------------------------- files

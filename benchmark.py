@@ -1,0 +1,717 @@
+"""Speed of the method's hot paths: the published configuration against this project's fast one.
+
+    python benchmark.py                                   # CUDA if present: r101, 1024x512, batch 4
+    python benchmark.py --accelerator cpu --arch deeplabv2_r50 --input-size 256x128 --json cpu.json
+
+Stages (``--stages``), each measured in both configurations:
+
+- ``baseline``: one training step of cross-domain distillation (stage 3): forward, cross-entropy on
+  pseudo-labels, backward, Adam step, on a batch already in device memory;
+- ``smhm``: one self-distillation step (stage 6): teacher logits, SpatialMix, batch flip,
+  photometric augmentation, consistency loss, hard patch loss, backward, Adam step, EMA update,
+  on batches already in device memory;
+- ``pseudo_label``: pseudo-labelling (stage 2) *from PNG files*: decoding and resizing in the
+  loader's workers, flip test-time augmentation, argmax and entropy brought back to the host;
+- ``val``: evaluation (stage 8) *from PNG files*: prediction at the input size, logits upsampled
+  to the ground-truth resolution (twice the input size, as Cityscapes' 2048x1024 for 1024x512),
+  argmax, confusion-matrix update;
+- ``data``: the training image pipeline alone (decode, resize, normalise, collate).
+
+*published*: float32, eager, the per-image SpatialMix loop, NCHW, no cuDNN autotuning, PIL decoding
+and bicubic resizing with numpy normalisation per sample, no pinned memory, no persistent workers.
+*fast*: what the project does by default or by flag: batched SpatialMix, OpenCV decoding through
+the project's datasets and loaders, and on CUDA channels-last, cuDNN autotuning and bfloat16
+autocast (``--precision bf16-mixed``); ``--compile`` adds ``torch.compile``.
+
+The project's own code runs (the stage modules' ``training_step`` and EMA hook, the pseudo-label
+``PredictionModule``, the validation step with its confusion matrix, the datasets and loaders);
+modules run without a ``Trainer``: logging is dropped and the optimiser steps taken here stand in
+for the Trainer's step count. Synthetic PNG files are written to a temporary folder.
+
+Reported per stage and configuration: images/s, the median step time, peak memory (CUDA: the
+largest memory allocated by PyTorch during the stage; CPU: the peak resident set size of this
+process above its size at the start of the stage, from the kernel's high-water mark, loader
+workers not included) and, from the floating-point operations counted once per stage with
+``torch.utils.flop_counter.FlopCounterMode``, the achieved TFLOP/s.
+"""
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from datasets.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, CityscapesDataset
+from datasets.transforms import IMG_MEAN_BGR
+from main import parse_args
+from models.deeplabv2 import ARCHS, get_deeplabv2
+from modules import MODULES
+from modules.data import SegmentationDataModule
+from utils.cli import ArgumentParser, UserError, input_size, run
+from utils.io import atomic_write_bytes, atomic_write_text
+from utils.labels import IGNORE_INDEX, NUM_CLASSES
+from utils.prediction import PredictionData, PredictionModule
+from utils.pseudo_labels import PseudoLabelWriter
+from utils.spatial_mix import spatial_mix_loop
+
+STAGES = ("baseline", "smhm", "pseudo_label", "val", "data")
+CONFIGS = ("published", "fast")
+LOADER_STAGES = ("pseudo_label", "val", "data")
+UNIQUE_FILES = 8  # distinct PNG files; longer image lists repeat them
+MIB = 2 ** 20
+
+
+# -- configurations -------------------------------------------------------------------------------------
+
+class Config:
+    """What separates the published configuration from the fast one."""
+
+    def __init__(self, name, loop_mix, channels_last, autocast, cudnn_benchmark, project_loader, compile=False):
+        self.name = name
+        self.loop_mix = loop_mix
+        self.channels_last = channels_last
+        self.autocast = autocast
+        self.cudnn_benchmark = cudnn_benchmark
+        self.project_loader = project_loader
+        self.compile = compile
+
+    def describe(self):
+        parts = ["SpatialMix " + ("per-image loop" if self.loop_mix else "batched"),
+                 "channels-last" if self.channels_last else "NCHW",
+                 "bf16 autocast" if self.autocast else "float32",
+                 "cuDNN autotuning" if self.cudnn_benchmark else "no autotuning",
+                 "project loaders (OpenCV)" if self.project_loader else "published loaders (PIL)"]
+        if self.compile:
+            parts.append("torch.compile")
+        return ", ".join(parts)
+
+
+def configurations(opts, device):
+    cuda = device.type == "cuda"
+    on = {"on": True, "bf16": True, "off": False, "auto": cuda}
+    return {
+        "published": Config("published", loop_mix=True, channels_last=False, autocast=False,
+                            cudnn_benchmark=False, project_loader=False),
+        "fast": Config("fast", loop_mix=False, channels_last=on[opts.channels_last], autocast=on[opts.autocast],
+                       cudnn_benchmark=cuda, project_loader=True, compile=opts.compile),
+    }
+
+
+# -- measuring ------------------------------------------------------------------------------------------
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step, warmup, steps, device):
+    """Seconds of each of ``steps`` calls of ``step`` after ``warmup`` untimed ones (synchronised on CUDA)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _proc_status_kib(field):
+    with open("/proc/self/status") as f:
+        match = re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def _release_freed_memory():
+    gc.collect()
+    try:  # glibc keeps freed blocks; giving them back makes the next stage's RSS peak its own
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory of a block in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after a reset (everything of earlier stages freed).
+    CPU: the peak resident set size of this process above its size at the start: the kernel's
+    high-water mark (``VmHWM``) is reset through ``/proc/self/clear_refs``; ``None`` where that is
+    not possible (not Linux).
+    """
+
+    def __init__(self, device):
+        self.device = device
+        self.start_kib = None
+
+    def __enter__(self):
+        _release_freed_memory()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # 5 = reset the peak resident set size
+                self.start_kib = _proc_status_kib("VmRSS")
+            except OSError:
+                self.start_kib = None
+        return self
+
+    def peak_mb(self):
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / MIB
+        if self.start_kib is None:
+            return None
+        return max(0, _proc_status_kib("VmHWM") - self.start_kib) / 1024
+
+    def __exit__(self, *exc):
+        return False
+
+
+def count_flops(call):
+    """Floating-point operations of one call of ``call`` (matrix products and convolutions)."""
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return counter.get_total_flops()
+
+
+def to_device(batch, device, non_blocking=False):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, list):
+        return [to_device(v, device, non_blocking) for v in batch]
+    return batch
+
+
+def result(times, images_per_step, total_rate, peak_mb):
+    """Figures of one stage in one configuration.
+
+    Steps fed from a preloaded batch take their rate from the median step (robust to a busy
+    machine); steps that wait on a loader from the whole timed span, because prefetching makes
+    single steps bursty.
+    """
+    median = statistics.median(times)
+    rate = images_per_step * len(times) / sum(times) if total_rate else images_per_step / median
+    return {"images_per_s": rate, "step_ms": median * 1000.0, "peak_mem_mb": peak_mb, "tflops": None}
+
+
+# -- synthetic files ------------------------------------------------------------------------------------
+
+def synthetic_photo(rng, width, height):
+    """A smooth colour field with fine noise: PNG-compresses to a few MB at 2048x1024, like a photo."""
+    coarse = rng.integers(0, 256, size=(height // 64 + 2, width // 64 + 2, 3)).astype(np.uint8)
+    image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    image += rng.normal(0.0, 1.2, size=image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def synthetic_train_ids(rng, width, height):
+    coarse = rng.choice([*range(NUM_CLASSES), IGNORE_INDEX], size=(height // 32 + 1, width // 32 + 1))
+    return cv2.resize(coarse.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def encode_png(array):
+    ok, buffer = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+class Workspace:
+    """Cityscapes-layout PNG files at twice the input size (Cityscapes: 2048x1024 for 1024x512).
+
+    ``count`` list entries per split, cycling through ``UNIQUE_FILES`` distinct images; val has
+    ground truth (train ids) at full resolution.
+    """
+
+    def __init__(self, root, input_size, count, seed=0):
+        width, height = 2 * input_size[0], 2 * input_size[1]
+        self.root = root
+        self.image_root = os.path.join(root, "leftImg8bit")
+        self.label_root = os.path.join(root, "gtFine2")
+        self.list_root = os.path.join(root, "lists")
+        rng = np.random.default_rng(seed)
+        stems = [f"bench/bench_{k:06d}_000019" for k in range(min(UNIQUE_FILES, count))]
+        sizes = []
+        for stem in stems:
+            image = encode_png(synthetic_photo(rng, width, height))
+            sizes.append(len(image))
+            for split in ("train", "val"):
+                atomic_write_bytes(os.path.join(self.image_root, split, stem + IMAGE_SUFFIX), image)
+            atomic_write_bytes(os.path.join(self.label_root, "val", stem + LABEL_SUFFIX),
+                               encode_png(synthetic_train_ids(rng, width, height)))
+        self.entries = [stems[k % len(stems)] + IMAGE_SUFFIX for k in range(count)]
+        for split in ("train", "val"):
+            atomic_write_text(os.path.join(self.list_root, f"{split}.txt"), "".join(e + "\n" for e in self.entries))
+        self.png_mb = sum(sizes) / len(sizes) / 1e6
+        self.full_size = (width, height)
+
+    def image_paths(self, split):
+        return [os.path.join(self.image_root, split, e) for e in self.entries]
+
+    def label_paths(self, split):
+        return [os.path.join(self.label_root, split, e[:-len(IMAGE_SUFFIX)] + LABEL_SUFFIX) for e in self.entries]
+
+
+class PublishedImages(Dataset):
+    """The published per-sample pipeline: PIL decoding, PIL bicubic resize, numpy normalisation
+    (RGB to BGR, minus the Caffe mean, CHW copy); labels read with PIL at their own size."""
+
+    def __init__(self, image_paths, input_size, label_paths=None):
+        self.image_paths, self.input_size, self.label_paths = image_paths, tuple(input_size), label_paths
+        self.mean = np.array(IMG_MEAN_BGR, dtype=np.float32)
+
+    def __len__(self):
+        return len(self.image_paths)
+
+    def __getitem__(self, index):
+        image = Image.open(self.image_paths[index]).convert("RGB").resize(self.input_size, Image.BICUBIC)
+        image = np.asarray(image, np.float32)[:, :, ::-1] - self.mean
+        item = {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "name": str(index), "index": index}
+        if self.label_paths is not None:
+            item["label"] = torch.from_numpy(np.asarray(Image.open(self.label_paths[index]), dtype=np.int64))
+        return item
+
+
+# -- the project's modules without a Trainer --------------------------------------------------------------
+
+def standalone(module_class):
+    """``module_class`` runnable without a ``Trainer``: ``self.log`` does nothing and ``global_step``
+    counts the optimiser steps taken by the caller (what the Trainer would report)."""
+
+    class Standalone(module_class):
+        optimizer_steps = 0
+
+        @property
+        def global_step(self):
+            return self.optimizer_steps
+
+        def log(self, *args, **kwargs):
+            pass
+
+    Standalone.__name__ = Standalone.__qualname__ = module_class.__name__
+    return Standalone
+
+
+class Bench:
+    """Everything one benchmark run shares: flags, device, files, configurations."""
+
+    def __init__(self, opts, device, workdir):
+        self.opts, self.device, self.workdir = opts, device, workdir
+        self.configs = configurations(opts, device)
+        self._workspace = None
+        self._weights = None
+
+    @property
+    def workspace(self):
+        if self._workspace is None:
+            count = self.opts.batch_size * (self.opts.warmup + self.opts.steps)
+            self._workspace = Workspace(os.path.join(self.workdir, "data"), self.opts.input_size, count)
+        return self._workspace
+
+    def weights(self):
+        """A weight file for self-distillation, which starts student and teacher from given weights."""
+        if self._weights is None:
+            self._weights = os.path.join(self.workdir, "weights.pth")
+            torch.save(get_deeplabv2(NUM_CLASSES, arch=self.opts.arch).state_dict(), self._weights)
+        return self._weights
+
+    def args(self, module_name, cfg):
+        o = self.opts
+        argv = ["--module-name", module_name, "--arch", o.arch, "--input-size", "x".join(map(str, o.input_size)),
+                "--train-batch-size", str(o.batch_size), "--val-batch-size", str(o.batch_size),
+                "--num-workers", str(o.num_workers), "--visualize-interval", "0",
+                "--channels-last", "on" if cfg.channels_last else "off",
+                "--precision", "bf16-mixed" if cfg.autocast else "32-true",
+                "--accelerator", "gpu" if self.device.type == "cuda" else "cpu",
+                "--log-tb-dir", os.path.join(self.workdir, "experiments")]
+        if module_name == "smhm":
+            argv += ["--restore-from", self.weights()]
+        if cfg.compile:
+            argv.append("--compile")
+        return parse_args(argv)
+
+    def module(self, module_name, cfg):
+        """The stage's module on the device, set up as for training (channels-last, compilation)."""
+        module = standalone(MODULES[module_name])(self.args(module_name, cfg))
+        module.to(self.device)
+        module.setup("fit")
+        if cfg.loop_mix and hasattr(module, "mix"):
+            module.mix = spatial_mix_loop  # an instance attribute: called unbound, like the staticmethod
+        module.on_fit_start()
+        return module
+
+    def autocast(self, cfg):
+        if not cfg.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def no_grad(self, cfg):
+        # Lightning evaluates under inference_mode; the published scripts used no_grad.
+        return torch.inference_mode() if cfg.project_loader else torch.no_grad()
+
+    def pin(self, cfg):
+        return cfg.project_loader and self.device.type == "cuda"
+
+    # -- inputs ---------------------------------------------------------------------------------------
+    def training_batch(self, stage):
+        """A batch in network-input range: images with pseudo-labels (baseline), or images and hard
+        patches of a quarter of the input side (smhm, as mined from 1024x512 images)."""
+        generator = torch.Generator().manual_seed(0)
+        n, (w, h) = self.opts.batch_size, self.opts.input_size
+
+        def images(height, width):
+            return torch.rand(n, 3, height, width, generator=generator) * 255.0 - 120.0
+
+        def labels(height, width):
+            label = torch.randint(0, NUM_CLASSES, (n, height, width), generator=generator)
+            label[:, : height // 8] = IGNORE_INDEX
+            return label
+
+        if stage == "baseline":
+            return {"target": {"image": images(h, w), "label": labels(h, w)}}
+        ph, pw = max(8, h // 4), max(8, w // 4)
+        return {"target": {"image": images(h, w)}, "patches": {"image": images(ph, pw), "label": labels(ph, pw)}}
+
+    def _published_loader(self, dataset, shuffle=False, drop_last=False):
+        return DataLoader(dataset, batch_size=self.opts.batch_size, shuffle=shuffle, drop_last=drop_last,
+                          num_workers=self.opts.num_workers, pin_memory=False, persistent_workers=False)
+
+    def loader(self, stage, cfg):
+        ws, o = self.workspace, self.opts
+        if not cfg.project_loader:
+            if stage == "val":
+                return self._published_loader(PublishedImages(ws.image_paths("val"), o.input_size, ws.label_paths("val")))
+            return self._published_loader(PublishedImages(ws.image_paths("train"), o.input_size),
+                                          shuffle=stage == "data", drop_last=stage == "data")
+        if stage == "pseudo_label":
+            dataset = CityscapesDataset(ws.image_root, "train", input_size=o.input_size, list_root=ws.list_root)
+            return PredictionData(dataset, dataset.names, o.batch_size, o.num_workers).predict_dataloader()
+        args = parse_args(["--image-root", ws.image_root, "--label-root", ws.label_root, "--list-root", ws.list_root,
+                           "--input-size", "x".join(map(str, o.input_size)), "--num-workers", str(o.num_workers),
+                           "--train-batch-size", str(o.batch_size), "--val-batch-size", str(o.batch_size)])
+        data = SegmentationDataModule(args, "images")
+        return data.val_dataloader() if stage == "val" else data.train_dataloader()["target"]
+
+
+# -- stages ---------------------------------------------------------------------------------------------
+
+def _optimizer(configured):
+    return configured["optimizer"] if isinstance(configured, dict) else configured
+
+
+def run_training(bench, stage, cfg, count):
+    """``baseline`` / ``smhm``: the module's training step, backward, optimiser step and batch-end hook."""
+    o, device = bench.opts, bench.device
+    batch_on_host = bench.training_batch(stage)
+    with PeakMemory(device) as memory:
+        module = bench.module(stage, cfg)
+        module.train()
+        optimizer = _optimizer(module.configure_optimizers())
+        batch = to_device(batch_on_host, device)
+
+        def step():
+            with bench.autocast(cfg):
+                loss = module.training_step(batch, module.optimizer_steps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            module.optimizer_steps += 1
+            module.on_train_batch_end(loss, batch, 0)
+
+        times = timed(step, o.warmup, o.steps, device)
+        peak = memory.peak_mb()
+    flops = count_flops(step) / o.batch_size if count else None
+    return result(times, o.batch_size, False, peak), flops
+
+
+def run_inference(bench, stage, cfg, count):
+    """``pseudo_label`` / ``val`` fed by their loaders, then the same on the last batch alone."""
+    o, device = bench.opts, bench.device
+    pin = bench.pin(cfg)
+    extra = {}
+    with PeakMemory(device) as memory:
+        module = bench.module("baseline", cfg)
+        module.eval()
+        if stage == "pseudo_label":
+            predictor = PredictionModule(module.net, flip=True)
+            infer = predictor.predict_step
+        else:
+            infer = module.validation_step
+        loader = bench.loader(stage, cfg)
+        batches = iter(loader)
+        last = {}
+
+        def predict(batch):
+            with bench.no_grad(cfg), bench.autocast(cfg):
+                return infer(batch, 0)
+
+        def step():
+            last["batch"] = to_device(next(batches), device, non_blocking=pin)
+            last["output"] = predict(last["batch"])
+
+        times = timed(step, o.warmup, o.steps, device)
+        peak = memory.peak_mb()
+        del batches, loader
+        model_times = timed(lambda: predict(last["batch"]), 0, o.steps, device)
+        extra["model_images_per_s"] = o.batch_size / statistics.median(model_times)
+    if stage == "pseudo_label" and cfg.project_loader:
+        extra["writing"] = measure_writing(bench, last["output"])
+    flops = count_flops(lambda: predict(last["batch"])) / o.batch_size if count else None
+    return {**result(times, o.batch_size, True, peak), **extra}, flops
+
+
+def measure_writing(bench, prediction):
+    """The project's pseudo-label files of one batch (train-id PNG, colour PNG, class counts), written
+    by the main process as ``generate_pseudo_labels.py`` does."""
+    writer = PseudoLabelWriter(os.path.join(bench.workdir, "pseudo"), "train", NUM_CLASSES)
+    times = timed(lambda: writer.write_batch(prediction, None), 1, bench.opts.steps, torch.device("cpu"))
+    per_image = statistics.median(times) / len(prediction["name"])
+    return {"images_per_s": 1.0 / per_image, "ms_per_image": per_image * 1000.0}
+
+
+def run_data(bench, cfg):
+    """``data``: batches of decoded, resized, normalised training images from the loader alone."""
+    o = bench.opts
+    loader = bench.loader("data", cfg)
+    batches = iter(loader)
+    times = timed(lambda: next(batches), o.warmup, o.steps, torch.device("cpu"))
+    return result(times, o.batch_size, True, None)
+
+
+def measure(bench, stage, cfg, count):
+    """One stage in one configuration; returns (figures, FLOPs per image or None)."""
+    torch.manual_seed(0)
+    if bench.device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    try:
+        if stage in ("baseline", "smhm"):
+            return run_training(bench, stage, cfg, count)
+        if stage in ("pseudo_label", "val"):
+            return run_inference(bench, stage, cfg, count)
+        return run_data(bench, cfg), None
+    finally:
+        if bench.device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+def device_info(device):
+    info = {"type": device.type, "torch": torch.__version__, "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(), "python": platform.python_version()}
+    if device.type == "cuda":
+        info.update(name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(), tf32_convolutions=torch.backends.cudnn.allow_tf32)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
+            name = found.group(1).strip() if found else name
+        except OSError:
+            pass
+        info["name"] = name
+    return info
+
+
+def _number(value, digits=1):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+TABLE_COLUMNS = (("images/s", "images_per_s", 1), ("step ms", "step_ms", 1), ("peak MiB", "peak_mem_mb", 0),
+                 ("TFLOP/s", "tflops", 2))
+
+
+def format_table(report):
+    """Side by side: per stage the speedup, then published and fast figures of each measure."""
+    top = f"{'':<13}{'':>9}" + "".join(f"{title:>21}" for title, _, _ in TABLE_COLUMNS)
+    sub = f"{'stage':<13}{'speedup':>9}" + f"{'published':>12}{'fast':>9}" * len(TABLE_COLUMNS)
+    lines = [top, sub, "-" * len(sub)]
+    for stage in STAGES:
+        if stage not in report:
+            continue
+        row = f"{stage:<13}{_number(report[stage]['speedup'], 2) + 'x':>9}"
+        for _, key, digits in TABLE_COLUMNS:
+            row += f"{_number(report[stage]['published'][key], digits):>12}{_number(report[stage]['fast'][key], digits):>9}"
+        lines.append(row)
+    notes = []
+    for stage in ("pseudo_label", "val"):
+        if stage in report:
+            p, f = report[stage]["published"], report[stage]["fast"]
+            notes.append(f"{stage}: model alone on a loaded batch {p['model_images_per_s']:.1f} (published) / "
+                         f"{f['model_images_per_s']:.1f} (fast) images/s")
+    if "pseudo_label" in report:
+        w = report["pseudo_label"]["fast"]["writing"]
+        notes.append(f"pseudo_label: writing the label and colour PNGs in the main process {w['ms_per_image']:.1f} "
+                     f"ms per image ({w['images_per_s']:.1f} images/s), not included above")
+    if report["device"]["type"] == "cuda":
+        notes.append("peak MiB: torch.cuda.max_memory_allocated during the stage (weights, optimiser state, activations)")
+    else:
+        notes.append("peak MiB: peak resident set size of this process above its size at the stage's start "
+                     "(loader workers not included)")
+    return "\n".join(lines + [""] + notes)
+
+
+# -- command line ---------------------------------------------------------------------------------------
+
+def stage_list(text):
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise argparse.ArgumentTypeError(f"unknown stage(s) {', '.join(unknown) or text!r}; choose from {', '.join(STAGES)}")
+    return [s for s in STAGES if s in stages]
+
+
+def build_parser():
+    parser = ArgumentParser(prog="benchmark.py", description=__doc__.split("\n\n")[0],
+                            epilog="Stages: " + ", ".join(STAGES) + ". See docs/benchmarks.md for results.")
+    parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="device to measure on; auto = cuda when available (default: %(default)s)")
+    parser.add_argument("--arch", choices=tuple(ARCHS), default="deeplabv2_r101",
+                        help="network; deeplabv2_r50 or deeplabv2_tiny keep CPU runs short (default: %(default)s)")
+    parser.add_argument("--input-size", type=input_size, default=None, metavar="WxH",
+                        help="network input size; PNG files are written at twice this size, as Cityscapes' "
+                             "2048x1024 originals for 1024x512 (default: 1024x512 on CUDA, 256x128 on CPU)")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="images per step in every stage (smhm needs at least 2) (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per stage and configuration (default: 20 on CUDA, 5 on CPU)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed steps before them: allocator, cuDNN autotuning, compilation, loader "
+                             "start-up (default: 5 on CUDA, 2 on CPU)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="loader processes of the pseudo_label, val and data stages, the same in both "
+                             "configurations (default: the project's 4, at most the number of cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch CPU threads; on a machine shared with other jobs 1 avoids threads "
+                             "spinning against each other (default: PyTorch's, one per core)")
+    parser.add_argument("--stages", type=stage_list, default=list(STAGES), metavar="S,S,...",
+                        help="comma-separated subset of " + ", ".join(STAGES) + " (default: all)")
+    parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                        help="channels-last networks in the fast configuration; auto = on for CUDA only, "
+                             "as it is slower on the CPUs we measured (default: %(default)s)")
+    parser.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto",
+                        help="bfloat16 autocast in the fast configuration; auto = on for CUDA only, as it is "
+                             "slower on CPUs without bf16 instructions (default: %(default)s)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the networks of the fast configuration (raise --warmup: the first "
+                             "steps compile)")
+    parser.add_argument("--json", default=None, metavar="OUT",
+                        help="also write the results as JSON: device, settings, and per stage the published "
+                             "and fast figures and the speedup")
+    return parser
+
+
+def resolve(opts):
+    """Defaults that depend on the device, and checks of the flags; returns the device."""
+    if opts.accelerator == "cuda" and not torch.cuda.is_available():
+        raise UserError("--accelerator cuda: no CUDA device is available")
+    cuda = opts.accelerator == "cuda" or (opts.accelerator == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    if opts.input_size is None:
+        opts.input_size = (1024, 512) if cuda else (256, 128)
+    if opts.steps is None:
+        opts.steps = 20 if cuda else 5
+    if opts.warmup is None:
+        opts.warmup = 5 if cuda else 2
+    if opts.num_workers is None:
+        opts.num_workers = min(4, os.cpu_count() or 1)
+    if opts.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {opts.steps}")
+    if opts.warmup < 0:
+        raise UserError(f"--warmup must be at least 0, got {opts.warmup}")
+    if opts.threads is not None and opts.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {opts.threads}")
+    if opts.num_workers < 0:
+        raise UserError(f"--num-workers must be at least 0, got {opts.num_workers}")
+    if opts.batch_size < 1 or ("smhm" in opts.stages and opts.batch_size < 2):
+        raise UserError(f"--batch-size must be at least {2 if 'smhm' in opts.stages else 1} "
+                        f"(SpatialMix mixes images of a batch), got {opts.batch_size}")
+    if min(opts.input_size) < 16:
+        raise UserError(f"--input-size must be at least 16 pixels on each side, got {opts.input_size}")
+    return device
+
+
+def benchmark(opts):
+    """Run every stage of ``opts.stages`` in both configurations; returns the report (a dict)."""
+    device = resolve(opts)
+    threads = torch.get_num_threads()
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    # Objects alive now (the imported libraries) are left out of the collections between stages.
+    gc.freeze()
+    try:
+        return _benchmark(opts, device)
+    finally:
+        gc.unfreeze()
+        torch.set_num_threads(threads)
+
+
+def warm_up_process(device):
+    """One forward and backward of the tiny network: one-time library set-up (kernel libraries,
+    autograd threads, the CUDA context) then counts against no stage."""
+    net = get_deeplabv2(NUM_CLASSES, arch="deeplabv2_tiny").to(device)
+    net(torch.zeros(2, 3, 64, 64, device=device), size=(64, 64)).sum().backward()
+    synchronize(device)
+
+
+def _benchmark(opts, device):
+    report = {"device": device_info(device),
+              "settings": {"arch": opts.arch, "input_size": "x".join(map(str, opts.input_size)),
+                           "batch_size": opts.batch_size, "steps": opts.steps, "warmup": opts.warmup,
+                           "num_workers": opts.num_workers, "compile": opts.compile,
+                           "date": time.strftime("%Y-%m-%d %H:%M:%S")}}
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as workdir:
+        bench = Bench(opts, device, workdir)
+        warm_up_process(device)
+        report["settings"]["configurations"] = {name: cfg.describe() for name, cfg in bench.configs.items()}
+        for name, cfg in bench.configs.items():
+            print(f"{name}: {cfg.describe()}", flush=True)
+        for stage in opts.stages:
+            figures, flops = {}, None
+            for name in CONFIGS:
+                figures[name], counted = measure(bench, stage, bench.configs[name], count=flops is None)
+                flops = flops if counted is None else counted
+                print(f"  {stage:<13} {name:<10} {figures[name]['images_per_s']:9.2f} images/s  "
+                      f"{figures[name]['step_ms']:9.1f} ms/step", flush=True)
+            if flops is not None:  # counted in the first configuration: the same maths in both
+                for name in CONFIGS:
+                    figures[name]["tflops"] = flops * figures[name]["images_per_s"] / 1e12
+            report[stage] = {**figures, "speedup": figures["fast"]["images_per_s"] / figures["published"]["images_per_s"]}
+            if stage in LOADER_STAGES:
+                report["settings"]["png_mb"] = round(bench.workspace.png_mb, 2)
+    return report
+
+
+def main(argv=None):
+    opts = build_parser().parse_args(argv)
+    report = benchmark(opts)
+    print()
+    print(format_table(report))
+    if opts.json:
+        atomic_write_text(opts.json, json.dumps(report, indent=1) + "\n")
+        print(f"\nwritten: {opts.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main, sys.argv[1:])
