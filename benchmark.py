@@ -20,8 +20,10 @@ Stages (``--stages``), each measured in both configurations:
 *published*: float32, eager, the per-image SpatialMix loop, NCHW, no cuDNN autotuning, PIL decoding
 and bicubic resizing with numpy normalisation per sample, no pinned memory, no persistent workers.
 *fast*: what the project does by default or by flag: batched SpatialMix, OpenCV decoding through
-the project's datasets and loaders, and on CUDA channels-last, cuDNN autotuning and bfloat16
-autocast (``--precision bf16-mixed``); ``--compile`` adds ``torch.compile``.
+the project's datasets and loaders (pinned memory and persistent workers on CUDA), channels-last
+networks (``--channels-last``), and on CUDA cuDNN autotuning and bfloat16 autocast
+(``--precision bf16-mixed``); ``--compile`` adds ``torch.compile``. On CPU, bfloat16 autocast is
+left out (ten times slower on a CPU without bf16 instructions, see docs/benchmarks.md).
 
 The project's own code runs (the stage modules' ``training_step`` and EMA hook, the pseudo-label
 ``PredictionModule``, the validation step with its confusion matrix, the datasets and loaders);
@@ -101,11 +103,13 @@ class Config:
 
 def configurations(opts, device):
     cuda = device.type == "cuda"
-    on = {"on": True, "bf16": True, "off": False, "auto": cuda}
+    # On the CPU of docs/benchmarks.md channels-last was a little faster, bf16 autocast ten times slower.
+    channels_last = opts.channels_last != "off"
+    autocast = opts.autocast == "bf16" or (opts.autocast == "auto" and cuda)
     return {
         "published": Config("published", loop_mix=True, channels_last=False, autocast=False,
                             cudnn_benchmark=False, project_loader=False),
-        "fast": Config("fast", loop_mix=False, channels_last=on[opts.channels_last], autocast=on[opts.autocast],
+        "fast": Config("fast", loop_mix=False, channels_last=channels_last, autocast=autocast,
                        cudnn_benchmark=cuda, project_loader=True, compile=opts.compile),
     }
 
@@ -607,11 +611,11 @@ def build_parser():
     parser.add_argument("--stages", type=stage_list, default=list(STAGES), metavar="S,S,...",
                         help="comma-separated subset of " + ", ".join(STAGES) + " (default: all)")
     parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                        help="channels-last networks in the fast configuration; auto = on for CUDA only, "
-                             "as it is slower on the CPUs we measured (default: %(default)s)")
+                        help="channels-last networks in the fast configuration; auto = on (on CUDA for tensor "
+                             "cores; on CPU it measured slightly faster too) (default: %(default)s)")
     parser.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto",
                         help="bfloat16 autocast in the fast configuration; auto = on for CUDA only, as it is "
-                             "slower on CPUs without bf16 instructions (default: %(default)s)")
+                             "far slower on CPUs without bf16 instructions (default: %(default)s)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the networks of the fast configuration (raise --warmup: the first "
                              "steps compile)")
