@@ -81,13 +81,15 @@ MIB = 2 ** 20
 class Config:
     """What separates the published configuration from the fast one."""
 
-    def __init__(self, name, loop_mix, channels_last, autocast, cudnn_benchmark, project_loader, compile=False):
+    def __init__(self, name, loop_mix, channels_last, autocast, cudnn_benchmark, project_loader, inference_mode,
+                 compile=False):
         self.name = name
         self.loop_mix = loop_mix
         self.channels_last = channels_last
         self.autocast = autocast
         self.cudnn_benchmark = cudnn_benchmark
         self.project_loader = project_loader
+        self.inference_mode = inference_mode  # Lightning evaluates under inference_mode, the published scripts no_grad
         self.compile = compile
 
     def describe(self):
@@ -108,9 +110,9 @@ def configurations(opts, device):
     autocast = opts.autocast == "bf16" or (opts.autocast == "auto" and cuda)
     return {
         "published": Config("published", loop_mix=True, channels_last=False, autocast=False,
-                            cudnn_benchmark=False, project_loader=False),
+                            cudnn_benchmark=False, project_loader=False, inference_mode=False),
         "fast": Config("fast", loop_mix=False, channels_last=channels_last, autocast=autocast,
-                       cudnn_benchmark=cuda, project_loader=True, compile=opts.compile),
+                       cudnn_benchmark=cuda, project_loader=True, inference_mode=True, compile=opts.compile),
     }
 
 
@@ -368,8 +370,7 @@ class Bench:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def no_grad(self, cfg):
-        # Lightning evaluates under inference_mode; the published scripts used no_grad.
-        return torch.inference_mode() if cfg.project_loader else torch.no_grad()
+        return torch.inference_mode() if cfg.inference_mode else torch.no_grad()
 
     def pin(self, cfg):
         return cfg.project_loader and self.device.type == "cuda"
@@ -538,7 +539,11 @@ def device_info(device):
 
 
 def _number(value, digits=1):
-    return "-" if value is None else f"{value:.{digits}f}"
+    if value is None:
+        return "-"
+    if digits and 0 < abs(value) < 10:  # small rates keep two significant digits
+        digits = max(digits, 2)
+    return f"{value:.{digits}f}"
 
 
 TABLE_COLUMNS = (("images/s", "images_per_s", 1), ("step ms", "step_ms", 1), ("peak MiB", "peak_mem_mb", 0),
@@ -561,12 +566,12 @@ def format_table(report):
     for stage in ("pseudo_label", "val"):
         if stage in report:
             p, f = report[stage]["published"], report[stage]["fast"]
-            notes.append(f"{stage}: model alone on a loaded batch {p['model_images_per_s']:.1f} (published) / "
-                         f"{f['model_images_per_s']:.1f} (fast) images/s")
+            notes.append(f"{stage}: model alone on a loaded batch {_number(p['model_images_per_s'])} (published) / "
+                         f"{_number(f['model_images_per_s'])} (fast) images/s")
     if "pseudo_label" in report:
         w = report["pseudo_label"]["fast"]["writing"]
-        notes.append(f"pseudo_label: writing the label and colour PNGs in the main process {w['ms_per_image']:.1f} "
-                     f"ms per image ({w['images_per_s']:.1f} images/s), not included above")
+        notes.append(f"pseudo_label: writing the label and colour PNGs in the main process {_number(w['ms_per_image'])} "
+                     f"ms per image ({_number(w['images_per_s'])} images/s), not included above")
     if report["device"]["type"] == "cuda":
         notes.append("peak MiB: torch.cuda.max_memory_allocated during the stage (weights, optimiser state, activations)")
     else:
