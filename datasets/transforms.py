@@ -137,12 +137,22 @@ class LabelledImages(Dataset):
         expected = " or ".join(_size_text(s) for s in sizes)
         raise UserError(f"label size {_size_text(label.shape)} does not match its image ({expected}): {path}")
 
-    def __getitem__(self, index):
-        image_path, label_path, name = self.samples[index]
+    # An optional ``utils.image_cache.ResizedImageCache`` (``--image-cache``), used when images are resized.
+    image_cache = None
+
+    def _read_resized(self, image_path):
         image = read_image_bgr(image_path)
-        original_shape = image.shape
+        original_shape = image.shape[:2]
         if self.input_size is not None:
             image = resize_image(image, self.input_size)
+        return image, original_shape
+
+    def __getitem__(self, index):
+        image_path, label_path, name = self.samples[index]
+        if self.image_cache is not None and self.input_size is not None:
+            image, original_shape = self.image_cache.load(image_path, self.input_size, self._read_resized)
+        else:
+            image, original_shape = self._read_resized(image_path)
         item = {"image": to_network_input(image), "name": name, "index": index}
         if label_path is not None:
             label = self.read_train_ids(label_path)

@@ -15,6 +15,7 @@ from datasets.patches import HardPatchDataset
 from datasets.samplers import CyclingSampler, ShardSampler
 from datasets.source import GTA5Dataset, SynthiaDataset
 from utils.cli import UserError
+from utils.image_cache import ResizedImageCache
 
 SOURCE_DATASETS = {"gta5": GTA5Dataset, "synthia": SynthiaDataset}
 
@@ -31,6 +32,10 @@ def add_data_args(parser):
                             "is absent (default: %(default)s)")
     group.add_argument("--val-split", default="val", help="split used for validation and testing (default: %(default)s)")
     group.add_argument("--num-workers", type=int, default=4, help="data loader processes per device (default: %(default)s)")
+    group.add_argument("--image-cache", default=None, metavar="DIR",
+                       help="keep every training and evaluation image, decoded and resized to --input-size, as a raw "
+                            "array under DIR (about W*H*3 bytes each) after its first read, and read it from there "
+                            "in later epochs and runs; changed images are read again (default: no cache)")
     group.add_argument("--train-batch-size", type=int, default=4, help="images per training step and device (default: %(default)s)")
     group.add_argument("--val-batch-size", type=int, default=2, help="images per validation step (default: %(default)s)")
     group.add_argument("--test-batch-size", type=int, default=2, help="images per test step (default: %(default)s)")
@@ -61,7 +66,10 @@ class SegmentationDataModule(pl.LightningDataModule):
     # and Lightning's own ``setup`` calls reuse them.
     def _dataset(self, name):
         if name not in self._datasets:
-            self._datasets[name] = getattr(self, f"_build_{name}")()
+            dataset = getattr(self, f"_build_{name}")()
+            if getattr(self.args, "image_cache", None):
+                dataset.image_cache = ResizedImageCache(self.args.image_cache)
+            self._datasets[name] = dataset
         return self._datasets[name]
 
     def _build_train(self):

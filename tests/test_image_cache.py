@@ -1,0 +1,96 @@
+"""--image-cache: resized images read back from disk, identical to decoding, invalidated by a changed file."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import datasets.transforms as transforms
+from datasets.cityscapes import CityscapesDataset
+from main import parse_args
+from modules.data import SegmentationDataModule
+from tests.fixtures import make_cityscapes
+from utils.image_cache import ResizedImageCache
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return make_cityscapes(str(tmp_path / "cs"), train=3, val=2, size=(64, 32))
+
+
+def _dataset(tree, cache_root=None):
+    data = CityscapesDataset(tree["image_root"], "val", input_size=(32, 16), label_root=tree["label_root"],
+                             resize_label=False)
+    if cache_root is not None:
+        data.image_cache = ResizedImageCache(cache_root)
+    return data
+
+
+def _entries(root):
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
+
+
+def test_cached_items_equal_decoded_items_and_skip_decoding(tree, tmp_path, monkeypatch):
+    cache = str(tmp_path / "cache")
+    plain, cached = _dataset(tree), _dataset(tree, cache)
+    first = [cached[i] for i in range(len(cached))]
+    assert len(_entries(cache)) == len(cached)
+    for i, item in enumerate(first):
+        reference = plain[i]
+        assert torch.equal(item["image"], reference["image"]) and torch.equal(item["label"], reference["label"])
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path} although it is cached")
+
+    monkeypatch.setattr(transforms, "read_image_bgr", no_decoding)
+    again = _dataset(tree, cache)  # a new dataset (another worker or run) finds the entries
+    for i, item in enumerate(first):
+        assert torch.equal(again[i]["image"], item["image"])
+    # labels are still checked against the original image size, which the entry keeps
+    assert again[0]["label"].shape == (32, 64)
+
+
+def test_changed_image_or_input_size_is_read_again(tree, tmp_path):
+    cache = str(tmp_path / "cache")
+    data = _dataset(tree, cache)
+    before = data[0]["image"]
+    path = data.samples[0][0]
+    image = cv2.imread(path)
+    cv2.imwrite(path, 255 - image)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a visibly newer file
+    after = data[0]["image"]
+    assert not torch.equal(before, after)
+    assert torch.equal(after, _dataset(tree)[0]["image"])
+    other_size = CityscapesDataset(tree["image_root"], "val", input_size=(16, 8))
+    other_size.image_cache = ResizedImageCache(cache)
+    assert other_size[0]["image"].shape == (3, 8, 16)
+
+
+def test_damaged_entry_is_rebuilt(tree, tmp_path):
+    cache = str(tmp_path / "cache")
+    data = _dataset(tree, cache)
+    reference = data[1]["image"]
+    entry = data.image_cache.entry_path(data.samples[1][0], data.input_size)
+    with open(entry, "wb") as f:
+        f.write(b"truncated")
+    assert torch.equal(data[1]["image"], reference)
+    with np.load(entry) as rebuilt:
+        assert rebuilt["image"].shape == (16, 32, 3)
+
+
+def test_flag_reaches_every_dataset_of_the_data_module(tree, tmp_path):
+    cache = str(tmp_path / "cache")
+    args = parse_args(["--module-name", "basic", "--mode", "train", "--image-root", tree["image_root"],
+                       "--label-root", tree["label_root"], "--input-size", "32x16", "--image-cache", cache])
+    data = SegmentationDataModule(args, "labels")
+    data.check("fit")
+    for name in ("train", "eval"):
+        dataset = data._dataset(name)
+        assert isinstance(dataset.image_cache, ResizedImageCache) and dataset.image_cache.root == cache
+        dataset[0]
+    assert len(_entries(cache)) == 2
+    no_cache = SegmentationDataModule(parse_args(["--module-name", "basic", "--image-root", tree["image_root"],
+                                                  "--label-root", tree["label_root"]]), "labels")
+    assert no_cache._dataset("eval").image_cache is None
