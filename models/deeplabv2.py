@@ -124,6 +124,10 @@ class DeepLabV2(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         self.layer5 = ClassifierHead(self.inplanes, num_classes, head_branches)
+        # Apply the BN mode now: Lightning never calls train() itself, it records every submodule's
+        # mode before validation and restores it afterwards, so a freshly built network must
+        # already have its frozen BN layers in eval mode.
+        self.train(self.training)
 
     def _make_layer(self, planes, blocks, stride=1, dilation=1):
         # The first block of every layer changes the width, so it always has a projection shortcut.

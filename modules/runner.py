@@ -52,6 +52,8 @@ def build(args):
 def build_trainer(args):
     # Checkpoints deliberately share the experiment folder with the logs and the record.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    if getattr(args, "freeze_bn_stats", False):  # the frozen BN layers are in eval mode on purpose
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     logger = TensorBoardLogger(save_dir=args.log_tb_dir, name=args.module_name, version=args.experiment_name,
                                default_hp_metric=False)
     callbacks = []

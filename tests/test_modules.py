@@ -153,3 +153,26 @@ def test_rounds_chain_students_and_resume(tree, tmp_path):
     again = train_rounds(stage_args(tree, tmp_path, "smhm", "--restore-from", tree["weights"],
                                     "--hard-patches-root", tree["patches"]), 2)
     assert again == results
+
+
+@pytest.mark.parametrize("module", ["baseline", "smhm"])
+def test_frozen_bn_statistics_survive_a_lightning_run(tree, tmp_path, module):
+    """Lightning never calls train(): it restores recorded modes after validation, so the freeze
+    must hold from construction on (it once did not, and statistics drifted in every stage)."""
+    flags = {"baseline": ["--pseudo-label-root", tree["pseudo"]],
+             "smhm": ["--hard-patches-root", tree["patches"]]}[module]
+    args = stage_args(tree, tmp_path, module, "--restore-from", tree["weights"], "--freeze-bn-stats",
+                      "--val-interval", "1", *flags)
+    result = runner.train(args)
+    init = torch.load(tree["weights"], map_location="cpu", weights_only=True)
+    state = torch.load(result["experiment_dir"] + "/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    stats = [k for k in init if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for prefix in ["net."] + (["ema_net."] if module == "smhm" else []):
+        for k in stats:
+            assert torch.equal(state[prefix + k], init[k]), prefix + k
+    # without the flag the same run does update them: the check above can fail
+    args = stage_args(tree, tmp_path, module, "--restore-from", tree["weights"], "--experiment-name", "u", *flags)
+    result = runner.train(args)
+    state = torch.load(result["experiment_dir"] + "/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert any(not torch.equal(state["net." + k], init[k]) for k in stats)
