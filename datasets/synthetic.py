@@ -15,8 +15,10 @@ label conversion are exercised unchanged::
 
 Both domains share one street layout (sky on top, a perspective road with sidewalks at the bottom,
 facades and trees along the horizon, vehicles, people, riders, poles with lights and signs). They
-differ in appearance (palette, textures, lighting, sensor noise, blur: ``domain_gap`` in [0, 1])
-and somewhat in class frequencies; the target also shows the ego vehicle and other void ids.
+differ in appearance (per-frame light and weather, palette, textures, lighting, sensor noise,
+blur: ``domain_gap`` in [0, 1]) and somewhat in class frequencies; every image of both domains has
+its hue turned by a random angle, so that no class is told by its hue alone; the target also
+shows the ego vehicle and other void ids.
 Output is a pure function of the settings: the same seed gives byte-identical files.
 """
 import json
@@ -39,12 +41,21 @@ DEFAULT_NUM_TRAIN = 200
 DEFAULT_NUM_VAL = 50
 DEFAULT_DOMAIN_GAP = 0.6
 GAP_SPREAD = (0.4, 1.4)  # a target frame's strength is domain_gap times a factor drawn from this range
+PALETTE_SHIFT = 0.3  # how far class colours move towards TARGET_RGB, per unit of strength
+# Light and weather of a target frame: contrast around the frame's mean, then exposure (factors).
+TARGET_CONTRAST = (0.5, 1.1)
+TARGET_EXPOSURE = (0.5, 1.2)
+# Every image of both domains has its hue turned by a random angle (in turns of the colour circle),
+# so that no class is told by its hue alone, as in real streets where a car or a facade can have any
+# colour. It also keeps the world within the student's colour jitter of self-distillation (hue
+# ±0.25 turns), under which a world that coded classes by hue would not be recognisable.
+HUE_TURNS = 0.25
 MIN_SIZE = (32, 16)
 TRAIN_CITIES = ("aachen", "bochum")
 VAL_CITIES = ("frankfurt", "lindau")
 FRAME = 19  # Cityscapes annotates the 20th frame of every snippet
 MANIFEST = "synthetic.json"
-VERSION = 1  # bump when the drawing changes: a manifest of another version is not "complete"
+VERSION = 2  # bump when the drawing changes: a manifest of another version is not "complete"
 
 # Train id -> label id through the official table (the first label id of each train id).
 _LUT = cityscapes_label_id_lut()
@@ -127,7 +138,7 @@ def domain_style(domain, gap):
             palette[label_id] = src
             fields[:, label_id], amps[:, label_id] = (field_s, 0), (amp_s, 0.0)
         else:
-            palette[label_id] = src + gap * (np.array(TARGET_RGB[name], np.float32) - src)
+            palette[label_id] = src + min(1.0, PALETTE_SHIFT * gap) * (np.array(TARGET_RGB[name], np.float32) - src)
             field_t, amp_t = TARGET_TEXTURE.get(name, DEFAULT_TEXTURE)
             fields[:, label_id], amps[:, label_id] = (field_s, field_t), ((1 - gap) * amp_s, gap * amp_t)
     if domain == "source":
@@ -651,7 +662,27 @@ def render_scene(rng, size=DEFAULT_SIZE, domain="source", domain_gap=DEFAULT_DOM
     # strongly shifted frames (as weather and light vary in real data), along which self-training
     # can move from confident to hard images.
     gap = min(1.0, domain_gap * rng.uniform(*GAP_SPREAD)) if target else 0.0
-    return paint(cv, rng, domain_style(domain, gap)), cv.label
+    image = paint(cv, rng, domain_style(domain, gap))
+    if target and domain_gap > 0:
+        image = light_and_weather(image, rng)
+    return turn_hue(image, rng.uniform(-HUE_TURNS, HUE_TURNS)), cv.label
+
+
+def light_and_weather(image, rng):
+    """A target frame's own contrast (haze) and exposure (dusk, overcast, sun): the part of the gap
+    that spans whole frames, from source-like to far darker and flatter."""
+    pixels = image.astype(np.float32)
+    contrast = rng.uniform(*TARGET_CONTRAST)
+    pixels = pixels.mean() + contrast * (pixels - pixels.mean())
+    pixels *= rng.uniform(*TARGET_EXPOSURE)
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def turn_hue(image, turns):
+    """Rotate the hue of a BGR ``uint8`` image by ``turns`` of the colour circle."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)  # OpenCV keeps hue in 0..179 for uint8
+    hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + int(round(turns * 180))) % 180).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 
 # ----------------------------------------------------------------------------- files
