@@ -9,7 +9,7 @@
 import argparse
 import sys
 
-from utils.cli import ArgumentParser, run
+from utils.cli import ArgumentParser, UserError, run
 
 STAGES = ("basic", "source_only", "baseline", "spatial_mix", "smhm")
 DESCRIPTION = """Train or evaluate one stage of black-box domain adaptation (SpatialMix + hard patches).
@@ -46,10 +46,11 @@ def add_common_args(parser):
     parser.add_argument("--experiment-name", default="none",
                         help="outputs go to <log-tb-dir>/<module-name>/<experiment-name> (default: %(default)s)")
     parser.add_argument("--log-tb-dir", default="./experiments", help="root of all experiment folders (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--rounds", type=int, default=None,
                         help="self-distillation rounds: round k+1 restarts from the best student of round k; "
-                             "outputs in <experiment-name>_round_<k> and a <experiment-name>_rounds.csv table "
-                             "(default: %(default)s, a single run without the _round suffix)")
+                             "outputs in <experiment-name>_round_<k> (with the best student extracted to "
+                             "student.pth) and a <experiment-name>_rounds.csv table, also for --rounds 1 "
+                             "(default: a single run in <experiment-name>, as published)")
     parser.add_argument("--resume", default=None, metavar="PATH|last",
                         help="continue training from a Lightning checkpoint, or 'last' for the experiment's last.ckpt")
 
@@ -124,7 +125,9 @@ def main(argv=None):
     pl.seed_everything(args.seed, workers=True, verbose=False)
     if args.mode == "test":
         runner.test(args)
-    elif args.rounds > 1:
+    elif args.rounds is not None:
+        if args.rounds < 1:
+            raise UserError(f"--rounds must be at least 1, got {args.rounds}")
         from modules.rounds import train_rounds
 
         train_rounds(args, args.rounds)

@@ -83,6 +83,7 @@ def common(tree, tmp_path):
     (["--module-name", "spatial_mix", "--restore-from", "WEIGHTS", "--train-batch-size", "1"], "--train-batch-size"),
     (["--module-name", "basic", "--restore-from", "WEIGHTS21"], "layer5"),
     (["--module-name", "basic", "--mode", "test"], "--restore-from"),
+    (["--module-name", "smhm", "--restore-from", "WEIGHTS", "--rounds", "0"], "--rounds"),
 ])
 def test_bad_input_is_one_line_before_training(tree, tmp_path, capsys, case, expected):
     import torch

@@ -176,3 +176,19 @@ def test_frozen_bn_statistics_survive_a_lightning_run(tree, tmp_path, module):
     result = runner.train(args)
     state = torch.load(result["experiment_dir"] + "/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert any(not torch.equal(state["net." + k], init[k]) for k in stats)
+
+
+def test_main_rounds_1_uses_the_round_layout_and_no_flag_a_single_run(tree, tmp_path):
+    from main import main
+
+    common = ["--module-name", "smhm", "--image-root", tree["image_root"], "--label-root", tree["label_root"],
+              "--list-root", tree["list_root"], "--arch", "deeplabv2_tiny", "--input-size", "64x32",
+              "--log-tb-dir", str(tmp_path / "exp"), "--num-workers", "0", "--accelerator", "cpu",
+              "--train-batch-size", "2", "--max-steps", "1", "--val-interval", "1", "--restore-from", tree["weights"],
+              "--hard-patches-root", tree["patches"]]
+    assert main(common + ["--experiment-name", "one", "--rounds", "1"]) == 0
+    base = tmp_path / "exp" / "smhm"
+    assert os.path.isfile(base / "one_round_1" / "student.pth") and os.path.isfile(base / "one_rounds.csv")
+    assert not os.path.exists(base / "one")
+    assert main(common + ["--experiment-name", "plain"]) == 0
+    assert os.path.isfile(base / "plain" / "last.ckpt") and not os.path.exists(base / "plain_round_1")
