@@ -672,8 +672,8 @@ def light_and_weather(image, rng):
     """A target frame's own contrast (haze) and exposure (dusk, overcast, sun): the part of the gap
     that spans whole frames, from source-like to far darker and flatter."""
     pixels = image.astype(np.float32)
-    contrast = rng.uniform(*TARGET_CONTRAST)
-    pixels = pixels.mean() + contrast * (pixels - pixels.mean())
+    mean = pixels.mean()
+    pixels = mean + rng.uniform(*TARGET_CONTRAST) * (pixels - mean)
     pixels *= rng.uniform(*TARGET_EXPOSURE)
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 

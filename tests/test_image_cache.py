@@ -11,6 +11,7 @@ from datasets.cityscapes import CityscapesDataset
 from main import parse_args
 from modules.data import SegmentationDataModule
 from tests.fixtures import make_cityscapes
+from utils.cli import UserError
 from utils.image_cache import ResizedImageCache
 
 
@@ -78,6 +79,13 @@ def test_damaged_entry_is_rebuilt(tree, tmp_path):
     assert torch.equal(data[1]["image"], reference)
     with np.load(entry) as rebuilt:
         assert rebuilt["image"].shape == (16, 32, 3)
+
+
+def test_missing_image_is_the_usual_one_line_error(tree, tmp_path):
+    data = _dataset(tree, str(tmp_path / "cache"))
+    os.remove(data.samples[0][0])
+    with pytest.raises(UserError, match="image not found"):
+        data[0]
 
 
 def test_flag_reaches_every_dataset_of_the_data_module(tree, tmp_path):

@@ -34,7 +34,10 @@ class ResizedImageCache:
     def load(self, image_path, input_size, read_and_resize):
         """``(resized image, original H×W)``: from the cache, or from ``read_and_resize(path)``
         (which returns the same pair), stored for the next time."""
-        path = self.entry_path(image_path, input_size)
+        try:
+            path = self.entry_path(image_path, input_size)
+        except FileNotFoundError:
+            return read_and_resize(image_path)  # which reports the missing image
         if os.path.isfile(path):
             try:
                 with np.load(path) as entry:
