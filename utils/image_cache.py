@@ -46,6 +46,6 @@ class ResizedImageCache:
                 pass  # damaged (for example a disk that filled up): read the PNG again
         image, shape = read_and_resize(image_path)
         buffer = io.BytesIO()
-        np.savez(buffer, image=image, shape=np.asarray(shape[:2], np.int64))
+        np.savez(buffer, image=image, shape=np.asarray(shape, np.int64))
         atomic_write_bytes(path, buffer.getvalue())
-        return image, tuple(shape[:2])
+        return image, shape
