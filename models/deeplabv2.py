@@ -140,10 +140,15 @@ class DeepLabV2(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x, size=None):
-        """Logits N x C x h x w at 1/8 of the input, or bilinearly upsampled to ``size=(H, W)``."""
+        """Logits N x C x h x w at 1/8 of the input, or bilinearly upsampled to ``size=(H, W)``.
+
+        The logits are contiguous in the usual N x C x H x W order even when the network is
+        channels-last: the per-pixel work downstream (losses, softmax, SpatialMix's gather, argmax)
+        is several times slower on channels-last tensors, and the copy at 1/8 size costs little.
+        """
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        logits = self.layer5(x)
+        logits = self.layer5(x).contiguous()
         if size is not None:
             logits = F.interpolate(logits, size=tuple(int(s) for s in size), mode="bilinear", align_corners=True)
         return logits

@@ -154,6 +154,18 @@ def test_channels_last_matches_contiguous():
     net.train()(x.contiguous(memory_format=torch.channels_last)).mean().backward()
 
 
+def test_channels_last_network_returns_contiguous_logits():
+    # The per-pixel work on the logits (losses, SpatialMix's gather, argmax) is several times
+    # slower on channels-last tensors: the network hands back the usual layout.
+    net = tiny().eval().to(memory_format=torch.channels_last)
+    x = image(n=2, h=64, w=32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for size in (None, (64, 32)):
+            out = net(x, size=size)
+            assert out.is_contiguous()
+            assert not out.is_contiguous(memory_format=torch.channels_last)
+
+
 # -- compatibility with the published network -----------------------------------------------------
 
 def test_r101_keys_shapes_and_outputs_match_published():
