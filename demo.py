@@ -22,9 +22,9 @@ import time
 
 from utils.cli import ArgumentParser, UserError, input_size, run
 
-# The demo schedule; its measured results and timing are in docs/demo.md.
-# Measured in docs/demo.md. Rare classes "auto": the provider never predicts most of the published
-# GTA5 rare classes on this benchmark, so the patches follow the classes it does predict, rarest first.
+# The demo schedule; its measured results and timing are in docs/demo.md. Rare classes "auto": the
+# provider hardly ever predicts most of the published GTA5 rare classes on this benchmark, so the
+# patches follow the rarest classes it does predict.
 DEFAULTS = dict(num_source=200, num_train=200, num_val=50, data_size="256x128", input_size="256x128",
                 arch="deeplabv2_tiny", batch_size=4, provider_steps=600, baseline_steps=1000, oracle_steps=600,
                 round_steps=300, rounds=3, lr=1e-3, smhm_lr=2e-4, rare_classes="auto")
