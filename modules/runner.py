@@ -6,7 +6,7 @@ import os
 import warnings
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from modules import MODULES
@@ -49,6 +49,34 @@ def build(args):
     return module, data, resume
 
 
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt``: the latest training state, after every validation and at the end of training,
+    for ``--resume last``. Lightning's own ``save_last`` only moves when the best checkpoint does, so
+    a run interrupted after a validation that did not improve would resume from an older step. The
+    file is replaced in one step: an interruption while saving leaves the previous one intact. As a
+    ``Checkpoint`` it runs after the best-checkpoint callback, so it records that callback's state
+    after the same validation."""
+
+    def __init__(self, dirpath):
+        self.path = os.path.join(dirpath, "last.ckpt")
+        self.saved_step = None
+
+    def save(self, trainer):
+        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.global_step == self.saved_step:
+            return
+        partial = self.path + ".partial"
+        trainer.save_checkpoint(partial)  # every process takes part; the first one writes
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+        self.saved_step = trainer.global_step
+
+    def on_validation_end(self, trainer, pl_module):
+        self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self.save(trainer)
+
+
 def build_trainer(args):
     # Checkpoints deliberately share the experiment folder with the logs and the record.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
@@ -60,8 +88,8 @@ def build_trainer(args):
     if args.mode == "train":
         callbacks += [
             ModelCheckpoint(dirpath=args.experiment_dir, filename="checkpoint-step_{step}-miou_{val_miou:.2f}",
-                            monitor="val_miou", mode="max", save_top_k=1, save_last=True,
-                            auto_insert_metric_name=False),
+                            monitor="val_miou", mode="max", save_top_k=1, auto_insert_metric_name=False),
+            LastCheckpoint(args.experiment_dir),
             LearningRateMonitor(logging_interval="step"),
         ]
     val_interval = args.val_interval

@@ -80,6 +80,23 @@ def test_resume_continues_step_count(tree, tmp_path):
     assert state["global_step"] == 4
 
 
+def test_last_checkpoint_follows_training_not_the_best_score(tree, tmp_path):
+    """With weights and statistics frozen (lr 0, frozen BatchNorm statistics) every validation scores
+    the same, so only the first is a best; last.ckpt must still hold the final step, or --resume
+    last would go back to that first validation."""
+    args = stage_args(tree, tmp_path, "baseline", "--pseudo-label-root", tree["pseudo"], "--restore-from",
+                      tree["weights"], "--freeze-bn-stats", "--lr", "0", "--val-interval", "1")
+    args.max_steps = 3
+    result = runner.train(args)
+    with open(os.path.join(result["experiment_dir"], "miou_record.csv")) as f:
+        means = [row[-3] for row in list(csv.reader(f))[1:]]
+    assert len(means) == 3 and len(set(means)) == 1
+    assert os.path.basename(result["best_checkpoint"]).startswith("checkpoint-step_1-")
+    state = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)
+    assert state["global_step"] == 3
+    assert not glob.glob(os.path.join(result["experiment_dir"], "*.partial"))
+
+
 def test_second_run_refuses_to_overwrite(tree, tmp_path):
     from utils.cli import UserError
 
