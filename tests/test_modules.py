@@ -95,6 +95,14 @@ def test_last_checkpoint_follows_training_not_the_best_score(tree, tmp_path):
     state = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)
     assert state["global_step"] == 3
     assert not glob.glob(os.path.join(result["experiment_dir"], "*.partial"))
+    # a run killed after its last step resumes to nothing left to do, with the same best checkpoint
+    args = stage_args(tree, tmp_path, "baseline", "--pseudo-label-root", tree["pseudo"], "--restore-from",
+                      tree["weights"], "--freeze-bn-stats", "--lr", "0", "--val-interval", "1", "--resume", "last")
+    args.max_steps = 3
+    again = runner.train(args)
+    assert again["best_checkpoint"] == result["best_checkpoint"] and again["best_miou"] == result["best_miou"]
+    with open(os.path.join(result["experiment_dir"], "miou_record.csv")) as f:
+        assert len(list(csv.reader(f))) == 4  # no step was trained or validated again
 
 
 def test_second_run_refuses_to_overwrite(tree, tmp_path):
