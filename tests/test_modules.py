@@ -84,8 +84,9 @@ def test_last_checkpoint_follows_training_not_the_best_score(tree, tmp_path):
     """With weights and statistics frozen (lr 0, frozen BatchNorm statistics) every validation scores
     the same, so only the first is a best; last.ckpt must still hold the final step, or --resume
     last would go back to that first validation."""
-    args = stage_args(tree, tmp_path, "baseline", "--pseudo-label-root", tree["pseudo"], "--restore-from",
-                      tree["weights"], "--freeze-bn-stats", "--lr", "0", "--val-interval", "1")
+    frozen = ["--pseudo-label-root", tree["pseudo"], "--restore-from", tree["weights"], "--freeze-bn-stats",
+              "--lr", "0", "--val-interval", "1"]
+    args = stage_args(tree, tmp_path, "baseline", *frozen)
     args.max_steps = 3
     result = runner.train(args)
     with open(os.path.join(result["experiment_dir"], "miou_record.csv")) as f:
@@ -96,8 +97,7 @@ def test_last_checkpoint_follows_training_not_the_best_score(tree, tmp_path):
     assert state["global_step"] == 3
     assert not glob.glob(os.path.join(result["experiment_dir"], "*.partial"))
     # a run killed after its last step resumes to nothing left to do, with the same best checkpoint
-    args = stage_args(tree, tmp_path, "baseline", "--pseudo-label-root", tree["pseudo"], "--restore-from",
-                      tree["weights"], "--freeze-bn-stats", "--lr", "0", "--val-interval", "1", "--resume", "last")
+    args = stage_args(tree, tmp_path, "baseline", *frozen, "--resume", "last")
     args.max_steps = 3
     again = runner.train(args)
     assert again["best_checkpoint"] == result["best_checkpoint"] and again["best_miou"] == result["best_miou"]
