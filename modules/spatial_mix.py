@@ -20,6 +20,8 @@ from utils.ema import ema_update
 from utils.labels import IGNORE_INDEX
 from utils.spatial_mix import random_flip, spatial_mix
 
+GENERATOR_STATE_KEY = "spatial_mix_generator_state"  # in the checkpoint: rank 0's random stream
+
 
 def consistency_target(logits, threshold=0.968, source="softmax"):
     """Teacher target (argmax) and the step's consistency weight: the share of pixels whose
@@ -70,15 +72,28 @@ class SpatialMixModule(SegmentationModule):
         for parameter in self.ema_net.parameters():
             parameter.requires_grad_(False)
         self.generator = None
+        self.saved_generator_state = None
 
     def networks(self):
         return [self.net, self.ema_net]
 
-    def on_fit_start(self):
-        # One random stream per rank (Lightning seeds every rank alike), restarted past the steps
-        # already taken when resuming.
+    def on_train_start(self):
+        # One random stream per rank (Lightning seeds every rank alike). A resumed run continues the
+        # stream its checkpoint saved, so a single-process run ends exactly as an uninterrupted one;
+        # the checkpoint holds rank 0's stream only, so the other ranks restart theirs past the steps
+        # already taken. (on_train_start runs after the checkpoint is restored, on_fit_start before.)
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(self.args.seed * 100003 + self.global_rank * 7919 + self.global_step)
+        if self.saved_generator_state is not None and self.global_rank == 0:
+            self.generator.set_state(self.saved_generator_state)
+        else:
+            self.generator.manual_seed(self.args.seed * 100003 + self.global_rank * 7919 + self.global_step)
+
+    def on_save_checkpoint(self, checkpoint):
+        if self.generator is not None:
+            checkpoint[GENERATOR_STATE_KEY] = self.generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint):
+        self.saved_generator_state = checkpoint.get(GENERATOR_STATE_KEY)
 
     def mixed_batch(self, images):
         """Teacher logits for ``images``, SpatialMix, batch flip: (mixed images, mixed teacher logits)."""

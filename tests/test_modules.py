@@ -80,6 +80,28 @@ def test_resume_continues_step_count(tree, tmp_path):
     assert state["global_step"] == 4
 
 
+def test_resumed_self_distillation_ends_as_an_uninterrupted_run(tree, tmp_path):
+    """SpatialMix, flip and augmentation draws continue the saved random stream on resume, and the
+    hard patches and images come in the same order: one step, then a resumed one, is bit for bit
+    two steps in one run. (Batch 4 of the 4 images: an epoch is one step, and the resume falls on
+    an epoch boundary, as it does with the published validation after every epoch.)"""
+    flags = ["--restore-from", tree["weights"], "--hard-patches-root", tree["patches"], "--val-interval", "1",
+             "--train-batch-size", "4",
+             "--confidence-threshold", "0"]  # every pixel counts, so the consistency loss moves the weights
+    whole = stage_args(tree, tmp_path, "smhm", *flags, "--experiment-name", "whole")
+    runner.train(whole)
+    first = stage_args(tree, tmp_path, "smhm", *flags, "--experiment-name", "split")
+    first.max_steps = 1
+    runner.train(first)
+    runner.train(stage_args(tree, tmp_path, "smhm", *flags, "--experiment-name", "split", "--resume", "last"))
+    whole, split = (torch.load(tmp_path / "exp" / "smhm" / name / "last.ckpt", map_location="cpu",
+                               weights_only=True)["state_dict"] for name in ("whole", "split"))
+    init = torch.load(tree["weights"], map_location="cpu", weights_only=True)
+    assert any(not torch.equal(whole["net." + k], v) for k, v in init.items() if k.endswith(".weight"))
+    assert whole.keys() == split.keys()
+    assert all(torch.equal(whole[k], split[k]) for k in whole), [k for k in whole if not torch.equal(whole[k], split[k])]
+
+
 def test_last_checkpoint_follows_training_not_the_best_score(tree, tmp_path):
     """With weights and statistics frozen (lr 0, frozen BatchNorm statistics) every validation scores
     the same, so only the first is a best; last.ckpt must still hold the final step, or --resume
