@@ -12,6 +12,7 @@ from main import parse_args
 from modules import runner
 from modules.spatial_mix import consistency_target
 from tests.fixtures import make_cityscapes, make_gta5, make_patches, make_pseudo_labels
+from utils.cli import UserError
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +201,14 @@ def test_rounds_chain_students_and_resume(tree, tmp_path):
     again = train_rounds(stage_args(tree, tmp_path, "smhm", "--restore-from", tree["weights"],
                                     "--hard-patches-root", tree["patches"]), 2)
     assert again == results
+    # A third round asked for with --resume last (the advice a refused rerun gives) starts fresh.
+    resumed = stage_args(tree, tmp_path, "smhm", "--restore-from", tree["weights"], "--hard-patches-root",
+                         tree["patches"], "--resume", "last")
+    more = train_rounds(resumed, 3)
+    assert more[:2] == results and more[2]["restore_from"] == results[1]["student"]
+    with pytest.raises(UserError, match="--resume PATH"):
+        train_rounds(stage_args(tree, tmp_path, "smhm", "--restore-from", tree["weights"], "--hard-patches-root",
+                                tree["patches"], "--resume", results[0]["best_checkpoint"]), 3)
 
 
 @pytest.mark.parametrize("module", ["baseline", "smhm"])
