@@ -61,7 +61,9 @@ def add_common_args(parser):
                      help="keep BatchNorm running statistics fixed during training (published: they update)")
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: %(default)s)")
+    opt.add_argument("--lr", type=float, default=1e-4,
+                     help="learning rate (default: %(default)s; as published, 1e-4 for the baseline and 1e-5 for "
+                          "spatial_mix and smhm)")
     opt.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                      help="adam as published, or sgd (momentum 0.9, weight decay 5e-4, head at 10x lr) (default: %(default)s)")
     opt.add_argument("--lr-schedule", choices=("auto", "constant", "poly"), default="auto",
@@ -104,6 +106,7 @@ def build_parser(module_name=None):
     add_data_args(parser)
     if module_name in MODULES:
         MODULES[module_name].add_args(parser)
+        parser.set_defaults(lr=MODULES[module_name].default_lr)
     return parser
 
 

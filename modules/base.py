@@ -31,6 +31,7 @@ class SegmentationModule(pl.LightningModule):
     train_source = "labels"  # what the data module feeds the training step
     use_patches = False
     default_position_beta = None
+    default_lr = 1e-4  # published for the baseline; the self-distillation stages publish 1e-5
 
     @classmethod
     def add_args(cls, parser):

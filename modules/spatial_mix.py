@@ -36,6 +36,7 @@ def consistency_target(logits, threshold=0.968, source="softmax"):
 class SpatialMixModule(SegmentationModule):
     train_source = "images"
     default_position_beta = 0.5
+    default_lr = 1e-5
     # The batched SpatialMix; benchmark.py swaps in the published per-image loop for comparison.
     mix = staticmethod(spatial_mix)
 

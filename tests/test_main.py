@@ -57,6 +57,15 @@ def test_help_lists_stage_flags():
         assert flag in out.stdout
 
 
+@pytest.mark.parametrize("module,lr", [("basic", 1e-4), ("source_only", 1e-4), ("baseline", 1e-4),
+                                       ("spatial_mix", 1e-5), ("smhm", 1e-5)])
+def test_learning_rate_defaults_to_the_published_one_of_the_stage(module, lr):
+    from main import parse_args
+
+    assert parse_args(["--module-name", module]).lr == lr
+    assert parse_args(["--module-name", module, "--lr", "3e-3"]).lr == 3e-3
+
+
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("cs")
