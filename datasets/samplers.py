@@ -2,8 +2,11 @@
 
 Evaluation and the data stages must see every image exactly once (padding with repeats changes
 mIoU and writes files twice); the hard patch stream of self-distillation cycles through the patch
-set so that every training step gets a fresh batch, and each rank gets different patches.
+set so that every training step gets a fresh batch, and each rank gets different patches; a
+resumed training epoch skips the batches its checkpoint had already trained on.
 """
+import itertools
+
 import torch
 from torch.utils.data import Sampler
 
@@ -55,3 +58,22 @@ class CyclingSampler(Sampler):
 
     def __len__(self):
         return self.num_samples
+
+
+class SkipSampler(Sampler):
+    """``sampler`` whose next pass leaves out its first ``skip`` indices (then ``skip`` is 0 again):
+    a resumed epoch continues where its checkpoint left it. Its length stays the full pass."""
+
+    def __init__(self, sampler):
+        self.sampler, self.skip = sampler, 0
+
+    def set_epoch(self, epoch):
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.sampler), skip, None)
+
+    def __len__(self):
+        return len(self.sampler)

@@ -12,12 +12,30 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets.cityscapes import CityscapesDataset, resolve_pseudo_label_root
 from datasets.patches import HardPatchDataset
-from datasets.samplers import CyclingSampler, ShardSampler
+from datasets.samplers import CyclingSampler, ShardSampler, SkipSampler
 from datasets.source import GTA5Dataset, SynthiaDataset
 from utils.cli import UserError
 from utils.image_cache import ResizedImageCache
 
 SOURCE_DATASETS = {"gta5": GTA5Dataset, "synthia": SynthiaDataset}
+
+
+class ResumableLoader(DataLoader):
+    """A training loader that Lightning resumes mid-epoch where the checkpoint left the epoch
+    (it restarts a plain loader's epoch from the first batch, so a resumed run would see that
+    epoch's first batches twice and never its last ones). Every epoch is ``len(self)`` optimiser
+    steps (whole batches only, no gradient accumulation), so ``global_step() % len(self)`` batches
+    of the current epoch are done when a checkpoint is saved."""
+
+    def __init__(self, dataset, sampler, global_step, **kwargs):
+        super().__init__(dataset, sampler=SkipSampler(sampler), drop_last=True, **kwargs)
+        self.global_step = global_step
+
+    def state_dict(self):
+        return {"batches_done_in_epoch": self.global_step() % len(self)}
+
+    def load_state_dict(self, state):
+        self.sampler.skip = state["batches_done_in_epoch"] * self.batch_size
 
 
 def add_data_args(parser):
@@ -108,11 +126,14 @@ class SegmentationDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, dataset, batch_size, sampler, drop_last=False):
+    def _loader(self, dataset, batch_size, sampler, kind=DataLoader, **kwargs):
         workers = self.args.num_workers
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          collate_fn=collate, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=workers > 0)
+        return kind(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+                    pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, **kwargs)
+
+    def _train_loader(self, dataset, batch_size, sampler):
+        # A last partial batch is dropped: SpatialMix cannot mix a batch of one image.
+        return self._loader(dataset, batch_size, sampler, ResumableLoader, global_step=lambda: self.trainer.global_step)
 
     def train_dataloader(self):
         rank, world = self._rank()
@@ -123,13 +144,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         if steps == 0:
             raise UserError(f"--train-batch-size {a.train_batch_size} is larger than the {len(sampler)} "
                             f"training images each device gets")
-        # A last partial batch is dropped: SpatialMix cannot mix a batch of one image.
-        loaders = {"target": self._loader(dataset, a.train_batch_size, sampler, drop_last=True)}
+        loaders = {"target": self._train_loader(dataset, a.train_batch_size, sampler)}
         if self.use_patches:
             patches = self._dataset("patches")
             batch_size = a.hard_patch_batch_size or a.train_batch_size
             patch_sampler = CyclingSampler(len(patches), steps * batch_size, rank, world, seed=a.seed)
-            loaders["patches"] = self._loader(patches, batch_size, patch_sampler, drop_last=True)
+            loaders["patches"] = self._train_loader(patches, batch_size, patch_sampler)
         return loaders
 
     def _eval_loader(self, batch_size):

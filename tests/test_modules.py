@@ -82,21 +82,25 @@ def test_resume_continues_step_count(tree, tmp_path):
 
 
 def test_resumed_self_distillation_ends_as_an_uninterrupted_run(tree, tmp_path):
-    """SpatialMix, flip and augmentation draws continue the saved random stream on resume, and the
-    hard patches and images come in the same order: one step, then a resumed one, is bit for bit
-    two steps in one run. (Batch 4 of the 4 images: an epoch is one step, and the resume falls on
-    an epoch boundary, as it does with the published validation after every epoch.)"""
+    """Stopped after step 1 of a two-step epoch and resumed to step 3: the SpatialMix, flip and
+    augmentation draws continue the saved random stream, the rest of the epoch brings the images
+    and hard patches it had not yet brought, and the run ends bit for bit as one that was never
+    interrupted."""
     flags = ["--restore-from", tree["weights"], "--hard-patches-root", tree["patches"], "--val-interval", "1",
-             "--train-batch-size", "4",
              "--confidence-threshold", "0"]  # every pixel counts, so the consistency loss moves the weights
     whole = stage_args(tree, tmp_path, "smhm", *flags, "--experiment-name", "whole")
+    whole.max_steps = 3
     runner.train(whole)
     first = stage_args(tree, tmp_path, "smhm", *flags, "--experiment-name", "split")
     first.max_steps = 1
     runner.train(first)
-    runner.train(stage_args(tree, tmp_path, "smhm", *flags, "--experiment-name", "split", "--resume", "last"))
+    rest = stage_args(tree, tmp_path, "smhm", *flags, "--experiment-name", "split", "--resume", "last")
+    rest.max_steps = 3
+    runner.train(rest)
     whole, split = (torch.load(tmp_path / "exp" / "smhm" / name / "last.ckpt", map_location="cpu",
-                               weights_only=True)["state_dict"] for name in ("whole", "split"))
+                               weights_only=True) for name in ("whole", "split"))
+    assert whole["global_step"] == split["global_step"] == 3
+    whole, split = whole["state_dict"], split["state_dict"]
     init = torch.load(tree["weights"], map_location="cpu", weights_only=True)
     assert any(not torch.equal(whole["net." + k], v) for k, v in init.items() if k.endswith(".weight"))
     assert whole.keys() == split.keys()

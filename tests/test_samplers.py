@@ -30,3 +30,16 @@ def test_cycling_sampler_continues_across_epochs_and_ranks_disjoint():
     for k in range(3):
         assert sorted(stream[6 * k:6 * (k + 1)]) == list(range(6))
     assert stream[:6] != stream[6:12] or stream[6:12] != stream[12:]
+
+
+def test_skip_sampler_leaves_out_the_first_indices_of_one_pass_only():
+    from datasets.samplers import SkipSampler
+
+    inner = CyclingSampler(10, 6, seed=3)
+    sampler = SkipSampler(inner)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    assert len(sampler) == 6 and inner.epoch == 2
+    sampler.skip = 4
+    assert list(sampler) == full[4:]
+    assert list(sampler) == full  # the next pass is whole again
