@@ -35,7 +35,9 @@ QUICK = dict(num_source=8, num_train=8, num_val=4, data_size="64x32", input_size
 
 def build_parser():
     parser = ArgumentParser(prog="demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="./experiments/demo", help="everything the demo makes goes here (default: %(default)s)")
+    parser.add_argument("--out", default=None,
+                        help="everything the demo makes goes here (default: ./experiments/demo, with _seed<N> added "
+                             "for another --seed and _quick for --quick, so that no demo replaces another)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of training (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=None, help=f"smhm self-distillation rounds (default: {DEFAULTS['rounds']})")
     parser.add_argument("--quick", action="store_true",
@@ -50,13 +52,17 @@ def _finite(value):
     return None if value != value else float(value)
 
 
+def default_out(seed, quick):
+    return "./experiments/demo" + (f"_seed{seed}" if seed != 0 else "") + ("_quick" if quick else "")
+
+
 class Demo:
     def __init__(self, args):
         self.args = args
         self.cfg = dict(DEFAULTS, **(QUICK if args.quick else {}))
         if args.rounds is not None:
             self.cfg["rounds"] = args.rounds
-        self.out = args.out
+        self.out = args.out or default_out(args.seed, args.quick)
         self.data = os.path.join(self.out, "data")
         self.cityscapes = os.path.join(self.data, "cityscapes")
         self.weights = os.path.join(self.out, "weights")
@@ -177,11 +183,16 @@ class Demo:
         os.makedirs(self.weights, exist_ok=True)
         start = time.time()
 
+        from datasets.synthetic import OtherSettings
         from datasets.synthetic import main as synthetic
-        self.step("benchmark: generate", "-m datasets.synthetic",
-                  ["--root", self.data, "--seed", str(a.seed), "--num-source", str(c["num_source"]),
-                   "--num-train", str(c["num_train"]), "--num-val", str(c["num_val"]), "--size", c["data_size"]],
-                  synthetic)
+        try:
+            self.step("benchmark: generate", "-m datasets.synthetic",
+                      ["--root", self.data, "--seed", str(a.seed), "--num-source", str(c["num_source"]),
+                       "--num-train", str(c["num_train"]), "--num-val", str(c["num_val"]), "--size", c["data_size"]],
+                      synthetic)
+        except OtherSettings:
+            raise UserError(f"--out {self.out} holds a demo made with another --seed or with(out) --quick: "
+                            "add --fresh to replace it, or choose another --out") from None
         from utils.transfer_trainid import main as transfer
         self.step("labels: convert to train ids", "utils/transfer_trainid.py",
                   ["--dataset", "cityscapes", "--ori-label-root", os.path.join(self.cityscapes, "gtFine"),

@@ -760,6 +760,10 @@ def _check_settings(seed, num_source, num_train, num_val, size, domain_gap, work
         raise UserError(f"--workers must be >= 0, got {workers}")
 
 
+class OtherSettings(UserError):
+    """The root holds a benchmark generated with other settings."""
+
+
 def _prepare_root(root, settings, overwrite):
     """Refuse to mix settings in one folder; with ``overwrite`` remove what an earlier run wrote."""
     if os.path.exists(root) and not os.path.isdir(root):
@@ -782,7 +786,7 @@ def _prepare_root(root, settings, overwrite):
             shutil.rmtree(path, ignore_errors=True)
         return None
     if previous.get("settings") != settings:
-        raise UserError(f"--root {root} holds a benchmark made with other settings ({previous.get('settings')}); "
+        raise OtherSettings(f"--root {root} holds a benchmark made with other settings ({previous.get('settings')}); "
                         f"pass --overwrite to replace it or choose another --root")
     return previous
 

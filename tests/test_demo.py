@@ -5,8 +5,11 @@ import math
 import os
 
 import cv2
+import pytest
 
-from demo import main
+from datasets.synthetic import main as synthetic
+from demo import Demo, build_parser, main
+from utils.cli import run
 
 
 def test_quick_demo_runs_every_stage(tmp_path):
@@ -27,3 +30,17 @@ def test_quick_demo_runs_every_stage(tmp_path):
     assert picture is not None and picture.shape[1] > 4 * 64
     # A second run finds every stage done and only re-evaluates.
     assert main(["--quick", "--out", str(out)]) == 0
+
+
+def test_another_seed_goes_beside_the_first_demo_or_is_refused(tmp_path, capsys):
+    assert Demo(build_parser().parse_args([])).out == "./experiments/demo"
+    assert Demo(build_parser().parse_args(["--seed", "1"])).out == "./experiments/demo_seed1"
+    assert Demo(build_parser().parse_args(["--quick", "--seed", "2"])).out == "./experiments/demo_seed2_quick"
+    out = tmp_path / "demo"  # holds the benchmark of seed 0
+    assert synthetic(["--root", str(out / "data"), "--seed", "0", "--num-source", "1", "--num-train", "1",
+                      "--num-val", "1", "--size", "64x32", "--workers", "0"]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        run(main, ["--quick", "--seed", "1", "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--fresh" in err and "another --seed" in err and "Traceback" not in err
