@@ -9,7 +9,7 @@
 import argparse
 import sys
 
-from utils.cli import ArgumentParser, UserError, run
+from utils.cli import ArgumentParser, UserError, at_least, run
 
 STAGES = ("basic", "source_only", "baseline", "spatial_mix", "smhm")
 DESCRIPTION = """Train or evaluate one stage of black-box domain adaptation (SpatialMix + hard patches).
@@ -27,9 +27,12 @@ Add --module-name NAME to --help to see the flags of that stage."""
 def interval(text):
     """``--val-interval``: a fraction of an epoch (``1.0``, ``0.25``) or a number of steps (``500``)."""
     try:
-        return float(text) if "." in text else int(text)
+        value = float(text) if "." in text else int(text)
     except ValueError:
+        value = None
+    if value is None or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a fraction such as 1.0 or a step count such as 500, got {text!r}")
+    return value
 
 
 def devices(text):
@@ -68,9 +71,9 @@ def add_common_args(parser):
                      help="adam as published, or sgd (momentum 0.9, weight decay 5e-4, head at 10x lr) (default: %(default)s)")
     opt.add_argument("--lr-schedule", choices=("auto", "constant", "poly"), default="auto",
                      help="constant, or poly (power 0.9 to --max-steps); auto = constant for adam, poly for sgd")
-    opt.add_argument("--max-steps", type=int, default=20000,
+    opt.add_argument("--max-steps", type=at_least(1), default=20000,
                      help="training ends after this many optimiser steps (default: %(default)s)")
-    opt.add_argument("--max-epochs", type=int, default=None, help="or after this many epochs, whichever comes first")
+    opt.add_argument("--max-epochs", type=at_least(1), default=None, help="or after this many epochs, whichever comes first")
     opt.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 
     ev = parser.add_argument_group("evaluation and logging")
@@ -81,14 +84,14 @@ def add_common_args(parser):
     ev.add_argument("--save-predictions", default=None, metavar="DIR",
                     help="test mode: write predicted train-id PNGs (train_ids/) and colour PNGs (color/) at "
                          "ground-truth resolution, mirroring <city>/<stem>")
-    ev.add_argument("--log-interval", type=int, default=50, help="log scalars every N steps (default: %(default)s)")
-    ev.add_argument("--visualize-interval", type=int, default=500,
+    ev.add_argument("--log-interval", type=at_least(1), default=50, help="log scalars every N steps (default: %(default)s)")
+    ev.add_argument("--visualize-interval", type=at_least(0), default=500,
                     help="log an input | target | prediction picture every N steps; 0 = never (default: %(default)s)")
 
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
     hw.add_argument("--devices", type=devices, default="auto", help="number of devices per node, or auto (default: %(default)s)")
-    hw.add_argument("--num-nodes", type=int, default=1, help="number of machines (default: %(default)s)")
+    hw.add_argument("--num-nodes", type=at_least(1), default=1, help="number of machines (default: %(default)s)")
     hw.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: %(default)s)")
     hw.add_argument("--precision", default="32-true",
                     help="32-true as published, or bf16-mixed for speed on recent GPUs (default: %(default)s)")

@@ -14,7 +14,7 @@ from datasets.cityscapes import CityscapesDataset, resolve_pseudo_label_root
 from datasets.patches import HardPatchDataset
 from datasets.samplers import CyclingSampler, ShardSampler, SkipSampler
 from datasets.source import GTA5Dataset, SynthiaDataset
-from utils.cli import UserError
+from utils.cli import UserError, at_least
 from utils.image_cache import ResizedImageCache
 
 SOURCE_DATASETS = {"gta5": GTA5Dataset, "synthia": SynthiaDataset}
@@ -49,14 +49,14 @@ def add_data_args(parser):
                        help="folder with <split>.txt image lists; the image folder is scanned when a list "
                             "is absent (default: %(default)s)")
     group.add_argument("--val-split", default="val", help="split used for validation and testing (default: %(default)s)")
-    group.add_argument("--num-workers", type=int, default=4, help="data loader processes per device (default: %(default)s)")
+    group.add_argument("--num-workers", type=at_least(0), default=4, help="data loader processes per device (default: %(default)s)")
     group.add_argument("--image-cache", default=None, metavar="DIR",
                        help="keep every training and evaluation image, decoded and resized to --input-size, as a raw "
                             "array under DIR (about W*H*3 bytes each) after its first read, and read it from there "
                             "in later epochs and runs; changed images are read again (default: no cache)")
-    group.add_argument("--train-batch-size", type=int, default=4, help="images per training step and device (default: %(default)s)")
-    group.add_argument("--val-batch-size", type=int, default=2, help="images per validation step (default: %(default)s)")
-    group.add_argument("--test-batch-size", type=int, default=2, help="images per test step (default: %(default)s)")
+    group.add_argument("--train-batch-size", type=at_least(1), default=4, help="images per training step and device (default: %(default)s)")
+    group.add_argument("--val-batch-size", type=at_least(1), default=2, help="images per validation step (default: %(default)s)")
+    group.add_argument("--test-batch-size", type=at_least(1), default=2, help="images per test step (default: %(default)s)")
     return group
 
 

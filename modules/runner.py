@@ -8,6 +8,7 @@ import warnings
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from modules import MODULES
 from modules.data import SegmentationDataModule
@@ -93,19 +94,23 @@ def build_trainer(args):
             LearningRateMonitor(logging_interval="step"),
         ]
     val_interval = args.val_interval
-    return pl.Trainer(
-        accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
-        precision=args.precision, max_epochs=args.max_epochs, max_steps=args.max_steps,
-        val_check_interval=val_interval,
-        # An integer interval counts steps across epochs, a fraction is a share of each epoch.
-        check_val_every_n_epoch=None if isinstance(val_interval, int) else 1,
-        log_every_n_steps=args.log_interval, logger=logger, callbacks=callbacks,
-        default_root_dir=args.experiment_dir, num_sanity_val_steps=0,
-        # The data module shards every loader itself (no padded duplicates in evaluation).
-        use_distributed_sampler=False,
-        enable_model_summary=False,
-        benchmark=True,  # cuDNN picks the fastest convolution algorithms for the fixed input size
-    )
+    try:
+        return pl.Trainer(
+            accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
+            precision=args.precision, max_epochs=args.max_epochs, max_steps=args.max_steps,
+            val_check_interval=val_interval,
+            # An integer interval counts steps across epochs, a fraction is a share of each epoch.
+            check_val_every_n_epoch=None if isinstance(val_interval, int) else 1,
+            log_every_n_steps=args.log_interval, logger=logger, callbacks=callbacks,
+            default_root_dir=args.experiment_dir, num_sanity_val_steps=0,
+            # The data module shards every loader itself (no padded duplicates in evaluation).
+            use_distributed_sampler=False,
+            enable_model_summary=False,
+            benchmark=True,  # cuDNN picks the fastest convolution algorithms for the fixed input size
+        )
+    except (MisconfigurationException, ValueError) as err:  # Lightning's word on the hardware flags
+        raise UserError(f"{' '.join(str(err).split())} (--accelerator {args.accelerator}, --devices {args.devices}, "
+                        f"--strategy {args.strategy}, --precision {args.precision})") from None
 
 
 def train(args):

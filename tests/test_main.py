@@ -1,9 +1,11 @@
 """main.py: the published commands, flags, and one-line errors before training starts."""
+import glob
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from main import main, parse_args
 from utils.cli import run
@@ -93,6 +95,14 @@ def common(tree, tmp_path):
     (["--module-name", "basic", "--restore-from", "WEIGHTS21"], "layer5"),
     (["--module-name", "basic", "--mode", "test"], "--restore-from"),
     (["--module-name", "smhm", "--restore-from", "WEIGHTS", "--rounds", "0"], "--rounds"),
+    (["--val-interval", "0"], "--val-interval"),
+    (["--train-batch-size", "0"], "--train-batch-size"),
+    (["--num-workers", "-1"], "--num-workers"),
+    (["--max-steps", "ten"], "--max-steps"),
+    (["--precision", "17"], "--precision 17"),
+    (["--strategy", "foo"], "--strategy foo"),
+    pytest.param(["--accelerator", "gpu"], "--accelerator gpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
 ])
 def test_bad_input_is_one_line_before_training(tree, tmp_path, capsys, case, expected):
     import torch
@@ -109,6 +119,23 @@ def test_bad_input_is_one_line_before_training(tree, tmp_path, capsys, case, exp
     assert code == 2, err
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not os.path.exists(tmp_path / "exp" / "basic" / "none" / "last.ckpt")
+
+
+def test_bad_image_read_by_a_loader_process_is_one_line(tmp_path, capsys):
+    """A user error raised in a DataLoader worker comes back wrapped in the worker's traceback."""
+    from models.deeplabv2 import get_deeplabv2
+
+    paths = make_cityscapes(str(tmp_path / "cs"))
+    val = sorted(glob.glob(os.path.join(paths["image_root"], "val", "*", "*.png")))[0]
+    with open(val, "r+b") as f:
+        f.truncate(100)
+    weights = str(tmp_path / "w.pth")
+    torch.save(get_deeplabv2(arch="deeplabv2_tiny").state_dict(), weights)
+    argv = common(paths, tmp_path)
+    argv[argv.index("--num-workers") + 1] = "1"
+    code, err = run_in_process(capsys, *argv, "--mode", "test", "--restore-from", weights)
+    assert code == 2, err
+    assert os.path.basename(val) in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_missing_pseudo_label_for_a_listed_image(tree, tmp_path):

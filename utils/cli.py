@@ -27,12 +27,35 @@ def grid_size(text):
     return input_size(text)
 
 
+def at_least(minimum):
+    """An ``argparse`` type: an integer no smaller than ``minimum``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def user_message(err):
+    """The one-line message of a :class:`UserError`. One raised in a DataLoader worker process comes
+    back re-raised with the worker's traceback as its text; its last line holds the message."""
+    text = str(err)
+    if text.startswith("Caught UserError in DataLoader worker"):
+        text = text.rstrip().splitlines()[-1].split("UserError: ", 1)[-1]
+    return text
+
+
 def run(main, argv=None):
     """Call ``main(argv)``; turn a :class:`UserError` into ``error: ...`` on stderr and exit 2."""
     try:
         code = main(argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_message(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: finished files are kept; rerun the same command to resume", file=sys.stderr)
