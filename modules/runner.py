@@ -8,11 +8,11 @@ import warnings
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from modules import MODULES
 from modules.data import SegmentationDataModule
 from utils.cli import UserError
+from utils.lightning import interruptible, make_trainer
 
 
 def experiment_dir(args):
@@ -94,30 +94,26 @@ def build_trainer(args):
             LearningRateMonitor(logging_interval="step"),
         ]
     val_interval = args.val_interval
-    try:
-        return pl.Trainer(
-            accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
-            precision=args.precision, max_epochs=args.max_epochs, max_steps=args.max_steps,
-            val_check_interval=val_interval,
-            # An integer interval counts steps across epochs, a fraction is a share of each epoch.
-            check_val_every_n_epoch=None if isinstance(val_interval, int) else 1,
-            log_every_n_steps=args.log_interval, logger=logger, callbacks=callbacks,
-            default_root_dir=args.experiment_dir, num_sanity_val_steps=0,
-            # The data module shards every loader itself (no padded duplicates in evaluation).
-            use_distributed_sampler=False,
-            enable_model_summary=False,
-            benchmark=True,  # cuDNN picks the fastest convolution algorithms for the fixed input size
-        )
-    except (MisconfigurationException, ValueError) as err:  # Lightning's word on the hardware flags
-        raise UserError(f"{' '.join(str(err).split())} (--accelerator {args.accelerator}, --devices {args.devices}, "
-                        f"--strategy {args.strategy}, --precision {args.precision})") from None
+    return make_trainer(
+        args, max_epochs=args.max_epochs, max_steps=args.max_steps, val_check_interval=val_interval,
+        # An integer interval counts steps across epochs, a fraction is a share of each epoch.
+        check_val_every_n_epoch=None if isinstance(val_interval, int) else 1,
+        log_every_n_steps=args.log_interval, logger=logger, callbacks=callbacks,
+        default_root_dir=args.experiment_dir, num_sanity_val_steps=0,
+        # The data module shards every loader itself (no padded duplicates in evaluation).
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        benchmark=True,  # cuDNN picks the fastest convolution algorithms for the fixed input size
+    )
 
 
 def train(args):
     """Train a stage; returns ``{"best_checkpoint", "best_miou", "last_checkpoint", "experiment_dir"}``."""
     module, data, resume = build(args)
     trainer = build_trainer(args)
-    trainer.fit(module, datamodule=data, ckpt_path=resume)
+    with interruptible(trainer, f"the checkpoints so far are kept in {args.experiment_dir}; "
+                                "add --resume last to the same command to continue"):
+        trainer.fit(module, datamodule=data, ckpt_path=resume)
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score
     return {"best_checkpoint": checkpoint.best_model_path or None,
@@ -132,5 +128,6 @@ def test(args):
         raise UserError("--mode test needs --restore-from: the weights to evaluate")
     module, data, _ = build(args)
     trainer = build_trainer(args)
-    trainer.test(module, datamodule=data, verbose=False)
+    with interruptible(trainer, "nothing was written"):
+        trainer.test(module, datamodule=data, verbose=False)
     return module.last_scores

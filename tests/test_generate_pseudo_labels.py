@@ -333,3 +333,21 @@ def test_two_process_ddp_writes_each_image_once(world, tmp_path):
         records += [line.split("\t")[0] for line in lines]
     assert sorted(records) == [name_of(p) for p in image_paths(world)]  # each image once
     assert tree(two) == tree(one)
+
+
+def test_ctrl_c_says_finished_files_are_kept(world, tmp_path, capsys, monkeypatch):
+    import signal
+
+    from utils.prediction import PredictionModule
+
+    def interrupted(self, batch, batch_idx, dataloader_idx=0):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PredictionModule, "predict_step", interrupted)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        code = run_script(args_for(world, tmp_path / "pl"))
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C once it has one
+    assert code == 130
+    assert "interrupted: finished files are kept; rerun the same command" in capsys.readouterr().err

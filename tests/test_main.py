@@ -138,6 +138,25 @@ def test_bad_image_read_by_a_loader_process_is_one_line(tmp_path, capsys):
     assert os.path.basename(val) in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_ctrl_c_during_training_says_how_to_continue(tree, tmp_path, capsys, monkeypatch):
+    """Lightning turns Ctrl-C into exit code 1; the command reports an interruption (130) instead."""
+    import signal
+
+    from modules.base import SegmentationModule
+
+    def interrupted(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SegmentationModule, "training_step", interrupted)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        code, err = run_in_process(capsys, *common(tree, tmp_path), "--module-name", "basic", "--max-steps", "2")
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C once it has one
+    assert code == 130, err
+    assert "interrupted:" in err and "--resume last" in err and "Traceback" not in err
+
+
 def test_missing_pseudo_label_for_a_listed_image(tree, tmp_path):
     """Run as a real process once: exit code 2, one line on stderr, no traceback."""
     pseudo = tmp_path / "partial"

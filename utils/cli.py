@@ -57,7 +57,8 @@ def run(main, argv=None):
     except UserError as err:
         print(f"error: {user_message(err)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: finished files are kept; rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"interrupted: {err.args[0] if err.args else 'finished files are kept; rerun the same command to resume'}",
+              file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)

@@ -21,13 +21,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import BasePredictionWriter
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datasets.samplers import ShardSampler
 from utils.cli import UserError
 from utils.inference import entropy_map, predict_logits
 from utils.io import atomic_write_text
+from utils.lightning import interruptible, make_trainer
 
 
 def devices(text):
@@ -307,14 +307,10 @@ def run_predict(module, data, writer, args):
     """Predict ``data`` with ``module`` on the devices of ``args`` (see :func:`add_hardware_args`),
     ``writer`` writing the files. Returns ``True`` in the first process (the one that should report),
     ``False`` in the others."""
-    try:
-        trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
-                             strategy=args.strategy, precision=args.precision, callbacks=[writer],
-                             logger=False, enable_checkpointing=False, enable_model_summary=False,
-                             enable_progress_bar=True, use_distributed_sampler=False)
-    except (MisconfigurationException, ValueError) as err:
-        raise UserError(f"--accelerator/--devices/--strategy/--precision: {err}") from None
-    trainer.predict(module, datamodule=data, return_predictions=False)
+    trainer = make_trainer(args, callbacks=[writer], logger=False, enable_checkpointing=False,
+                           enable_model_summary=False, enable_progress_bar=True, use_distributed_sampler=False)
+    with interruptible(trainer, "finished files are kept; rerun the same command to resume"):
+        trainer.predict(module, datamodule=data, return_predictions=False)
     # Every process waits here until all have written their files and records, so that the first
     # one can read them all. (Not in a predict hook: a process with nothing to predict skips those.)
     try:
