@@ -351,3 +351,16 @@ def test_ctrl_c_says_finished_files_are_kept(world, tmp_path, capsys, monkeypatc
         signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C once it has one
     assert code == 130
     assert "interrupted: finished files are kept; rerun the same command" in capsys.readouterr().err
+
+
+def test_a_flag_mistake_does_not_lock_the_folder(world, tmp_path, capsys):
+    """The run stops at the Trainer, after it claimed --save with its settings; nothing was labelled,
+    so the corrected command starts afresh instead of asking for --overwrite."""
+    save = tmp_path / "pl"
+    assert run_script(args_for(world, save, "--precision", "17")) == 2
+    assert "--precision 17" in capsys.readouterr().err
+    assert run_script(args_for(world, save)) == 0
+    assert len(os.listdir(save / "label_ids" / "train" / "aachen")) == 6
+    # With labels written, other settings are refused as before.
+    assert run_script(args_for(world, save, "--precision", "bf16-mixed")) == 2
+    assert "--overwrite" in capsys.readouterr().err

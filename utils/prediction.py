@@ -272,16 +272,32 @@ def _remove_temporary_files(folder):
                 os.remove(os.path.join(dirpath, name))
 
 
+def _holds_results(target):
+    """Whether ``target`` is a file, or a folder with a file other than an unfinished atomic write."""
+    if os.path.isfile(target):
+        return True
+    return any(not name.startswith(".tmp-") for _, _, names in os.walk(target) for name in names)
+
+
 def claim_folder(folder, settings, overwrite, outputs=()):
     """Start or continue a run whose state lives in ``folder`` and whose results are ``outputs``.
 
     A rerun must use the same ``settings`` (a JSON-able dict of what decides the results), else old
-    and new outputs would mix; ``overwrite`` first removes the outputs and the state. Only the first
-    process removes and writes: the others may start while it does.
+    and new outputs would mix; ``overwrite`` first removes the outputs and the state. A run with
+    other settings that left no output (one stopped by a flag mistake) is replaced as if by
+    ``overwrite``. Only the first process removes and writes: the others may start while it does.
     """
     path = os.path.join(folder, "settings.json")
     text = json.dumps(settings, indent=1, sort_keys=True) + "\n"
     first = launched_as_first_process()
+    if not overwrite and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            previous = f.read()
+        if previous != text:
+            if any(_holds_results(target) for target in outputs):
+                raise UserError(f"--save holds results made with other settings ({path}); add --overwrite to "
+                                "replace them, or choose another --save")
+            overwrite = True
     if overwrite:
         if not first:
             return
@@ -290,12 +306,6 @@ def claim_folder(folder, settings, overwrite, outputs=()):
                 shutil.rmtree(target)
             elif os.path.isfile(target):
                 os.remove(target)
-    elif os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            previous = f.read()
-        if previous != text:
-            raise UserError(f"--save holds results made with other settings ({path}); add --overwrite to "
-                            "replace them, or choose another --save")
     if first:
         for target in outputs:
             if os.path.isdir(target):
