@@ -94,3 +94,18 @@ def test_command_line_error_is_one_line(tmp_path):
     assert result.stderr.startswith("error: ") and str(garbage) in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not os.path.exists(str(garbage)[:-len(".ckpt")] + "_net.pth")
+
+
+def test_save_path_that_is_a_folder_or_under_a_file_is_one_line(checkpoint, tmp_path, capsys):
+    from utils.cli import run
+
+    folder, file = tmp_path / "taken", tmp_path / "file"
+    folder.mkdir()
+    file.write_text("x")
+    for save, named in ((folder, folder), (file / "w.pth", file)):
+        with pytest.raises(SystemExit) as exit_info:
+            run(main, ["--pl-weight-path", checkpoint[0], "--save-path", str(save)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2
+        assert err.startswith("error: ") and f"{named} is a f" in err
+        assert err.count("\n") == 1 and "Traceback" not in err

@@ -51,12 +51,19 @@ def user_message(err):
 
 
 def run(main, argv=None):
-    """Call ``main(argv)``; turn a :class:`UserError` into ``error: ...`` on stderr and exit 2."""
+    """Call ``main(argv)``; turn a :class:`UserError` into ``error: ...`` on stderr and exit 2, and
+    a file-system error on a path (a file where a folder should be, no permission, a full disk)
+    into ``error: <reason>: <path>`` and exit 1."""
     try:
         code = main(argv)
     except UserError as err:
         print(f"error: {user_message(err)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:
+        if err.filename is None:  # not about a path the command was given or made
+            raise
+        print(f"error: {err.strerror or err}: {err.filename2 or err.filename}", file=sys.stderr)  # 2: a rename's target
+        sys.exit(1)
     except KeyboardInterrupt as err:
         print(f"interrupted: {err.args[0] if err.args else 'finished files are kept; rerun the same command to resume'}",
               file=sys.stderr)

@@ -53,8 +53,13 @@ FILE_MODE = _file_mode()
 
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` through a temporary file and a rename: never a truncated file."""
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder: the file to write cannot replace it")
     folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{folder} is a file, not a folder: {path} cannot be written") from None
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
         os.fchmod(fd, FILE_MODE)
