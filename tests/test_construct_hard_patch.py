@@ -157,6 +157,24 @@ def test_model_and_pseudo_label_sources_give_identical_patches(tmp_path):
     assert a["rare_classes"] == b["rare_classes"] and a["patches_per_rare_class"] == b["patches_per_rare_class"]
 
 
+def test_labels_made_again_in_place_are_not_mistaken_for_the_mined_ones(tmp_path, capsys):
+    data = tmp_path / "cs"
+    make_cityscapes(str(data), train=3, val=0, size=(128, 64))
+    model = ["--arch", "deeplabv2_tiny", "--batch-size", "2", "--accelerator", "cpu", "--devices", "1"]
+    generated, mined = tmp_path / "pseudo", tmp_path / "mined"
+    every_class = ",".join(map(str, range(19)))  # the same rare classes for both label sets
+    mine = mine_args(str(data), mined, "--pseudo-label-root", str(generated), "--rare-classes", every_class)
+    for seed in (0, 1):  # the provider's labels, then a retrained provider's, written over them
+        weights = make_weights(str(tmp_path / f"w{seed}.pth"), seed=seed)
+        assert run_script(generate_pseudo_labels.main, mine_args(str(data), generated, "--restore-from", weights,
+                                                                 "--overwrite", *model)) == 0
+        code = run_script(construct_hard_patch.main, mine)
+        if seed == 0:
+            assert code == 0
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert run_script(construct_hard_patch.main, mine + ["--overwrite"]) == 0
+
+
 SLOW_MINER = """
 import runpy, sys, time
 import utils.hard_patches as hard_patches
