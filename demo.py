@@ -89,6 +89,7 @@ class Demo:
         """Train a stage (resuming an interrupted run) and extract its best network to weights/<name>.pth."""
         from extract_model_state_dict import main as extract
         from main import main as train_main
+        from modules import runner
 
         target = os.path.join(self.weights, f"{name}.pth")
         if os.path.isfile(target):
@@ -96,7 +97,7 @@ class Demo:
             return target
         argv = ["--module-name", module, "--mode", "train", *self.common_training(), "--experiment-name", name,
                 "--max-steps", str(steps), "--lr", str(lr), "--val-interval", str(max(1, steps // 4)), *extra]
-        if os.path.isfile(os.path.join(self.runs, module, name, "last.ckpt")):
+        if runner.has_checkpoints(os.path.join(self.runs, module, name)):
             argv += ["--resume", "last"]
         self.step(f"{name}: train", "main.py", argv, train_main)
         best = self.best_checkpoint(os.path.join(self.runs, module, name))

@@ -33,7 +33,7 @@ def train_rounds(args, rounds):
         raise UserError("--rounds needs --restore-from: the weights the first round starts from")
     if args.resume not in (None, "last"):
         raise UserError("--resume PATH does not combine with --rounds: rerun the same --rounds command and "
-                        "each unfinished round continues from its own last.ckpt")
+                        "each unfinished round continues from its own last checkpoint")
     results, restore_from = [], args.restore_from
     for k in range(1, rounds + 1):
         round_args = copy.copy(args)
@@ -46,9 +46,9 @@ def train_rounds(args, rounds):
                 result = json.load(f)
             print(f"round {k}: already finished (best val mIoU {result['best_miou']:.2f}), skipped")
         else:
-            # Each round resumes on its own (an interrupted one from its last.ckpt, a new one from
-            # the start), also when the command says --resume last.
-            round_args.resume = "last" if os.path.isfile(os.path.join(folder, "last.ckpt")) else None
+            # Each round resumes on its own (an interrupted one from its last checkpoint, a new one
+            # from the start), also when the command says --resume last.
+            round_args.resume = "last" if runner.has_checkpoints(folder) else None
             print(f"round {k}/{rounds}: {args.module_name} from {restore_from}")
             trained = runner.train(round_args)
             if not trained["best_checkpoint"]:

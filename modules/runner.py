@@ -3,6 +3,7 @@ stage module and the data module. ``main.py`` parses flags and calls :func:`trai
 :func:`test`; the round automation calls them in a loop."""
 import glob
 import os
+import re
 import warnings
 
 import pytorch_lightning as pl
@@ -20,19 +21,33 @@ def experiment_dir(args):
     return os.path.join(args.log_tb_dir, args.module_name, args.experiment_name)
 
 
+def has_checkpoints(folder):
+    """Whether a training run in ``folder`` saved a checkpoint (``--resume last`` continues it)."""
+    return bool(glob.glob(os.path.join(folder, "*.ckpt")))
+
+
 def _check_experiment_dir(args):
     """Refuse to start a second run on top of a finished one (its checkpoints would be mixed)."""
     if args.mode != "train" or args.resume:
         return
-    if glob.glob(os.path.join(args.experiment_dir, "*.ckpt")):
+    if has_checkpoints(args.experiment_dir):
         raise UserError(f"{args.experiment_dir} already holds checkpoints of a run: continue it with "
                         "--resume last, or choose another --experiment-name")
+
+
+def _latest_checkpoint(folder):
+    """``last.ckpt``; without it (a run stopped between the best checkpoint and ``last.ckpt`` of its
+    first validation) the saved checkpoint of the latest step."""
+    last = os.path.join(folder, "last.ckpt")
+    steps = {int(m.group(1)): path for path in glob.glob(os.path.join(folder, "checkpoint-step_*.ckpt"))
+             if (m := re.match(r"checkpoint-step_(\d+)-", os.path.basename(path)))}
+    return last if os.path.isfile(last) or not steps else steps[max(steps)]
 
 
 def _resolve_resume(args):
     if not args.resume:
         return None
-    path = os.path.join(args.experiment_dir, "last.ckpt") if args.resume == "last" else args.resume
+    path = _latest_checkpoint(args.experiment_dir) if args.resume == "last" else args.resume
     if not os.path.isfile(path):
         raise UserError(f"--resume: checkpoint not found: {path}")
     return path
@@ -40,6 +55,9 @@ def _resolve_resume(args):
 
 def build(args):
     """Module, data module and checked inputs: every user mistake surfaces here, before training."""
+    if args.mode == "train" and isinstance(args.val_interval, int) and args.val_interval > args.max_steps:
+        raise UserError(f"--val-interval {args.val_interval} is more steps than --max-steps {args.max_steps}: the "
+                        "run would never validate, so it would keep no best checkpoint")
     args.experiment_dir = experiment_dir(args)
     _check_experiment_dir(args)
     resume = _resolve_resume(args)

@@ -96,6 +96,7 @@ def common(tree, tmp_path):
     (["--module-name", "basic", "--mode", "test"], "--restore-from"),
     (["--module-name", "smhm", "--restore-from", "WEIGHTS", "--rounds", "0"], "--rounds"),
     (["--val-interval", "0"], "--val-interval"),
+    (["--val-interval", "30", "--max-steps", "20"], "never validate"),
     (["--train-batch-size", "0"], "--train-batch-size"),
     (["--num-workers", "-1"], "--num-workers"),
     (["--max-steps", "ten"], "--max-steps"),

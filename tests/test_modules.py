@@ -132,6 +132,17 @@ def test_last_checkpoint_follows_training_not_the_best_score(tree, tmp_path):
         assert len(list(csv.reader(f))) == 4  # no step was trained or validated again
 
 
+def test_resume_last_without_last_ckpt_continues_from_the_saved_checkpoint(tree, tmp_path):
+    """A run stopped between the best checkpoint and last.ckpt of its first validation."""
+    first = runner.train(stage_args(tree, tmp_path, "basic"))
+    os.remove(first["last_checkpoint"])
+    args = stage_args(tree, tmp_path, "basic", "--resume", "last")
+    args.max_steps = 4
+    runner.train(args)
+    state = torch.load(first["last_checkpoint"], map_location="cpu", weights_only=True)
+    assert state["global_step"] == 4
+
+
 def test_second_run_refuses_to_overwrite(tree, tmp_path):
     from utils.cli import UserError
 
