@@ -13,7 +13,7 @@ the same command after an interruption finishes the missing images only.
 import argparse
 import sys
 
-from utils.cli import grid_size, run
+from utils.cli import UserError, grid_size, run
 
 
 def build_parser():
@@ -70,7 +70,11 @@ def main(argv=None):
     result = construct(args)
     if result is None:  # a secondary process of a multi-device run: the first one mines and reports
         return 0
-    report(result["summary"], result["skipped"], result["counts"], result["cells_per_image"])
+    summary = result["summary"]
+    report(summary, result["skipped"], result["counts"], result["cells_per_image"])
+    if summary["patches"] == 0:
+        raise UserError(f"no patch holds a rare class ({', '.join(summary['rare_classes']['names'])}): smhm would have "
+                        "no hard patches to learn from; choose other --rare-classes (auto takes the rarest present)")
     return 0
 
 

@@ -135,6 +135,15 @@ def test_rare_class_choices(crafted, tmp_path, capsys):
     assert "auto" in out and "12 rider" in out and "13 car" in out and "absent" in out
 
 
+def test_no_patch_at_all_is_an_error_naming_the_classes(crafted, tmp_path, capsys):
+    save = tmp_path / "none"
+    assert run_script(construct_hard_patch.main, mine_args(crafted["data"], save, "--pseudo-label-root",
+                                                           crafted["pseudo"], "--rare-classes", "3,4")) == 2
+    err = capsys.readouterr().err
+    assert "no patch holds a rare class (wall, fence)" in err and "--rare-classes" in err
+    assert kept_patches(save) == []
+
+
 def test_model_and_pseudo_label_sources_give_identical_patches(tmp_path):
     data = tmp_path / "cs"
     make_cityscapes(str(data), train=3, val=0, size=(128, 64))
