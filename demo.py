@@ -21,6 +21,7 @@ import sys
 import time
 
 from utils.cli import ArgumentParser, UserError, input_size, run
+from utils.io import atomic_write_text
 
 # The demo schedule; its measured results and timing are in docs/demo.md. Rare classes "auto": the
 # provider hardly ever predicts most of the published GTA5 rare classes on this benchmark, so the
@@ -228,9 +229,9 @@ class Demo:
         results = self.evaluate(stages)
         self.picture(stages, ["source_only", "baseline", f"smhm_round_{len(rounds)}"])
         total = round(time.time() - start, 1)
-        with open(os.path.join(self.out, "results.json"), "w") as f:
-            json.dump({"stages": results, "seconds": self.timings, "total_seconds": total,
-                       "settings": dict(self.cfg, seed=a.seed)}, f, indent=2)
+        atomic_write_text(os.path.join(self.out, "results.json"), json.dumps(
+            {"stages": results, "seconds": self.timings, "total_seconds": total,
+             "settings": dict(self.cfg, seed=a.seed)}, indent=2))
         self.table(results, total)
         return results
 
