@@ -38,6 +38,41 @@ def test_gta5_label_ids_become_train_ids(tmp_path):
     assert item["label"][0, ::4].tolist() == [0, 0, 13, 13, 18, 18, 255, 255]
 
 
+def _as_palette_png(path):
+    """Rewrite a label-id PNG as GTA5 ships its labels: palette indices, coloured like Cityscapes."""
+    from PIL import Image
+
+    image = Image.fromarray(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), mode="P")
+    image.putpalette([(37 * i + 11) % 256 for i in range(768)])  # colours unlike the indices
+    image.save(path)
+
+
+def test_gta5_palette_labels_give_their_ids_not_their_colours(tmp_path):
+    from utils.transfer_trainid import main as transfer
+
+    _gta5(tmp_path)
+    for name in os.listdir(tmp_path / "labels"):
+        _as_palette_png(tmp_path / "labels" / name)
+    item = GTA5Dataset(str(tmp_path), input_size=(32, 16))[0]
+    assert item["label"][0, ::4].tolist() == [0, 0, 13, 13, 18, 18, 255, 255]
+    assert transfer(["--dataset", "gta5", "--ori-label-root", str(tmp_path / "labels"),
+                     "--dst-label-root", str(tmp_path / "train_ids")]) == 0
+    train_ids = cv2.imread(str(tmp_path / "train_ids" / "00000.png"), cv2.IMREAD_UNCHANGED)
+    assert train_ids[0, ::8].tolist() == [0, 0, 13, 13, 18, 18, 255, 255]
+
+
+def test_a_colour_picture_of_the_classes_is_not_a_label_map(tmp_path):
+    _gta5(tmp_path, count=1)
+    colours = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    colours[:, :32] = (128, 64, 128)
+    _write(tmp_path / "labels" / "00000.png", colours)
+    with pytest.raises(UserError, match="00000.png is a colour image, not a map of label ids"):
+        GTA5Dataset(str(tmp_path), input_size=(32, 16))[0]
+    grey = np.repeat(np.full((SIZE[1], SIZE[0], 1), 7, np.uint8), 3, axis=2)  # grey saved as three channels
+    _write(tmp_path / "labels" / "00000.png", grey)
+    assert GTA5Dataset(str(tmp_path), input_size=(32, 16))[0]["label"].unique().tolist() == [0]
+
+
 def test_gta5_list_and_errors(tmp_path):
     _gta5(tmp_path)
     (tmp_path / "list.txt").write_text("00002.png\n\n00000.png\n")

@@ -20,15 +20,37 @@ def read_image_bgr(path):
     return image
 
 
-def read_label(path, channel=0):
-    """Read a label map (train ids or label ids) as H×W, keeping its bit depth; from a multi-channel
-    file, take ``channel`` in OpenCV's BGR(A) order."""
+def _is_palette_png(path):
+    """Whether ``path`` is a PNG of palette indices (colour type 3 in its IHDR chunk)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[25] == 3
+
+
+def read_label(path, channel=None):
+    """Read a label map (train ids or label ids) as H×W, keeping its bit depth. A palette PNG (as
+    GTA5's labels are) gives its indices, not the colours they stand for. From a multi-channel file,
+    take ``channel`` in OpenCV's BGR(A) order; without one, the channels must be equal (some tools
+    save grey labels that way): a colour picture of the classes is not a label map."""
     if not os.path.isfile(path):
         raise UserError(f"label not found: {path}")
+    if _is_palette_png(path):
+        from PIL import Image  # OpenCV turns palette indices into colours
+
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image)
+        except OSError:
+            raise UserError(f"cannot read label (unreadable or truncated): {path}") from None
     label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if label is None:
         raise UserError(f"cannot read label (unreadable or truncated): {path}")
-    if label.ndim == 3:  # some tools save grey labels as three equal channels
+    if label.ndim == 3:
+        if channel is None:
+            if not all(np.array_equal(label[:, :, 0], label[:, :, c]) for c in range(1, label.shape[2])):
+                raise UserError(f"{path} is a colour image, not a map of label ids (one id per pixel, grey "
+                                "or palette PNG): point at the label-id files")
+            channel = 0
         label = label[:, :, channel]
     return label
 
