@@ -84,7 +84,7 @@ class LastCheckpoint(Checkpoint):
         if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.global_step == self.saved_step:
             return
         partial = self.path + ".partial"
-        trainer.save_checkpoint(partial)  # every process takes part; the first one writes
+        trainer.save_checkpoint(partial, weights_only=False)  # every process takes part; the first one writes
         if trainer.is_global_zero:
             os.replace(partial, self.path)
         self.saved_step = trainer.global_step
