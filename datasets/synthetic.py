@@ -787,7 +787,7 @@ def _prepare_root(root, settings, overwrite):
         return None
     if previous.get("settings") != settings:
         raise OtherSettings(f"--root {root} holds a benchmark made with other settings ({previous.get('settings')}); "
-                        f"pass --overwrite to replace it or choose another --root")
+                            f"pass --overwrite to replace it or choose another --root")
     return previous
 
 

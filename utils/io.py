@@ -34,18 +34,15 @@ def read_label(path, channel=None):
     save grey labels that way): a colour picture of the classes is not a label map."""
     if not os.path.isfile(path):
         raise UserError(f"label not found: {path}")
-    if _is_palette_png(path):
-        from PIL import Image  # OpenCV turns palette indices into colours
-
-        try:
-            with Image.open(path) as image:
-                return np.asarray(image)
-        except OSError:
-            raise UserError(f"cannot read label (unreadable or truncated): {path}") from None
     label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if label is None:
         raise UserError(f"cannot read label (unreadable or truncated): {path}")
     if label.ndim == 3:
+        if _is_palette_png(path):  # OpenCV turned the palette indices into colours: read the indices
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return np.asarray(image)
         if channel is None:
             if not all(np.array_equal(label[:, :, 0], label[:, :, c]) for c in range(1, label.shape[2])):
                 raise UserError(f"{path} is a colour image, not a map of label ids (one id per pixel, grey "
@@ -71,6 +68,7 @@ def _file_mode():
 
 
 FILE_MODE = _file_mode()
+TEMP_PREFIX = ".tmp-"  # an atomic write's temporary file, beside its target until the rename
 
 
 def atomic_write_bytes(path, data):
@@ -82,7 +80,7 @@ def atomic_write_bytes(path, data):
         os.makedirs(folder, exist_ok=True)
     except FileExistsError:
         raise UserError(f"{folder} is a file, not a folder: {path} cannot be written") from None
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:

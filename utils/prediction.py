@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from datasets.samplers import ShardSampler
 from utils.cli import UserError
 from utils.inference import entropy_map, predict_logits
-from utils.io import atomic_write_text
+from utils.io import TEMP_PREFIX, atomic_write_text
 from utils.lightning import interruptible, make_trainer
 
 
@@ -268,7 +268,7 @@ def _remove_temporary_files(folder):
     # A run killed while writing leaves the temporary file of an atomic write behind.
     for dirpath, _, filenames in os.walk(folder):
         for name in filenames:
-            if name.startswith(".tmp-"):
+            if name.startswith(TEMP_PREFIX):
                 os.remove(os.path.join(dirpath, name))
 
 
@@ -276,7 +276,7 @@ def _holds_results(target):
     """Whether ``target`` is a file, or a folder with a file other than an unfinished atomic write."""
     if os.path.isfile(target):
         return True
-    return any(not name.startswith(".tmp-") for _, _, names in os.walk(target) for name in names)
+    return any(not name.startswith(TEMP_PREFIX) for _, _, names in os.walk(target) for name in names)
 
 
 def claim_folder(folder, settings, overwrite, outputs=()):
