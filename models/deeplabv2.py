@@ -12,16 +12,14 @@ the factory (``get_deeplabv2``), then weight files. Every form of weight file pe
 ``read_weight_file``; ``load_weights`` fits it to a network, and ``extract_state_dict`` takes a
 network's weights out of a Lightning checkpoint (stage 4, checkpoint extraction).
 """
-import os
-import pickle
 import warnings
-import zipfile
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.cli import UserError
+from utils.torch_files import TorchFileError, load_torch_file
 
 # blocks per layer (layer1..layer4) and the stem / first-layer width; the head sees 32 * width channels.
 ARCHS = {
@@ -205,45 +203,8 @@ def get_deeplabv2(num_classes=19, restore_from=None, arch="deeplabv2_r101", head
 
 # -- weight files -----------------------------------------------------------------------------------------
 
-class WeightFileError(UserError):
-    """A weight file that is missing, unreadable, or does not fit the network; the message names it."""
-
-
-# Lightning writes this key into every checkpoint; found in the pickle stream without unpickling it.
-_LIGHTNING_MARKER = b"pytorch-lightning_version"
-
-
-def _looks_like_lightning_checkpoint(path):
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-            return bool(names) and _LIGHTNING_MARKER in archive.read(names[0])
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-def _torch_load(path):
-    """``torch.load`` on CPU with errors that name the file."""
-    if not os.path.isfile(path):
-        raise WeightFileError(f"weight file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not zipfile.is_zipfile(path):
-            raise WeightFileError(f"not a PyTorch weight file, or a legacy one holding Python objects besides "
-                                  f"tensors: {path}") from err
-        if not _looks_like_lightning_checkpoint(path):
-            raise WeightFileError(f"{path} holds pickled Python objects besides tensors; save a state dict "
-                                  "(torch.save(net.state_dict(), ...)) instead") from err
-    except Exception as err:  # torch raises KeyError, EOFError, RuntimeError, ... on foreign files
-        raise WeightFileError(f"not a PyTorch weight file ({type(err).__name__}): {path}") from err
-    # Lightning checkpoints may store hyper-parameters as Python objects (an argparse.Namespace,
-    # Lightning's AttributeDict), which the tensors-only unpickler refuses. Such checkpoints are what
-    # training writes, so for them alone we fall back to the full unpickler.
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise WeightFileError(f"cannot read Lightning checkpoint {path}: {type(err).__name__}: {err}") from err
+# A weight file that is missing, unreadable, wants to run code, or does not fit the network.
+WeightFileError = TorchFileError
 
 
 def _prefixes(state):
@@ -268,7 +229,7 @@ def _strip_common_prefix(state, prefix):
 
 def _read(path, prefix=None):
     """``(state_dict, fresh_head)``: the clean state dict of ``path`` and whether the head must stay fresh."""
-    obj = _torch_load(path)
+    obj = load_torch_file(path, "weight file")
     if not isinstance(obj, dict):
         raise WeightFileError(f"{path} holds a {type(obj).__name__}, not a state dict or Lightning checkpoint")
     state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
@@ -344,7 +305,7 @@ def load_weights(net, path, prefix=None):
 
 def extract_state_dict(checkpoint_path, prefix="net"):
     """The plain state dict of the network stored under ``prefix.`` in a Lightning checkpoint."""
-    obj = _torch_load(checkpoint_path)
+    obj = load_torch_file(checkpoint_path, "Lightning checkpoint")
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         hint = ""
         if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -14,6 +14,7 @@ from modules import MODULES
 from modules.data import SegmentationDataModule
 from utils.cli import UserError
 from utils.lightning import interruptible, make_trainer
+from utils.torch_files import load_torch_file
 
 
 def experiment_dir(args):
@@ -53,6 +54,28 @@ def _resolve_resume(args):
     return path
 
 
+def _check_resume_checkpoint(path, module, stage):
+    """Refuse a ``--resume`` file that is not a training checkpoint of this stage and network, with
+    one line, before Lightning reads it (it reads the file with the same restricted unpickler)."""
+    checkpoint = load_torch_file(path, "checkpoint (--resume)", mmap=True)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict) \
+            or "loops" not in checkpoint:
+        raise UserError(f"--resume {path} is not a training checkpoint written by main.py (weights to start "
+                        "from go to --restore-from)")
+    saved_stage = (checkpoint.get("hyper_parameters") or {}).get("module_name")
+    if saved_stage and saved_stage != stage:
+        raise UserError(f"--resume {path} is a checkpoint of stage {saved_stage}, not {stage}")
+    expected, found = module.state_dict(), checkpoint["state_dict"]
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    misshaped = sorted(k for k in set(expected) & set(found) if tuple(found[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or misshaped:
+        problems = [f"{name} {len(keys)} (e.g. {keys[0]})" for name, keys in
+                    (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
+        raise UserError(f"--resume {path} does not fit this {stage} run's networks (another --arch, "
+                        f"--num-classes or stage?): {'; '.join(problems)} weights")
+
+
 def build(args):
     """Module, data module and checked inputs: every user mistake surfaces here, before training."""
     if args.mode == "train" and isinstance(args.val_interval, int) and args.val_interval > args.max_steps:
@@ -63,6 +86,8 @@ def build(args):
     resume = _resolve_resume(args)
     module_class = MODULES[args.module_name]
     module = module_class(args)
+    if resume:
+        _check_resume_checkpoint(resume, module, args.module_name)
     data = SegmentationDataModule(args, module_class.train_source, use_patches=module_class.use_patches)
     data.check("fit" if args.mode == "train" else "test")
     return module, data, resume
@@ -131,7 +156,7 @@ def train(args):
     trainer = build_trainer(args)
     with interruptible(trainer, f"the checkpoints so far are kept in {args.experiment_dir}; "
                                 "add --resume last to the same command to continue"):
-        trainer.fit(module, datamodule=data, ckpt_path=resume)
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)  # data, never code
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score
     return {"best_checkpoint": checkpoint.best_model_path or None,
