@@ -126,7 +126,8 @@ class Demo:
         return [os.path.join(self.runs, "smhm", f"smhm_round_{k}", "student.pth") for k in range(1, c["rounds"] + 1)]
 
     def evaluate(self, stages):
-        """``main.py --mode test`` for every stage's weights; returns {stage: {miou, miou16, miou13, per_class}}."""
+        """``main.py --mode test`` for every stage's weights; returns
+        {stage: {weights, miou, miou16, miou13, miou13_published, per_class}}."""
         from main import parse_args
         from modules import runner
         from utils.labels import CLASS_NAMES
@@ -138,6 +139,7 @@ class Demo:
             scores = self.step(f"evaluate {stage}", "main.py", argv, lambda v: runner.test(parse_args(v)))
             results[stage] = {"weights": weights, "miou": _finite(scores["miou"]),
                               "miou16": _finite(scores["miou16"]), "miou13": _finite(scores["miou13"]),
+                              "miou13_published": _finite(scores["miou13_published"]),
                               "per_class": {n: _finite(v) for n, v in zip(CLASS_NAMES, scores["per_class"])}}
         return results
 

@@ -5,7 +5,7 @@ self-distillation variants) is a subclass that says what it trains on (``train_s
 where it differs from pixel-wise cross-entropy on labelled images, how one training step goes.
 Validation and testing are identical for all stages: predict the target val split at the input
 size, upsample logits to the ground-truth resolution, accumulate one confusion matrix (synchronised
-across processes) and report per-class IoU and the three means.
+across processes) and report per-class IoU and the means (utils/metrics.py).
 """
 import os
 
@@ -21,7 +21,7 @@ from models.deeplabv2 import get_deeplabv2
 from utils.inference import predict_logits
 from utils.io import write_png, write_rgb_png
 from utils.labels import IGNORE_INDEX, colorize
-from utils.metrics import ConfusionMatrix, append_record, format_table, scores_from_confusion
+from utils.metrics import MEAN_KEYS, ConfusionMatrix, append_record, format_table, scores_from_confusion
 from utils.visualize import label_panel
 
 
@@ -149,5 +149,5 @@ class SegmentationModule(pl.LightningModule):
 
     def on_test_epoch_end(self):
         scores = self._report(self.test_confusion, f"test ({self.args.restore_from or 'no weights'})")
-        for key in ("miou", "miou16", "miou13"):
+        for key in MEAN_KEYS:  # miou, miou16, miou13 and miou13_published
             self.log(f"test/{key}", float(scores[key]), sync_dist=False)

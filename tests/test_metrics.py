@@ -1,5 +1,5 @@
 """Tests for utils/metrics.py: agreement with the official Cityscapes evaluator, the ignore label,
-accumulation, the 16/13-class means, the CSV record and the sum across processes."""
+accumulation, the 16/13-class means (standard and the published code's), the CSV record and the sum across processes."""
 import copy
 import csv
 import math
@@ -152,10 +152,45 @@ def test_iou_and_means_by_hand():
     by_name = dict(zip(CLASS_NAMES, np.array(expected) * 100))
     sixteen = [v for n, v in by_name.items() if n not in ("terrain", "truck", "train")]
     thirteen = [v for n, v in by_name.items() if n not in ("terrain", "truck", "train", "wall", "fence", "pole")]
-    assert len(sixteen) == 16 and len(thirteen) == 13
+    published = [v for n, v in by_name.items()
+                 if n not in ("terrain", "truck", "train", "fence", "pole", "traffic light")]
+    assert len(sixteen) == 16 and len(thirteen) == 13 and len(published) == 13
     assert scores["miou"] == pytest.approx(np.mean(expected) * 100, abs=1e-9)
     assert scores["miou16"] == pytest.approx(np.mean(sixteen), abs=1e-9)
     assert scores["miou13"] == pytest.approx(np.mean(thirteen), abs=1e-9)
+    assert scores["miou13_published"] == pytest.approx(np.mean(published), abs=1e-9)
+
+
+def _two_thirteens_confusion():
+    """Every class 10 correct pixels, except: wall's 10 pixels all predicted road (wall IoU 0,
+    road 10/20) and traffic light's 10 extra pixels predicted traffic sign (both 10/20).
+
+    IoU (%): road 50, wall 0, traffic light 50, traffic sign 50, the other 15 classes 100.
+    By hand: mIoU-19 = (1900 - 250) / 19; mIoU-16 leaves out terrain, truck, train (all 100):
+    1350 / 16 = 84.375; standard mIoU-13 also wall 0, fence 100, pole 100: 1150 / 13 = 88.4615...;
+    the published code's mIoU-13 instead fence 100, pole 100, traffic light 50: 1100 / 13 = 84.6153...
+    """
+    confmat = np.eye(NUM_CLASSES, dtype=np.int64) * 10
+    confmat[3, 3], confmat[3, 0] = 0, 10
+    confmat[6, 7] = 10
+    return confmat
+
+
+def test_standard_and_published_thirteen_class_means_by_hand():
+    scores = scores_from_confusion(_two_thirteens_confusion())
+    assert [round(v, 9) for v in scores["per_class"][:8]] == [50, 100, 100, 0, 100, 100, 50, 50]
+    assert scores["miou"] == pytest.approx(1650 / 19, abs=1e-9)
+    assert scores["miou16"] == pytest.approx(84.375, abs=1e-9)
+    assert scores["miou13"] == pytest.approx(88.46153846153847, abs=1e-9)
+    assert scores["miou13_published"] == pytest.approx(84.61538461538461, abs=1e-9)
+
+
+def test_published_thirteen_is_the_sixteen_without_fence_pole_traffic_light():
+    from utils.labels import MIOU13_EXCLUDED, MIOU13_PUBLISHED_EXCLUDED, MIOU16_EXCLUDED
+    assert set(MIOU16_EXCLUDED) == {CLASS_NAMES.index(n) for n in ("terrain", "truck", "train")}
+    assert set(MIOU13_EXCLUDED) == set(MIOU16_EXCLUDED) | {CLASS_NAMES.index(n) for n in ("wall", "fence", "pole")}
+    assert set(MIOU13_PUBLISHED_EXCLUDED) == set(MIOU16_EXCLUDED) | {4, 5, 6}
+    assert [CLASS_NAMES[c] for c in (4, 5, 6)] == ["fence", "pole", "traffic light"]
 
 
 def test_undefined_classes_leave_the_means_and_empty_matrix_gives_nan_quietly():
@@ -172,6 +207,7 @@ def test_undefined_classes_leave_the_means_and_empty_matrix_gives_nan_quietly():
         empty = scores_from_confusion(np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64))
     assert all(math.isnan(v) for v in empty["per_class"])
     assert math.isnan(empty["miou"]) and math.isnan(empty["miou16"]) and math.isnan(empty["miou13"])
+    assert math.isnan(empty["miou13_published"])
 
 
 def test_format_table_lists_every_class_and_the_means():
@@ -187,6 +223,12 @@ def test_format_table_lists_every_class_and_the_means():
     assert any(line.startswith("mIoU-16") for line in lines) and any(line.startswith("mIoU-13") for line in lines)
 
 
+def test_format_table_shows_both_thirteen_class_means():
+    lines = format_table(scores_from_confusion(_two_thirteens_confusion())).splitlines()
+    means = {line[:-7].strip(): line[-7:].strip() for line in lines[-4:]}
+    assert means == {"mIoU": "86.84", "mIoU-16": "84.38", "mIoU-13": "88.46", "mIoU-13 (published code)": "84.62"}
+
+
 def test_csv_record_header_and_rows(tmp_path):
     path = tmp_path / "deep" / "er" / "miou.csv"
     first = scores_from_confusion(np.eye(NUM_CLASSES, dtype=np.int64))
@@ -198,14 +240,44 @@ def test_csv_record_header_and_rows(tmp_path):
     append_record(str(path), second)
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == list(CLASS_NAMES) + ["Mean", "Mean-16", "Mean-13"]
-    assert len(rows) == 3 and all(len(r) == NUM_CLASSES + 3 for r in rows)
-    assert rows[1] == ["100.00"] * (NUM_CLASSES + 3)
+    assert rows[0] == list(CLASS_NAMES) + ["Mean", "Mean-16", "Mean-13", "Mean-13 (published code)"]
+    assert len(rows) == 3 and all(len(r) == NUM_CLASSES + 4 for r in rows)
+    assert rows[1] == ["100.00"] * (NUM_CLASSES + 4)
     assert rows[2][0] == "66.67" and rows[2][1] == "66.67" and rows[2][5] == "nan"
     assert rows[2][NUM_CLASSES] == f"{second['miou']:.2f}"
     record = read_record(str(path))
     assert record[1]["road"] == 66.67 and math.isnan(record[1]["pole"])
     assert record[1]["Mean-13"] == float(f"{second['miou13']:.2f}")
+
+
+def test_csv_record_has_the_published_thirteen_right_after_mean_13(tmp_path):
+    path = tmp_path / "miou.csv"
+    append_record(str(path), scores_from_confusion(_two_thirteens_confusion()))
+    with open(path, newline="") as f:
+        header, row = list(csv.reader(f))
+    at = header.index("Mean-13")
+    assert header[at + 1] == "Mean-13 (published code)" and len(header) == at + 2 == len(row)
+    assert dict(zip(header, row)) == {**{n: "100.00" for n in CLASS_NAMES}, "road": "50.00", "wall": "0.00",
+                                      "traffic light": "50.00", "traffic sign": "50.00", "Mean": "86.84",
+                                      "Mean-16": "84.38", "Mean-13": "88.46", "Mean-13 (published code)": "84.62"}
+
+
+def test_csv_record_written_by_an_older_version_gains_the_column(tmp_path, capsys):
+    path = tmp_path / "miou.csv"
+    old_row = ["50.00"] * NUM_CLASSES + ["40.00", "30.00", "20.00"]
+    path.write_text(",".join(list(CLASS_NAMES) + ["Mean", "Mean-16", "Mean-13"]) + "\n" + ",".join(old_row) + "\n")
+    append_record(str(path), scores_from_confusion(_two_thirteens_confusion()))
+    assert "Mean-13 (published code)" in capsys.readouterr().out
+    with open(path, newline="") as f:
+        header, first, second = list(csv.reader(f))
+    assert header == list(CLASS_NAMES) + ["Mean", "Mean-16", "Mean-13", "Mean-13 (published code)"]
+    assert first == old_row + [""]
+    assert second[-4:] == ["86.84", "84.38", "88.46", "84.62"] and len(second) == len(header)
+    record = read_record(str(path))
+    assert record[0]["Mean-13"] == 20.0 and math.isnan(record[0]["Mean-13 (published code)"])
+    assert record[1]["Mean-13"] == 88.46 and record[1]["Mean-13 (published code)"] == 84.62
+    append_record(str(path), scores_from_confusion(_two_thirteens_confusion()))  # now plain appending
+    assert len(read_record(str(path))) == 3 and capsys.readouterr().out == ""
 
 
 def test_csv_record_refuses_a_foreign_file(tmp_path):

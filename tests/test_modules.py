@@ -62,7 +62,8 @@ def test_stage_trains_and_writes_outputs(tree, tmp_path, module):
     assert np.isfinite(result["best_miou"])
     with open(folder / "miou_record.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0][-3:] == ["Mean", "Mean-16", "Mean-13"] and rows[0][0] == "road" and len(rows) == 2
+    assert rows[0][-4:] == ["Mean", "Mean-16", "Mean-13", "Mean-13 (published code)"]
+    assert rows[0][0] == "road" and len(rows) == 2 and len(rows[1]) == len(rows[0])
     assert os.path.isfile(folder / "hparams.yaml")
     assert glob.glob(str(folder / "events.out.tfevents.*"))
     state = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
@@ -184,6 +185,9 @@ def test_evaluation_matches_an_independent_computation(tree, tmp_path):
             confusion.update(logits.argmax(1)[0], item["label"])
     expected = scores_from_confusion(confusion.compute().numpy())
     assert scores["miou"] == pytest.approx(expected["miou"], abs=1e-9)
+    assert scores["miou13_published"] == pytest.approx(expected["miou13_published"], nan_ok=True)
+    events = b"".join(f.read_bytes() for f in tmp_path.glob("exp/**/events.out.tfevents.*"))
+    assert b"test/miou13" in events and b"test/miou13_published" in events  # the logged means
 
 
 def test_consistency_weight_softmax_vs_logits():

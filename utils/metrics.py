@@ -6,6 +6,7 @@ the whole split (ground-truth pixels marked ignore are skipped), IoU = TP / (TP 
 class, and the mean taken over the classes whose IoU is defined (TP + FP + FN > 0).
 """
 import csv
+import io
 import math
 import os
 
@@ -14,9 +15,21 @@ import torch
 from torchmetrics import Metric
 
 from utils.cli import UserError
-from utils.labels import CLASS_NAMES, IGNORE_INDEX, MIOU13_EXCLUDED, MIOU16_EXCLUDED, NUM_CLASSES
+from utils.io import atomic_write_text
+from utils.labels import (CLASS_NAMES, IGNORE_INDEX, MIOU13_EXCLUDED, MIOU13_PUBLISHED_EXCLUDED, MIOU16_EXCLUDED,
+                          NUM_CLASSES)
 
-MEAN_COLUMNS = ("Mean", "Mean-16", "Mean-13")
+# Every mean once: scores key, label in the printed table, CSV column, train ids left out.
+# Two 13-class means: the standard SYNTHIA-13 one, and the published code's (which the paper's
+# 13-class column came from).
+MEANS = (
+    ("miou", "mIoU", "Mean", ()),
+    ("miou16", "mIoU-16", "Mean-16", MIOU16_EXCLUDED),
+    ("miou13", "mIoU-13", "Mean-13", MIOU13_EXCLUDED),
+    ("miou13_published", "mIoU-13 (published code)", "Mean-13 (published code)", MIOU13_PUBLISHED_EXCLUDED),
+)
+MEAN_KEYS = tuple(m[0] for m in MEANS)
+MEAN_COLUMNS = tuple(m[2] for m in MEANS)
 
 
 class ConfusionMatrix(Metric):
@@ -73,19 +86,17 @@ def _mean(values):
 
 
 def scores_from_confusion(confmat):
-    """Per-class IoU and the three means, all in percent (``nan`` where undefined).
+    """Per-class IoU and the means of :data:`MEANS`, all in percent (``nan`` where undefined).
 
     ``miou16`` leaves out terrain, truck and train (the SYNTHIA protocol); ``miou13`` also wall,
-    fence and pole.
+    fence and pole (standard SYNTHIA-13); ``miou13_published`` instead fence, pole and traffic
+    light, keeping wall, as the published code did (compare it with the paper's 13-class column).
     """
     per_class = [float(v) * 100.0 for v in iou_per_class(confmat)]
-    classes = range(len(per_class))
-    return {
-        "per_class": per_class,
-        "miou": _mean(per_class),
-        "miou16": _mean(per_class[c] for c in classes if c not in MIOU16_EXCLUDED),
-        "miou13": _mean(per_class[c] for c in classes if c not in MIOU13_EXCLUDED),
-    }
+    scores = {"per_class": per_class}
+    for key, _, _, excluded in MEANS:
+        scores[key] = _mean(v for c, v in enumerate(per_class) if c not in excluded)
+    return scores
 
 
 def _class_names(num_classes):
@@ -93,15 +104,15 @@ def _class_names(num_classes):
 
 
 def format_table(scores, title=None):
-    """A plain-text table: one line per class with its IoU, then mIoU, mIoU-16 and mIoU-13."""
+    """A plain-text table: one line per class with its IoU, then the means of :data:`MEANS`."""
     names = _class_names(len(scores["per_class"]))
-    width = max(len(n) for n in names + ("mIoU-16",))
+    width = max(len(n) for n in names + tuple(m[1] for m in MEANS))
     lines = [title] if title else []
     lines.append(f"{'class':<{width}}  IoU (%)")
     lines.append("-" * (width + 9))
     lines += [f"{name:<{width}}  {iou:7.2f}" for name, iou in zip(names, scores["per_class"])]
     lines.append("-" * (width + 9))
-    for label, key in (("mIoU", "miou"), ("mIoU-16", "miou16"), ("mIoU-13", "miou13")):
+    for key, label, _, _ in MEANS:
         lines.append(f"{label:<{width}}  {scores[key]:7.2f}")
     return "\n".join(lines)
 
@@ -110,21 +121,45 @@ def record_header(num_classes=NUM_CLASSES):
     return list(_class_names(num_classes)) + list(MEAN_COLUMNS)
 
 
+def _upgrade_record(csv_path, rows, header):
+    """Rewrite a record made by an older version (the same columns, some means missing) under
+    ``header``, its earlier rows left empty in the new columns, so that appended rows line up."""
+    old = rows[0]
+    if any(len(row) != len(old) for row in rows[1:] if row):
+        raise UserError(f"{csv_path}: rows do not match its header; choose another record file")
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    for row in rows[1:]:
+        if row:
+            cells = dict(zip(old, row))
+            writer.writerow([cells.get(column, "") for column in header])
+    atomic_write_text(csv_path, out.getvalue())
+    print(f"{csv_path}: added column(s) {', '.join(c for c in header if c not in old)} "
+          "(empty in the rows written before)", flush=True)
+
+
 def append_record(csv_path, scores):
-    """Append one evaluation (per-class IoUs and the three means, in percent) to a CSV record,
-    creating the file and its header on first use."""
+    """Append one evaluation (per-class IoUs and the means, in percent) to a CSV record, creating
+    the file and its header on first use and adding new mean columns to an older record."""
     header = record_header(len(scores["per_class"]))
     os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
     if os.path.isfile(csv_path) and os.path.getsize(csv_path) > 0:
         with open(csv_path, newline="") as f:
-            existing = next(csv.reader(f), [])
-        if existing != header:
+            rows = list(csv.reader(f))
+        existing = rows[0] if rows else []
+        # An older version wrote the same classes and fewer means, in the same order.
+        n = len(scores["per_class"])
+        older = existing[:n] == header[:n] and len(existing) < len(header)
+        if older and [c for c in header if c in existing] == existing:
+            _upgrade_record(csv_path, rows, header)
+        elif existing != header:
             raise UserError(f"{csv_path} has a different header (not a record of {len(scores['per_class'])} classes); "
                             "choose another record file")
         new_file = False
     else:
         new_file = True
-    values = list(scores["per_class"]) + [scores["miou"], scores["miou16"], scores["miou13"]]
+    values = list(scores["per_class"]) + [scores[key] for key in MEAN_KEYS]
     with open(csv_path, "a", newline="") as f:
         writer = csv.writer(f)
         if new_file:
@@ -133,8 +168,9 @@ def append_record(csv_path, scores):
 
 
 def read_record(csv_path):
-    """Read a record written by :func:`append_record`: a list of ``{column: float}`` rows."""
+    """Read a record written by :func:`append_record`: a list of ``{column: float}`` rows (``nan``
+    where a row predates its column)."""
     with open(csv_path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader)
-        return [dict(zip(header, map(float, row))) for row in reader if row]
+        return [dict(zip(header, (float(v) if v else math.nan for v in row))) for row in reader if row]
