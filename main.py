@@ -69,8 +69,10 @@ def add_common_args(parser):
                           "spatial_mix and smhm)")
     opt.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                      help="adam as published, or sgd (momentum 0.9, weight decay 5e-4, head at 10x lr) (default: %(default)s)")
-    opt.add_argument("--lr-schedule", choices=("auto", "constant", "poly"), default="auto",
-                     help="constant, or poly (power 0.9 to --max-steps); auto = constant for adam, poly for sgd")
+    opt.add_argument("--lr-schedule", choices=("auto", "cosine", "constant", "poly"), default="auto",
+                     help="cosine: the published per-epoch cosine, lr(epoch e) = lr * (1 + cos(pi * e / 10)) / 2, "
+                          "periodic (0 at epoch 10, back to lr at epoch 20, ...); constant; or poly (power 0.9 to "
+                          "--max-steps); auto = cosine for adam, poly for sgd, as published (default: %(default)s)")
     opt.add_argument("--max-steps", type=at_least(1), default=20000,
                      help="training ends after this many optimiser steps (default: %(default)s)")
     opt.add_argument("--max-epochs", type=at_least(1), default=None, help="or after this many epochs, whichever comes first")
@@ -93,6 +95,11 @@ def add_common_args(parser):
     hw.add_argument("--devices", type=devices, default="auto", help="number of devices per node, or auto (default: %(default)s)")
     hw.add_argument("--num-nodes", type=at_least(1), default=1, help="number of machines (default: %(default)s)")
     hw.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: %(default)s)")
+    hw.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=None,
+                    help="BatchNorm statistics of the student and the teacher computed over all devices, as "
+                         "published (batch sizes are per device); default: on when training on GPUs, where "
+                         "it matters for several devices and changes nothing on one; --no-sync-batchnorm: "
+                         "each device normalises with its own batch")
     hw.add_argument("--precision", default="32-true",
                     help="32-true as published, or bf16-mixed for speed on recent GPUs (default: %(default)s)")
     hw.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",

@@ -160,7 +160,7 @@ class DeepLabV2(nn.Module):
         super().train(mode)
         if self.freeze_bn_stats:
             for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d):
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):  # also once converted to SyncBatchNorm
                     m.eval()
         return self
 

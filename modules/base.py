@@ -24,6 +24,8 @@ from utils.labels import IGNORE_INDEX, colorize
 from utils.metrics import MEAN_KEYS, ConfusionMatrix, append_record, format_table, scores_from_confusion
 from utils.visualize import label_panel
 
+COSINE_PERIOD_EPOCHS = 10  # T_max of the published cosine schedule: half a period, in epochs
+
 
 class SegmentationModule(pl.LightningModule):
     """Supervised cross-entropy on ``batch["target"]["label"]``; subclasses change the step."""
@@ -84,9 +86,14 @@ class SegmentationModule(pl.LightningModule):
         else:
             # The published stages train every parameter with one Adam learning rate.
             optimizer = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=a.lr)
-        schedule = a.lr_schedule if a.lr_schedule != "auto" else ("poly" if a.optimizer == "sgd" else "constant")
+        schedule = a.lr_schedule if a.lr_schedule != "auto" else ("poly" if a.optimizer == "sgd" else "cosine")
         if schedule == "constant":
             return optimizer
+        if schedule == "cosine":
+            # The published stages: CosineAnnealingLR(T_max=10) stepped once per epoch and never
+            # stopped, so the rate falls to 0 at epoch 10, is back at lr by epoch 20, and so on.
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=COSINE_PERIOD_EPOCHS)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
         total = self.trainer.estimated_stepping_batches
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: max(0.0, 1.0 - step / max(1, total)) ** 0.9)

@@ -7,6 +7,7 @@ import re
 import warnings
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -121,6 +122,18 @@ class LastCheckpoint(Checkpoint):
         self.save(trainer)
 
 
+def sync_batchnorm(args):
+    """Whether BatchNorm layers become SyncBatchNorm. As published, on for training on GPUs;
+    Lightning converts them only under a multi-process strategy, so on one device it changes
+    nothing. PyTorch's SyncBatchNorm does not run on CPU tensors."""
+    if args.sync_batchnorm is None:
+        return args.mode == "train" and args.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if args.sync_batchnorm and args.accelerator == "cpu":
+        raise UserError("--sync-batchnorm needs GPUs (PyTorch's SyncBatchNorm does not run on CPU); "
+                        "drop it or add --no-sync-batchnorm")
+    return args.sync_batchnorm
+
+
 def build_trainer(args):
     # Checkpoints deliberately share the experiment folder with the logs and the record.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
@@ -147,6 +160,7 @@ def build_trainer(args):
         use_distributed_sampler=False,
         enable_model_summary=False,
         benchmark=True,  # cuDNN picks the fastest convolution algorithms for the fixed input size
+        sync_batchnorm=sync_batchnorm(args),
     )
 
 

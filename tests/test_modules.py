@@ -267,3 +267,83 @@ def test_main_rounds_1_uses_the_round_layout_and_no_flag_a_single_run(tree, tmp_
     assert not os.path.exists(base / "one")
     assert main(common + ["--experiment-name", "plain"]) == 0
     assert os.path.isfile(base / "plain" / "last.ckpt") and not os.path.exists(base / "plain_round_1")
+
+
+# -- the published learning-rate schedule and synchronised BatchNorm ---------------------------------
+
+def published_cosine(base, epoch):
+    return base * (1 + np.cos(np.pi * epoch / 10)) / 2
+
+
+def test_auto_schedule_is_the_published_periodic_cosine_per_epoch(tree, tmp_path):
+    args = stage_args(tree, tmp_path, "baseline", "--pseudo-label-root", tree["pseudo"], "--restore-from",
+                      tree["weights"], "--lr", "1e-3")
+    module = runner.MODULES["baseline"](args)
+    config = module.configure_optimizers()
+    assert config["lr_scheduler"]["interval"] == "epoch"
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    for epoch in range(0, 46):
+        expected = published_cosine(1e-3, epoch)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-9, abs=1e-15), epoch
+        optimizer.step()
+        scheduler.step()
+    assert published_cosine(1e-3, 10) == pytest.approx(0, abs=1e-18)  # to 0 at epoch 10, back by 20
+    assert published_cosine(1e-3, 20) == pytest.approx(1e-3)
+    constant = stage_args(tree, tmp_path, "basic", "--lr-schedule", "constant")
+    assert isinstance(runner.MODULES["basic"](constant).configure_optimizers(), torch.optim.Adam)
+
+
+def test_cosine_is_stepped_once_an_epoch_in_training(tree, tmp_path):
+    # 4 training images at batch 2: 2 steps an epoch, so 6 steps are 3 epochs.
+    args = stage_args(tree, tmp_path, "basic", "--lr", "1e-3", "--max-steps", "6", "--val-interval", "6")
+    result = runner.train(args)
+    state = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)
+    scheduler = state["lr_schedulers"][0]
+    assert scheduler["last_epoch"] == 3
+    assert scheduler["_last_lr"][0] == pytest.approx(published_cosine(1e-3, 3), rel=1e-9)
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(published_cosine(1e-3, 3), rel=1e-9)
+
+
+def test_sync_batchnorm_flag_and_default(tree, tmp_path, monkeypatch):
+    def args(*extra):
+        return stage_args(tree, tmp_path, "basic", *extra)
+
+    assert args().sync_batchnorm is None
+    assert args("--sync-batchnorm").sync_batchnorm is True and args("--no-sync-batchnorm").sync_batchnorm is False
+    assert runner.sync_batchnorm(args()) is False  # no GPU here
+    with pytest.raises(UserError, match="--sync-batchnorm needs GPUs"):
+        runner.sync_batchnorm(args("--sync-batchnorm"))  # the stage flags say --accelerator cpu
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = args("--accelerator", "gpu")
+    assert runner.sync_batchnorm(gpu) is True  # as published, for training on GPUs
+    assert runner.sync_batchnorm(args("--accelerator", "gpu", "--no-sync-batchnorm")) is False
+    gpu.mode = "test"
+    assert runner.sync_batchnorm(gpu) is False
+
+
+def test_sync_batchnorm_converts_student_and_teacher_alike(tree, tmp_path):
+    from pytorch_lightning.plugins.layer_sync import TorchSyncBatchNorm
+
+    from utils.ema import ema_update
+
+    args = stage_args(tree, tmp_path, "smhm", "--restore-from", tree["weights"], "--hard-patches-root",
+                      tree["patches"], "--freeze-bn-stats")
+    plain = runner.MODULES["smhm"](args)
+    converted = TorchSyncBatchNorm().apply(runner.MODULES["smhm"](args))  # what Lightning does under DDP
+    for net in (converted.net, converted.ema_net):
+        norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    assert {k: v.shape for k, v in converted.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    converted.train()  # --freeze-bn-stats still holds for the synchronised layers
+    assert not any(m.training for m in converted.net.modules() if isinstance(m, torch.nn.SyncBatchNorm))
+    # The teacher follows the student by EMA through the converted layers as through the plain ones.
+    with torch.no_grad():
+        for module in (plain, converted):
+            for p in module.net.parameters():
+                p.add_(0.5)
+            ema_update(module.ema_net, module.net, 3, max_alpha=0.99)
+    for (name, a), b in zip(plain.ema_net.state_dict().items(), converted.ema_net.state_dict().values()):
+        assert torch.equal(a, b), name
+    cpu = stage_args(tree, tmp_path, "basic", "--accelerator", "cpu")
+    cpu.experiment_dir = runner.experiment_dir(cpu)
+    assert runner.build_trainer(cpu)._accelerator_connector._layer_sync is None  # CPU: off by default
