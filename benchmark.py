@@ -15,15 +15,20 @@ Stages (``--stages``), each measured in both configurations:
 - ``val``: evaluation (stage 8) *from PNG files*: prediction at the input size, logits upsampled
   to the ground-truth resolution (twice the input size, as Cityscapes' 2048x1024 for 1024x512),
   argmax, confusion-matrix update;
-- ``data``: the training image pipeline alone (decode, resize, normalise, collate).
+- ``data``: the training image pipeline alone (decode, resize, normalise, collate);
+- ``resize``: resizing one decoded image (bicubic) and one label (nearest) from twice the input
+  size to the input size, on one thread as in a loader worker: PIL (``--resize-backend pil``, the
+  published pixels) in the published configuration, OpenCV (``--resize-backend cv2``) in the fast
+  one.
 
 *published*: float32, eager, the per-image SpatialMix loop, NCHW, no cuDNN autotuning, PIL decoding
 and bicubic resizing with numpy normalisation per sample, no pinned memory, no persistent workers.
-*fast*: what the project does by default or by flag: batched SpatialMix, OpenCV decoding through
-the project's datasets and loaders (pinned memory and persistent workers on CUDA), channels-last
-networks (``--channels-last``), and on CUDA cuDNN autotuning and bfloat16 autocast
-(``--precision bf16-mixed``); ``--compile`` adds ``torch.compile``. On CPU, bfloat16 autocast is
-left out (ten times slower on a CPU without bf16 instructions, see docs/benchmarks.md).
+*fast*: what the project does by default or by flag: batched SpatialMix, OpenCV decoding and
+resizing (``--resize-backend cv2``) through the project's datasets and loaders (pinned memory and
+persistent workers on CUDA), channels-last networks (``--channels-last``), and on CUDA cuDNN
+autotuning and bfloat16 autocast (``--precision bf16-mixed``); ``--compile`` adds
+``torch.compile``. On CPU, bfloat16 autocast is left out (ten times slower on a CPU without bf16
+instructions, see docs/benchmarks.md).
 
 The project's own code runs (the stage modules' ``training_step`` and EMA hook, the pseudo-label
 ``PredictionModule``, the validation step with its confusion matrix, the datasets and loaders);
@@ -57,7 +62,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from datasets.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, CityscapesDataset
-from datasets.transforms import IMG_MEAN_BGR
+from datasets.transforms import IMG_MEAN_BGR, resize_image, resize_label
 from main import parse_args
 from models.deeplabv2 import ARCHS, get_deeplabv2
 from modules import MODULES
@@ -69,7 +74,7 @@ from utils.prediction import PredictionData, PredictionModule
 from utils.pseudo_labels import PseudoLabelWriter
 from utils.spatial_mix import spatial_mix_loop
 
-STAGES = ("baseline", "smhm", "pseudo_label", "val", "data")
+STAGES = ("baseline", "smhm", "pseudo_label", "val", "data", "resize")
 CONFIGS = ("published", "fast")
 LOADER_STAGES = ("pseudo_label", "val", "data")
 UNIQUE_FILES = 8  # distinct PNG files; longer image lists repeat them
@@ -82,7 +87,7 @@ class Config:
     """What separates the published configuration from the fast one."""
 
     def __init__(self, name, loop_mix, channels_last, autocast, cudnn_benchmark, project_loader, inference_mode,
-                 compile=False):
+                 resize_backend, compile=False):
         self.name = name
         self.loop_mix = loop_mix
         self.channels_last = channels_last
@@ -90,6 +95,7 @@ class Config:
         self.cudnn_benchmark = cudnn_benchmark
         self.project_loader = project_loader
         self.inference_mode = inference_mode  # Lightning evaluates under inference_mode, the published scripts no_grad
+        self.resize_backend = resize_backend
         self.compile = compile
 
     def describe(self):
@@ -97,7 +103,8 @@ class Config:
                  "channels-last" if self.channels_last else "NCHW",
                  "bf16 autocast" if self.autocast else "float32",
                  "cuDNN autotuning" if self.cudnn_benchmark else "no autotuning",
-                 "project loaders (OpenCV)" if self.project_loader else "published loaders (PIL)"]
+                 "project loaders (OpenCV)" if self.project_loader else "published loaders (PIL)",
+                 f"{self.resize_backend} resizing"]
         if self.compile:
             parts.append("torch.compile")
         return ", ".join(parts)
@@ -110,9 +117,10 @@ def configurations(opts, device):
     autocast = opts.autocast == "bf16" or (opts.autocast == "auto" and cuda)
     return {
         "published": Config("published", loop_mix=True, channels_last=False, autocast=False,
-                            cudnn_benchmark=False, project_loader=False, inference_mode=False),
+                            cudnn_benchmark=False, project_loader=False, inference_mode=False, resize_backend="pil"),
         "fast": Config("fast", loop_mix=False, channels_last=channels_last, autocast=autocast,
-                       cudnn_benchmark=cuda, project_loader=True, inference_mode=True, compile=opts.compile),
+                       cudnn_benchmark=cuda, project_loader=True, inference_mode=True, resize_backend="cv2",
+                       compile=opts.compile),
     }
 
 
@@ -407,11 +415,13 @@ class Bench:
             return self._published_loader(PublishedImages(ws.image_paths("train"), o.input_size),
                                           shuffle=stage == "data", drop_last=stage == "data")
         if stage == "pseudo_label":
-            dataset = CityscapesDataset(ws.image_root, "train", input_size=o.input_size, list_root=ws.list_root)
+            dataset = CityscapesDataset(ws.image_root, "train", input_size=o.input_size, list_root=ws.list_root,
+                                        resize_backend=cfg.resize_backend)
             return PredictionData(dataset, dataset.names, o.batch_size, o.num_workers).predict_dataloader()
         args = parse_args(["--image-root", ws.image_root, "--label-root", ws.label_root, "--list-root", ws.list_root,
                            "--input-size", "x".join(map(str, o.input_size)), "--num-workers", str(o.num_workers),
-                           "--train-batch-size", str(o.batch_size), "--val-batch-size", str(o.batch_size)])
+                           "--train-batch-size", str(o.batch_size), "--val-batch-size", str(o.batch_size),
+                           "--resize-backend", cfg.resize_backend])
         data = SegmentationDataModule(args, "images")
         return data.val_dataloader() if stage == "val" else data.train_dataloader()["target"]
 
@@ -501,6 +511,19 @@ def run_data(bench, cfg):
     return result(times, o.batch_size, True, None)
 
 
+def run_resize(bench, cfg):
+    """``resize``: one photo-like image (bicubic) and one label map (nearest) from twice the input size
+    to the input size, already in memory, with the configuration's resize backend."""
+    o = bench.opts
+    rng = np.random.default_rng(0)
+    width, height = o.input_size
+    image, label = synthetic_photo(rng, 2 * width, 2 * height), synthetic_train_ids(rng, 2 * width, 2 * height)
+    times = timed(lambda: resize_image(image, o.input_size, cfg.resize_backend), o.warmup, o.steps, torch.device("cpu"))
+    label_times = timed(lambda: resize_label(label, o.input_size, cfg.resize_backend), o.warmup, o.steps,
+                        torch.device("cpu"))
+    return {**result(times, 1, False, None), "label_ms": statistics.median(label_times) * 1000.0}
+
+
 def measure(bench, stage, cfg, count):
     """One stage in one configuration; returns (figures, FLOPs per image or None)."""
     torch.manual_seed(0)
@@ -511,6 +534,8 @@ def measure(bench, stage, cfg, count):
             return run_training(bench, stage, cfg, count)
         if stage in ("pseudo_label", "val"):
             return run_inference(bench, stage, cfg, count)
+        if stage == "resize":
+            return run_resize(bench, cfg), None
         return run_data(bench, cfg), None
     finally:
         if bench.device.type == "cuda":
@@ -572,6 +597,11 @@ def format_table(report):
         w = report["pseudo_label"]["fast"]["writing"]
         notes.append(f"pseudo_label: writing the label and colour PNGs in the main process {_number(w['ms_per_image'])} "
                      f"ms per image ({_number(w['images_per_s'])} images/s), not included above")
+    if "resize" in report:
+        p, f = report["resize"]["published"], report["resize"]["fast"]
+        notes.append(f"resize: one image (bicubic) {_number(p['step_ms'], 2)} ms with PIL (published) / "
+                     f"{_number(f['step_ms'], 2)} ms with OpenCV (fast); one label (nearest) "
+                     f"{_number(p['label_ms'], 2)} / {_number(f['label_ms'], 2)} ms")
     if report["device"]["type"] == "cuda":
         notes.append("peak MiB: torch.cuda.max_memory_allocated during the stage (weights, optimiser state, activations)")
     else:

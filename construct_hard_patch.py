@@ -13,14 +13,15 @@ the same command after an interruption finishes the missing images only.
 import argparse
 import sys
 
-from utils.cli import UserError, grid_size, run
+from utils.cli import ArgumentParser, UserError, grid_size, run
 
 
 def build_parser():
     from utils.prediction import add_hardware_args
     from utils.pseudo_labels import add_labelling_args, add_target_args
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="construct_hard_patch.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target_args(parser)
     source = parser.add_argument_group("labels (give exactly one)")
     source.add_argument("--pseudo-label-root", default=None, metavar="DIR",

@@ -12,14 +12,15 @@ import argparse
 import os
 import sys
 
-from utils.cli import UserError, run
+from utils.cli import ArgumentParser, UserError, run
 
 
 def build_parser():
     from utils.prediction import add_hardware_args
     from utils.pseudo_labels import add_labelling_args, add_target_args
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="generate_pseudo_labels.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target_args(parser)
     parser.add_argument("--restore-from", default="./pretrained/gta5_only.pth",
                         help="the provider's weights: a state dict or a Lightning checkpoint (default: %(default)s)")

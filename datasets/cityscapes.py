@@ -86,7 +86,7 @@ class CityscapesDataset(LabelledImages):
     """
 
     def __init__(self, image_root, split, input_size=(1024, 512), label_root=None, list_root=None,
-                 pseudo_label_root=None, resize_label=True, num_classes=19):
+                 pseudo_label_root=None, resize_label=True, num_classes=19, resize_backend="pil"):
         if not os.path.isdir(image_root):
             raise UserError(f"image folder not found: {image_root}")
         split_dir = os.path.join(image_root, split)
@@ -119,4 +119,4 @@ class CityscapesDataset(LabelledImages):
             label_paths = [os.path.join(label_dir, name + LABEL_SUFFIX) for name in names]
             check_files_exist(label_paths, what)
         super().__init__(zip(image_paths, label_paths, names), input_size=input_size,
-                         resize_label=resize_label, num_classes=num_classes)
+                         resize_label=resize_label, num_classes=num_classes, resize_backend=resize_backend)

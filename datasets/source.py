@@ -7,7 +7,7 @@ converted to Cityscapes train ids on the fly, so the original downloads are used
     SYNTHIA: <root>/RGB/*.png         <root>/GT/LABELS/*.png    RAND-CITYSCAPES: 16-bit PNG whose
                                                                 red channel holds the class id
 
-Images and labels are resized to the input size (bicubic / nearest).
+Images and labels are resized to the input size (bicubic / nearest, with ``resize_backend``).
 """
 import glob
 import os
@@ -51,20 +51,20 @@ class _SourceDataset(LabelledImages):
 
 
 class GTA5Dataset(_SourceDataset):
-    def __init__(self, root, input_size=(1024, 512), list_path=None, num_classes=19):
+    def __init__(self, root, input_size=(1024, 512), list_path=None, num_classes=19, resize_backend="pil"):
         self.lut = cityscapes_label_id_lut()
         super().__init__(_list_files(root, "images", "labels", list_path), input_size=input_size,
-                         num_classes=num_classes)
+                         num_classes=num_classes, resize_backend=resize_backend)
 
     def read_train_ids(self, path):
         return label_ids_to_train_ids(read_label(path), self.lut, path)
 
 
 class SynthiaDataset(_SourceDataset):
-    def __init__(self, root, input_size=(1024, 512), list_path=None, num_classes=19):
+    def __init__(self, root, input_size=(1024, 512), list_path=None, num_classes=19, resize_backend="pil"):
         self.lut = synthia_label_id_lut()
         super().__init__(_list_files(root, "RGB", os.path.join("GT", "LABELS"), list_path), input_size=input_size,
-                         num_classes=num_classes)
+                         num_classes=num_classes, resize_backend=resize_backend)
 
     def read_train_ids(self, path):
         return label_ids_to_train_ids(read_synthia_label_ids(path), self.lut, path)

@@ -2,8 +2,10 @@
 
 The network (all stages) takes BGR pixel values 0-255 minus the Caffe mean, without division by a
 standard deviation, as the published DeepLabv2 checkpoints expect. Images are resized bicubically
-and labels with nearest neighbour, so that no label value is invented. Self-distillation (stage 6)
-augments colours in RGB [0, 1]; ``denormalize_to_rgb01`` / ``normalize_rgb01`` go there and back.
+and labels with nearest neighbour, so that no label value is invented: by default with PIL, bit for
+bit as the published loaders did (``--resize-backend cv2``: OpenCV, faster, other pixels).
+Self-distillation (stage 6) augments colours in RGB [0, 1]; ``denormalize_to_rgb01`` /
+``normalize_rgb01`` go there and back.
 
 ``LabelledImages`` turns a list of (image path, label path, name) into items
 ``dict(image, label, name, index)``; the Cityscapes, source-domain and hard-patch datasets are thin
@@ -14,6 +16,7 @@ import os
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from utils.cli import UserError
@@ -52,20 +55,47 @@ def normalize_rgb01(images):
     return images.flip(-3) * 255.0 - _mean_like(images)
 
 
-def resize_image(image, size):
-    """Bicubic resize to ``size=(width, height)``; the same array when it already has that size."""
+# How images and labels are resized: "pil" (the default) as the published loaders did, "cv2" faster.
+RESIZE_BACKENDS = ("pil", "cv2")
+
+
+def add_resize_backend_arg(group):
+    """``--resize-backend``, the same flag for training, evaluation and the data-stage scripts."""
+    group.add_argument("--resize-backend", choices=RESIZE_BACKENDS, default=RESIZE_BACKENDS[0],
+                       help="how images (bicubic) and labels (nearest) are resized to --input-size: pil, bit for "
+                            "bit as the published loaders, or cv2 (OpenCV), several times faster but not the same "
+                            "pixels (default: %(default)s)")
+
+
+def _check_backend(backend):
+    if backend not in RESIZE_BACKENDS:
+        raise ValueError(f"resize backend must be one of {', '.join(RESIZE_BACKENDS)}, got {backend!r}")
+
+
+def resize_image(image, size, backend="pil"):
+    """Bicubic resize of a ``uint8`` image to ``size=(width, height)``; the same array when it already has
+    that size. ``pil`` equals the published ``Image.BICUBIC`` on the RGB image: PIL filters every channel
+    alike, so the BGR array is resized as it is, without converting it to RGB and back."""
+    _check_backend(backend)
     width, height = size
     if image.shape[1] == width and image.shape[0] == height:
         return image
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
+    if backend == "cv2":
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.array(Image.fromarray(image).resize((width, height), Image.BICUBIC))  # a copy: PIL's is read-only
 
 
-def resize_label(label, size):
-    """Nearest-neighbour resize of a label map to ``size=(width, height)`` (no new values)."""
+def resize_label(label, size, backend="pil"):
+    """Nearest-neighbour resize of a label map to ``size=(width, height)`` (no new values). PIL takes the
+    source pixel under each output pixel's centre, OpenCV's INTER_NEAREST the one under its corner, so the
+    two differ by up to one source pixel; ``pil`` is the published ``Image.NEAREST``."""
+    _check_backend(backend)
     width, height = size
     if label.shape[1] == width and label.shape[0] == height:
         return label
-    return cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
+    if backend == "cv2":
+        return cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
+    return np.array(Image.fromarray(label).resize((width, height), Image.NEAREST))
 
 
 def check_label_values(label, num_classes, path):
@@ -99,7 +129,8 @@ class LabelledImages(Dataset):
     ``label_path`` is ``None`` for every sample when there are no labels (no label is read then).
     Images are resized to ``input_size=(W, H)`` (``None``: kept). Labels are checked against the
     original image size, then resized with nearest neighbour to the input size when
-    ``resize_label`` (training) or kept at full resolution (evaluation). Subclasses override
+    ``resize_label`` (training) or kept at full resolution (evaluation). Both resize with
+    ``resize_backend`` (see :data:`RESIZE_BACKENDS`). Subclasses override
     :meth:`read_train_ids` when their label files do not hold train ids.
     """
 
@@ -108,10 +139,12 @@ class LabelledImages(Dataset):
     # Relative size difference tolerated between an image and its label (both are resized).
     label_size_tolerance = 0.0
 
-    def __init__(self, samples, input_size=None, resize_label=True, num_classes=19):
+    def __init__(self, samples, input_size=None, resize_label=True, num_classes=19, resize_backend="pil"):
+        _check_backend(resize_backend)
         self.samples = list(samples)
         self.input_size = tuple(input_size) if input_size is not None else None
         self.resize_label = resize_label
+        self.resize_backend = resize_backend
         self.num_classes = num_classes
         self.has_labels = bool(self.samples) and self.samples[0][1] is not None
 
@@ -144,13 +177,14 @@ class LabelledImages(Dataset):
         image = read_image_bgr(image_path)
         original_shape = image.shape[:2]
         if self.input_size is not None:
-            image = resize_image(image, self.input_size)
+            image = resize_image(image, self.input_size, self.resize_backend)
         return image, original_shape
 
     def __getitem__(self, index):
         image_path, label_path, name = self.samples[index]
         if self.image_cache is not None and self.input_size is not None:
-            image, original_shape = self.image_cache.load(image_path, self.input_size, self._read_resized)
+            image, original_shape = self.image_cache.load(image_path, self.input_size, self.resize_backend,
+                                                          self._read_resized)
         else:
             image, original_shape = self._read_resized(image_path)
         item = {"image": to_network_input(image), "name": name, "index": index}
@@ -159,7 +193,7 @@ class LabelledImages(Dataset):
             self._check_label_size(label, original_shape, label_path)
             check_label_values(label, self.num_classes, label_path)
             if self.resize_label:
-                label = resize_label(label, (image.shape[1], image.shape[0]))
+                label = resize_label(label, (image.shape[1], image.shape[0]), self.resize_backend)
             item["label"] = torch.from_numpy(label.astype(np.int64))
         return item
 

@@ -14,6 +14,7 @@ from datasets.cityscapes import CityscapesDataset, resolve_pseudo_label_root
 from datasets.patches import HardPatchDataset
 from datasets.samplers import CyclingSampler, ShardSampler, SkipSampler
 from datasets.source import GTA5Dataset, SynthiaDataset
+from datasets.transforms import add_resize_backend_arg
 from utils.cli import UserError, at_least
 from utils.image_cache import ResizedImageCache
 
@@ -53,7 +54,9 @@ def add_data_args(parser):
     group.add_argument("--image-cache", default=None, metavar="DIR",
                        help="keep every training and evaluation image, decoded and resized to --input-size, as a raw "
                             "array under DIR (about W*H*3 bytes each) after its first read, and read it from there "
-                            "in later epochs and runs; changed images are read again (default: no cache)")
+                            "in later epochs and runs; changed images, or another --input-size or --resize-backend, are "
+                            "read again (default: no cache)")
+    add_resize_backend_arg(group)
     group.add_argument("--train-batch-size", type=at_least(1), default=4, help="images per training step and device (default: %(default)s)")
     group.add_argument("--val-batch-size", type=at_least(1), default=2, help="images per validation step (default: %(default)s)")
     group.add_argument("--test-batch-size", type=at_least(1), default=2, help="images per test step (default: %(default)s)")
@@ -94,8 +97,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         a = self.args
         if self.train_source == "source":
             return SOURCE_DATASETS[a.source_dataset](a.source_root, input_size=a.input_size,
-                                                     num_classes=a.num_classes)
-        kwargs = dict(input_size=a.input_size, list_root=a.list_root, num_classes=a.num_classes)
+                                                     num_classes=a.num_classes, resize_backend=a.resize_backend)
+        kwargs = dict(input_size=a.input_size, list_root=a.list_root, num_classes=a.num_classes,
+                      resize_backend=a.resize_backend)
         if self.train_source == "labels":
             kwargs["label_root"] = a.label_root
         elif self.train_source == "pseudo_labels":
@@ -105,7 +109,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _build_eval(self):
         a = self.args
         return CityscapesDataset(a.image_root, a.val_split, input_size=a.input_size, label_root=a.label_root,
-                                 list_root=a.list_root, resize_label=False, num_classes=a.num_classes)
+                                 list_root=a.list_root, resize_label=False, num_classes=a.num_classes,
+                                 resize_backend=a.resize_backend)
 
     def _build_patches(self):
         return HardPatchDataset(self.args.hard_patches_root, num_classes=self.args.num_classes)

@@ -78,3 +78,18 @@ def make_gta5(root, count=4, size=(64, 32), seed=1):
         _write(f"{root}/images/{k + 1:05d}.png", image)
         _write(f"{root}/labels/{k + 1:05d}.png", ids)
     return root
+
+
+def pil_resized_bgr(image_bgr, size):
+    """The published loaders' resize of a BGR image: to RGB, PIL bicubic to ``size=(W, H)``, back to BGR."""
+    from PIL import Image
+
+    rgb = Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1]))
+    return np.ascontiguousarray(np.asarray(rgb.resize(size, Image.BICUBIC))[:, :, ::-1])
+
+
+def pil_resized_label(label, size):
+    """The published loaders' resize of a label map: PIL nearest to ``size=(W, H)``."""
+    from PIL import Image
+
+    return np.array(Image.fromarray(label).resize(size, Image.NEAREST))

@@ -66,6 +66,17 @@ def test_data_stage_measures_loaders_only(report):
         assert positive(data[config]["images_per_s"]) and data[config]["tflops"] is None
 
 
+def test_resize_stage_times_pil_against_opencv(report):
+    resize = report["resize"]
+    for config in ("published", "fast"):
+        figures = resize[config]
+        assert positive(figures["images_per_s"]) and positive(figures["label_ms"]) and figures["tflops"] is None
+        assert figures["images_per_s"] == pytest.approx(1000 / figures["step_ms"])
+    assert "pil resizing" in report["settings"]["configurations"]["published"]
+    assert "cv2 resizing" in report["settings"]["configurations"]["fast"]
+    assert "resize: one image (bicubic)" in benchmark.format_table(report)
+
+
 def test_table_lists_every_stage(report):
     table = benchmark.format_table(report)
     for stage in benchmark.STAGES:

@@ -8,6 +8,7 @@ import torch
 
 from datasets.cityscapes import CityscapesDataset, list_images, resolve_pseudo_label_root
 from datasets.transforms import to_network_input
+from tests.fixtures import pil_resized_bgr, pil_resized_label
 from utils.cli import UserError
 
 SIZE = (64, 32)  # W, H of the files on disk
@@ -39,16 +40,28 @@ def tree(tmp_path):
     return tmp_path, _tree(tmp_path)
 
 
-def test_training_item_resizes_image_bicubic_and_label_nearest(tree):
+def _resized(image, label, backend):
+    if backend == "cv2":
+        return (cv2.resize(image, INPUT, interpolation=cv2.INTER_CUBIC),
+                cv2.resize(label, INPUT, interpolation=cv2.INTER_NEAREST))
+    return pil_resized_bgr(image, INPUT), pil_resized_label(label, INPUT)
+
+
+@pytest.mark.parametrize("backend", [None, "pil", "cv2"])
+def test_training_item_resizes_image_bicubic_and_label_nearest(tree, backend):
     root, data = tree
-    ds = CityscapesDataset(f"{root}/img", "train", input_size=INPUT, label_root=f"{root}/gt")
+    kwargs = {} if backend is None else {"resize_backend": backend}
+    ds = CityscapesDataset(f"{root}/img", "train", input_size=INPUT, label_root=f"{root}/gt", **kwargs)
     assert len(ds) == 3 and ds.names == sorted(data)
     item = ds[1]
     image, label = data[item["name"]]
     assert item["index"] == 1 and item["name"] == "aachen/aachen_000001_000019"
-    assert torch.equal(item["image"], to_network_input(cv2.resize(image, INPUT, interpolation=cv2.INTER_CUBIC)))
-    expected = cv2.resize(label, INPUT, interpolation=cv2.INTER_NEAREST)
-    assert item["label"].dtype == torch.int64 and torch.equal(item["label"], torch.from_numpy(expected).long())
+    expected_image, expected_label = _resized(image, label, backend or "pil")  # PIL, as published, by default
+    other_image, other_label = _resized(image, label, "pil" if backend == "cv2" else "cv2")
+    assert torch.equal(item["image"], to_network_input(expected_image))
+    assert not torch.equal(item["image"], to_network_input(other_image))
+    assert item["label"].dtype == torch.int64 and torch.equal(item["label"], torch.from_numpy(expected_label).long())
+    assert not np.array_equal(expected_label, other_label)
 
 
 def test_evaluation_labels_stay_full_resolution(tree):

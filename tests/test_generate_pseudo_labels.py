@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import generate_pseudo_labels
 from models.deeplabv2 import get_deeplabv2
-from tests.fixtures import make_cityscapes
+from tests.fixtures import make_cityscapes, pil_resized_bgr, pil_resized_label
 from utils.cli import run
 from utils.labels import colorize
 from utils.prediction import RecordFile, read_records, shard_batches
@@ -80,7 +80,7 @@ def name_of(path):
 
 
 def network_input(path):
-    image = cv2.resize(cv2.imread(path, cv2.IMREAD_COLOR), INPUT, interpolation=cv2.INTER_CUBIC)
+    image = pil_resized_bgr(cv2.imread(path, cv2.IMREAD_COLOR), INPUT)  # as published (--resize-backend pil)
     return torch.from_numpy((image.astype(np.float32) - MEAN).transpose(2, 0, 1).copy())
 
 
@@ -144,7 +144,7 @@ def test_published_defaults():
     assert args.data_dir == "./data/Cityscapes" and args.restore_from == "./pretrained/gta5_only.pth"
     assert args.save == "./experiments/gta5_pseudo_label/" and args.num_classes == 19
     assert args.split == "train" and args.input_size == (1024, 512) and args.arch == "deeplabv2_r101"
-    assert args.flip and not args.multiscale and args.precision == "32-true"
+    assert args.flip and not args.multiscale and args.precision == "32-true" and args.resize_backend == "pil"
 
 
 def test_labels_ranking_and_report(world, tmp_path, capsys):
@@ -184,7 +184,7 @@ def test_labels_ranking_and_report(world, tmp_path, capsys):
     confusion = np.zeros((19, 19), np.int64)
     for name, label in zip(names, labels):
         truth = cv2.imread(os.path.join(world["data"], "gtFine2", "train", name + SUFFIX), cv2.IMREAD_UNCHANGED)
-        up = cv2.resize(label, (truth.shape[1], truth.shape[0]), interpolation=cv2.INTER_NEAREST)
+        up = pil_resized_label(label, (truth.shape[1], truth.shape[0]))
         keep = truth != 255
         np.add.at(confusion, (truth[keep].astype(int), up[keep].astype(int)), 1)
     tp = np.diag(confusion)

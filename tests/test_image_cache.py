@@ -1,5 +1,7 @@
-"""--image-cache: resized images read back from disk, identical to decoding, invalidated by a changed file."""
+"""--image-cache: resized images read back from disk, identical to decoding, invalidated by a changed file
+or another resize backend."""
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -10,7 +12,8 @@ import datasets.transforms as transforms
 from datasets.cityscapes import CityscapesDataset
 from main import parse_args
 from modules.data import SegmentationDataModule
-from tests.fixtures import make_cityscapes
+from datasets.transforms import to_network_input
+from tests.fixtures import make_cityscapes, pil_resized_bgr
 from utils.cli import UserError
 from utils.image_cache import ResizedImageCache
 
@@ -20,9 +23,9 @@ def tree(tmp_path):
     return make_cityscapes(str(tmp_path / "cs"), train=3, val=2, size=(64, 32))
 
 
-def _dataset(tree, cache_root=None):
+def _dataset(tree, cache_root=None, resize_backend="pil"):
     data = CityscapesDataset(tree["image_root"], "val", input_size=(32, 16), label_root=tree["label_root"],
-                             resize_label=False)
+                             resize_label=False, resize_backend=resize_backend)
     if cache_root is not None:
         data.image_cache = ResizedImageCache(cache_root)
     return data
@@ -69,11 +72,28 @@ def test_changed_image_or_input_size_is_read_again(tree, tmp_path):
     assert other_size[0]["image"].shape == (3, 8, 16)
 
 
+def test_an_entry_of_one_resize_backend_is_never_served_to_the_other(tree, tmp_path):
+    cache = str(tmp_path / "cache")
+    path = _dataset(tree).samples[0][0]
+    keys = ResizedImageCache(cache)
+    assert keys.entry_path(path, (32, 16), "pil") != keys.entry_path(path, (32, 16), "cv2")
+    image = cv2.imread(path)
+    expected = {"pil": pil_resized_bgr(image, (32, 16)),
+                "cv2": cv2.resize(image, (32, 16), interpolation=cv2.INTER_CUBIC)}
+    assert not np.array_equal(expected["pil"], expected["cv2"])
+    for first, second in (("pil", "cv2"), ("cv2", "pil")):
+        shutil.rmtree(cache, ignore_errors=True)
+        for backend in (first, second, first):  # each filled, then each read back from its own entry
+            item = _dataset(tree, cache, backend)[0]
+            assert torch.equal(item["image"], to_network_input(expected[backend]))
+        assert len(_entries(cache)) == 2
+
+
 def test_damaged_entry_is_rebuilt(tree, tmp_path):
     cache = str(tmp_path / "cache")
     data = _dataset(tree, cache)
     reference = data[1]["image"]
-    entry = data.image_cache.entry_path(data.samples[1][0], data.input_size)
+    entry = data.image_cache.entry_path(data.samples[1][0], data.input_size, data.resize_backend)
     with open(entry, "wb") as f:
         f.write(b"truncated")
     assert torch.equal(data[1]["image"], reference)

@@ -61,8 +61,9 @@ def select_patches(label, boxes, rare):
 # -- rare classes ----------------------------------------------------------------------------------------
 
 class _Labels(Dataset):
-    def __init__(self, paths, input_size, num_classes):
+    def __init__(self, paths, input_size, num_classes, resize_backend):
         self.paths, self.input_size, self.num_classes = paths, input_size, num_classes
+        self.resize_backend = resize_backend
 
     def __len__(self):
         return len(self.paths)
@@ -70,14 +71,14 @@ class _Labels(Dataset):
     def __getitem__(self, index):
         label = read_label(self.paths[index])
         if (label.shape[1], label.shape[0]) != tuple(self.input_size):
-            label = resize_label(label, self.input_size)
+            label = resize_label(label, self.input_size, self.resize_backend)
         return np.bincount(label.ravel(), minlength=256)[:self.num_classes]
 
 
-def class_pixel_counts(label_paths, input_size, num_classes, num_workers=0):
+def class_pixel_counts(label_paths, input_size, num_classes, num_workers=0, resize_backend="pil"):
     """Pixels of every class over all labels (at the input size, as they are cut into patches)."""
     counts = np.zeros(num_classes, dtype=np.int64)
-    loader = DataLoader(ErrorsAsItems(_Labels(label_paths, input_size, num_classes)), batch_size=None,
+    loader = DataLoader(ErrorsAsItems(_Labels(label_paths, input_size, num_classes, resize_backend)), batch_size=None,
                         num_workers=num_workers)
     for image_counts in tqdm(loader, desc="counting class pixels", leave=False):
         counts += np.asarray(check_item(image_counts), dtype=np.int64)
@@ -240,14 +241,14 @@ def construct(args):
     counts, absent, rare_source = None, (), args.rare_classes
     if rare is None:
         paths = [os.path.join(label_dir, name + LABEL_SUFFIX) for name in names]
-        counts = class_pixel_counts(paths, args.input_size, args.num_classes, args.num_workers)
+        counts = class_pixel_counts(paths, args.input_size, args.num_classes, args.num_workers, args.resize_backend)
         rare, absent = choose_rare_classes(counts, args.num_rare)
         rare_source = f"auto: the {args.num_rare} classes with the smallest pixel share"
         if not rare:
             raise UserError(f"--rare-classes auto: the labels in {label_dir} contain no class at all")
 
     settings = {"labels": label_source, "split": args.split, "input_size": list(args.input_size),
-                "grid": list(args.grid), "rare_classes": list(rare)}
+                "resize_backend": args.resize_backend, "grid": list(args.grid), "rare_classes": list(rare)}
     claim_folder(os.path.join(args.save, ".state"), settings, args.overwrite,
                  outputs=[os.path.join(args.save, f) for f in (*OUTPUT_FOLDERS, "summary.json")])
     records, skipped = mine(dataset, names, args.save, boxes, rare, args.num_workers)

@@ -6,8 +6,9 @@ result back as a raw array, and training reads every image once per epoch. With
 original size, which label checks need) under ``DIR``; later reads, in any epoch, worker or
 process, load it from there.
 
-An entry is keyed by the image's absolute path, its byte size and modification time, and the
-input size, so a changed image or another ``--input-size`` is read from the PNG again. Entries are
+An entry is keyed by the image's absolute path, its byte size and modification time, the input
+size and the resize backend, so a changed image, another ``--input-size`` or another
+``--resize-backend`` (PIL and OpenCV give other pixels) is read from the PNG again. Entries are
 written atomically (a temporary file and a rename), so loader workers and ranks sharing ``DIR``
 never see a partial entry, and a damaged entry is read again from its PNG. The cache is safe to
 delete at any time.
@@ -25,17 +26,18 @@ class ResizedImageCache:
     def __init__(self, root):
         self.root = root
 
-    def entry_path(self, image_path, input_size):
+    def entry_path(self, image_path, input_size, resize_backend):
         stat = os.stat(image_path)
-        key = f"{os.path.abspath(image_path)}|{stat.st_size}|{stat.st_mtime_ns}|{input_size[0]}x{input_size[1]}"
+        key = (f"{os.path.abspath(image_path)}|{stat.st_size}|{stat.st_mtime_ns}|{input_size[0]}x{input_size[1]}"
+               f"|{resize_backend}")
         digest = hashlib.sha1(key.encode("utf-8")).hexdigest()
         return os.path.join(self.root, digest[:2], f"{digest}.npz")
 
-    def load(self, image_path, input_size, read_and_resize):
+    def load(self, image_path, input_size, resize_backend, read_and_resize):
         """``(resized image, original H×W)``: from the cache, or from ``read_and_resize(path)``
-        (which returns the same pair), stored for the next time."""
+        (which returns the same pair, resized with ``resize_backend``), stored for the next time."""
         try:
-            path = self.entry_path(image_path, input_size)
+            path = self.entry_path(image_path, input_size, resize_backend)
         except FileNotFoundError:
             return read_and_resize(image_path)  # which reports the missing image
         if os.path.isfile(path):

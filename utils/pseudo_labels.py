@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datasets.cityscapes import LABEL_SUFFIX, CityscapesDataset
-from datasets.transforms import resize_label
+from datasets.transforms import add_resize_backend_arg, resize_label
 from models.deeplabv2 import add_network_args, get_deeplabv2
 from utils.cli import UserError
 from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
@@ -42,7 +42,7 @@ from utils.prediction import (ErrorsAsItems, PredictionData, PredictionModule, R
 # -- flags shared by the data-stage scripts ---------------------------------------------------------------
 
 def add_target_args(parser, data_list_help=""):
-    """``--data-dir``, ``--data-list``, ``--split``: the target images to label."""
+    """``--data-dir``, ``--data-list``, ``--split``, ``--resize-backend``: the target images to label."""
     group = parser.add_argument_group("target images")
     group.add_argument("--data-dir", default="./data/Cityscapes",
                        help="Cityscapes root containing leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png "
@@ -52,6 +52,7 @@ def add_target_args(parser, data_list_help=""):
                             "./datasets/list/cityscapes/<split>.txt; the image folder is scanned when it is absent)"
                             + data_list_help)
     group.add_argument("--split", default="train", help="split to label (default: %(default)s)")
+    add_resize_backend_arg(group)
     return group
 
 
@@ -100,7 +101,8 @@ def target_dataset(args, pseudo_label_root=None):
     """The split's images at the input size (and the pseudo-labels of ``pseudo_label_root``)."""
     image_root = image_root_of(args)
     dataset = CityscapesDataset(image_root, args.split, input_size=args.input_size, list_root=list_root_of(args),
-                                pseudo_label_root=pseudo_label_root, num_classes=args.num_classes)
+                                pseudo_label_root=pseudo_label_root, num_classes=args.num_classes,
+                                resize_backend=args.resize_backend)
     # Only the file signatures are read here (cheap): a file that is no image at all fails before
     # anything is written; a damaged image stops the run when it is reached.
     for image_path, _, _ in dataset.samples:
@@ -149,7 +151,8 @@ def state_dir(save, split):
 def settings_of(args):
     """What decides the labels: a rerun into the same folder must use the same."""
     return {"restore_from": os.path.abspath(args.restore_from), "arch": args.arch, "num_classes": args.num_classes,
-            "head_branches": args.head_branches, "input_size": list(args.input_size), "flip": args.flip,
+            "head_branches": args.head_branches, "input_size": list(args.input_size),
+            "resize_backend": args.resize_backend, "flip": args.flip,
             "scales": list(args.scales) if args.multiscale else [1.0], "precision": args.precision}
 
 
@@ -233,8 +236,8 @@ def class_pixels(records, num_classes):
 
 
 class _LabelPairs(Dataset):
-    def __init__(self, pairs):
-        self.pairs = pairs
+    def __init__(self, pairs, resize_backend):
+        self.pairs, self.resize_backend = pairs, resize_backend
 
     def __len__(self):
         return len(self.pairs)
@@ -243,11 +246,11 @@ class _LabelPairs(Dataset):
         prediction_path, truth_path = self.pairs[index]
         truth = read_label(truth_path)
         # Nearest upsampling to the ground truth's own resolution, as evaluation compares there.
-        prediction = resize_label(read_label(prediction_path), (truth.shape[1], truth.shape[0]))
+        prediction = resize_label(read_label(prediction_path), (truth.shape[1], truth.shape[0]), self.resize_backend)
         return torch.from_numpy(prediction), torch.from_numpy(truth)
 
 
-def ground_truth_scores(save, split, names, label_root, num_classes, num_workers=0):
+def ground_truth_scores(save, split, names, label_root, num_classes, num_workers=0, resize_backend="pil"):
     """IoU of the pseudo-labels against the ground-truth train ids of ``label_root``; ``None`` when
     that ground truth is absent or incomplete (the second value says why)."""
     truth_dir = os.path.join(label_root, split)
@@ -260,7 +263,7 @@ def ground_truth_scores(save, split, names, label_root, num_classes, num_workers
         return None, f"ground truth incomplete: {len(absent)} of {len(pairs)} files missing (first: {absent[0]})"
     # Only the first process reports, so the matrix must not wait for the others to sum it.
     confusion = ConfusionMatrix(num_classes, IGNORE_INDEX, sync_on_compute=False)
-    loader = DataLoader(ErrorsAsItems(_LabelPairs(pairs)), batch_size=None, num_workers=num_workers)
+    loader = DataLoader(ErrorsAsItems(_LabelPairs(pairs, resize_backend)), batch_size=None, num_workers=num_workers)
     for item in loader:
         prediction, truth = check_item(item)
         confusion.update(prediction, truth)
@@ -282,9 +285,11 @@ def write_report(save, split, result, args, label_root):
     counts = class_pixels(records, args.num_classes)
     names_of_classes = class_names(args.num_classes)
     share = counts / max(1, counts.sum())
-    scores, truth_note = ground_truth_scores(save, split, names, label_root, args.num_classes, args.num_workers)
+    scores, truth_note = ground_truth_scores(save, split, names, label_root, args.num_classes, args.num_workers,
+                                             args.resize_backend)
     summary = {
         "split": split, "images": len(names), "input_size": "x".join(map(str, args.input_size)),
+        "resize_backend": args.resize_backend,
         "restore_from": args.restore_from, "flip": args.flip,
         "scales": list(args.scales) if args.multiscale else [1.0],
         "easy": len(easy), "hard": len(hard),
