@@ -30,10 +30,10 @@ autotuning and bfloat16 autocast (``--precision bf16-mixed``); ``--compile`` add
 ``torch.compile``. On CPU, bfloat16 autocast is left out (ten times slower on a CPU without bf16
 instructions, see docs/benchmarks.md).
 
-The project's own code runs (the stage modules' ``training_step`` and EMA hook, the pseudo-label
-``PredictionModule``, the validation step with its confusion matrix, the datasets and loaders);
-modules run without a ``Trainer``: logging is dropped and the optimiser steps taken here stand in
-for the Trainer's step count. Synthetic PNG files are written to a temporary folder.
+The project's own code runs as users run it: the stage modules train in a Lightning ``Trainer``
+(their steps, hooks and EMA update, with the published per-image SpatialMix chosen by
+``--spatial-mix-impl loop``); the pseudo-label ``PredictionModule``, the validation step with its
+confusion matrix, the datasets and loaders. Synthetic PNG files are written to a temporary folder.
 
 Reported per stage and configuration: images/s, the median step time, peak memory (CUDA: the
 largest memory allocated by PyTorch during the stage; CPU: the peak resident set size of this
@@ -46,6 +46,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import logging
 import os
 import platform
 import re
@@ -53,11 +54,14 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 
 import cv2
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from PIL import Image
+from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -72,7 +76,6 @@ from utils.io import atomic_write_bytes, atomic_write_text
 from utils.labels import IGNORE_INDEX, NUM_CLASSES
 from utils.prediction import PredictionData, PredictionModule
 from utils.pseudo_labels import PseudoLabelWriter
-from utils.spatial_mix import spatial_mix_loop
 
 STAGES = ("baseline", "smhm", "pseudo_label", "val", "data", "resize")
 CONFIGS = ("published", "fast")
@@ -304,24 +307,41 @@ class PublishedImages(Dataset):
         return item
 
 
-# -- the project's modules without a Trainer --------------------------------------------------------------
+# -- the project's modules in a Trainer ----------------------------------------------------------------
 
-def standalone(module_class):
-    """``module_class`` runnable without a ``Trainer``: ``self.log`` does nothing and ``global_step``
-    counts the optimiser steps taken by the caller (what the Trainer would report)."""
+class StepTimes(Callback):
+    """Wall time of each training step as the Trainer runs it: from one batch's start to the next
+    (training step, backward, optimiser step, batch-end hooks such as the EMA update, logging),
+    synchronised on CUDA; the last step ends when training does."""
 
-    class Standalone(module_class):
-        optimizer_steps = 0
+    def __init__(self, device):
+        self.device, self.times, self._start = device, [], None
 
-        @property
-        def global_step(self):
-            return self.optimizer_steps
+    def _lap(self):
+        synchronize(self.device)
+        now = time.perf_counter()
+        if self._start is not None:
+            self.times.append(now - self._start)
+        self._start = now
 
-        def log(self, *args, **kwargs):
-            pass
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._lap()
 
-    Standalone.__name__ = Standalone.__qualname__ = module_class.__name__
-    return Standalone
+    def on_train_end(self, trainer, pl_module):
+        self._lap()
+
+
+class RepeatedBatch(Dataset):
+    """The same ready batch ``count`` times, as a loader without collation hands it to the Trainer."""
+
+    def __init__(self, batch, count):
+        self.batch, self.count = batch, count
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        return self.batch
 
 
 class Bench:
@@ -357,20 +377,31 @@ class Bench:
                 "--accelerator", "gpu" if self.device.type == "cuda" else "cpu",
                 "--log-tb-dir", os.path.join(self.workdir, "experiments")]
         if module_name == "smhm":
-            argv += ["--restore-from", self.weights()]
+            argv += ["--restore-from", self.weights(), "--spatial-mix-impl", "loop" if cfg.loop_mix else "batched"]
         if cfg.compile:
             argv.append("--compile")
         return parse_args(argv)
 
     def module(self, module_name, cfg):
-        """The stage's module on the device, set up as for training (channels-last, compilation)."""
-        module = standalone(MODULES[module_name])(self.args(module_name, cfg))
+        """The stage's module on the device with the training speed settings (channels-last, compilation)."""
+        module = MODULES[module_name](self.args(module_name, cfg))
         module.to(self.device)
-        module.setup("fit")
-        if cfg.loop_mix and hasattr(module, "mix"):
-            module.mix = spatial_mix_loop  # an instance attribute: called unbound, like the staticmethod
-        module.on_fit_start()
+        module.configure_networks(self.device.type)
         return module
+
+    def fit(self, module, batch, cfg, steps, callbacks=()):
+        """``steps`` training steps of ``module`` on ``batch`` (already on the device) by a Trainer, as
+        ``main.py`` trains: precision, cuDNN autotuning and the module's hooks are the Trainer's."""
+        # The Trainer's start-up notes and these warnings would repeat for every measured run.
+        logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        trainer = pl.Trainer(accelerator="gpu" if self.device.type == "cuda" else "cpu", devices=1,
+                             precision="bf16-mixed" if cfg.autocast else "32-true", max_steps=steps,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                             benchmark=cfg.cudnn_benchmark, callbacks=list(callbacks))
+        trainer.fit(module, train_dataloaders=DataLoader(RepeatedBatch(batch, steps), batch_size=None))
 
     def autocast(self, cfg):
         if not cfg.autocast:
@@ -428,32 +459,17 @@ class Bench:
 
 # -- stages ---------------------------------------------------------------------------------------------
 
-def _optimizer(configured):
-    return configured["optimizer"] if isinstance(configured, dict) else configured
-
-
 def run_training(bench, stage, cfg, count):
-    """``baseline`` / ``smhm``: the module's training step, backward, optimiser step and batch-end hook."""
+    """``baseline`` / ``smhm``: training steps of the stage's module, run by a Trainer."""
     o, device = bench.opts, bench.device
-    batch_on_host = bench.training_batch(stage)
+    batch = to_device(bench.training_batch(stage), device)
     with PeakMemory(device) as memory:
         module = bench.module(stage, cfg)
-        module.train()
-        optimizer = _optimizer(module.configure_optimizers())
-        batch = to_device(batch_on_host, device)
-
-        def step():
-            with bench.autocast(cfg):
-                loss = module.training_step(batch, module.optimizer_steps)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            module.optimizer_steps += 1
-            module.on_train_batch_end(loss, batch, 0)
-
-        times = timed(step, o.warmup, o.steps, device)
+        timer = StepTimes(device)
+        bench.fit(module, batch, cfg, o.warmup + o.steps, [timer])
+        times = timer.times[o.warmup:]
         peak = memory.peak_mb()
-    flops = count_flops(step) / o.batch_size if count else None
+    flops = count_flops(lambda: bench.fit(module, batch, cfg, 1)) / o.batch_size if count else None
     return result(times, o.batch_size, False, peak), flops
 
 

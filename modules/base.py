@@ -1,28 +1,23 @@
-"""The shared training-stage module: network, loss, optimiser and schedule, evaluation, records.
+"""The shared training-stage module: network, loss, optimiser and schedule, evaluation scores.
 
 Every stage of the method (oracle, source-only provider, cross-domain distillation and the two
 self-distillation variants) is a subclass that says what it trains on (``train_source``) and,
 where it differs from pixel-wise cross-entropy on labelled images, how one training step goes.
 Validation and testing are identical for all stages: predict the target val split at the input
 size, upsample logits to the ground-truth resolution, accumulate one confusion matrix (synchronised
-across processes) and report per-class IoU and the means (utils/metrics.py).
+across processes) and compute per-class IoU and the means (utils/metrics.py). The module computes
+and logs numbers; what is written from them (table, record, pictures, PNGs) is the job of
+``modules/callbacks.py``.
 """
-import os
-
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_info
 
-from datasets.transforms import to_bgr_uint8
 from models.deeplabv2 import get_deeplabv2
 from utils.inference import predict_logits
-from utils.io import write_png, write_rgb_png
-from utils.labels import IGNORE_INDEX, colorize
-from utils.metrics import MEAN_KEYS, ConfusionMatrix, append_record, format_table, scores_from_confusion
-from utils.visualize import label_panel
+from utils.labels import IGNORE_INDEX
+from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
 
 COSINE_PERIOD_EPOCHS = 10  # T_max of the published cosine schedule: half a period, in epochs
 
@@ -58,10 +53,13 @@ class SegmentationModule(pl.LightningModule):
         return [self.net]
 
     def setup(self, stage):
-        # Speed settings that leave results unchanged beyond float noise: channels-last tensors
-        # suit tensor cores; compilation is opt-in (slow to start, fast per step).
-        channels_last = self.args.channels_last == "on" or (
-            self.args.channels_last == "auto" and self.trainer is not None and self.trainer.strategy.root_device.type == "cuda")
+        self.configure_networks(self.trainer.strategy.root_device.type)
+
+    def configure_networks(self, device_type):
+        """Speed settings that leave results unchanged beyond float noise, for the networks on a
+        ``device_type`` device: channels-last tensors suit tensor cores; compilation is opt-in
+        (slow to start, fast per step)."""
+        channels_last = self.args.channels_last == "on" or (self.args.channels_last == "auto" and device_type == "cuda")
         for net in self.networks():
             if channels_last:
                 net.to(memory_format=torch.channels_last)
@@ -75,8 +73,7 @@ class SegmentationModule(pl.LightningModule):
         logits = self.net(images, size=images.shape[-2:])
         loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         self.log("train/loss", loss)
-        self.maybe_visualize(images, labels, logits)
-        return loss
+        return {"loss": loss, "picture": (images, labels, logits)}  # modules.callbacks.TrainingPictures
 
     def configure_optimizers(self):
         a = self.args
@@ -99,62 +96,42 @@ class SegmentationModule(pl.LightningModule):
             optimizer, lambda step: max(0.0, 1.0 - step / max(1, total)) ** 0.9)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def maybe_visualize(self, images, targets, logits):
-        """Log ``input | target | prediction`` for the first image every ``--visualize-interval`` steps."""
-        interval = self.args.visualize_interval
-        if not interval or self.global_step % interval or not isinstance(self.logger, TensorBoardLogger):
-            return
-        if self.global_rank != 0:
-            return
-        image = to_bgr_uint8(images[0].detach().float().cpu())[:, :, ::-1]
-        target = targets[0].detach().cpu().numpy()
-        prediction = logits[0].detach().argmax(0).cpu().numpy()
-        panel = label_panel(np.ascontiguousarray(image), [target, prediction])
-        self.logger.experiment.add_image("train/input_target_prediction", panel, self.global_step, dataformats="HWC")
-
     # -- evaluation --------------------------------------------------------------------------------
-    def _evaluate(self, batch, confusion, save_dir=None):
+    def _evaluate(self, batch, confusion):
+        """Update ``confusion`` with the batch; returns the predictions at ground-truth resolution."""
         images, labels = batch["image"], batch["label"]
         logits = predict_logits(self.net, images, size=None, flip=self.args.flip_when_test)
+        predictions = []
         for i, label in enumerate(labels):
             # Logits are upsampled to the ground truth's own resolution (2048x1024 for Cityscapes).
             full = F.interpolate(logits[i:i + 1].float(), size=label.shape[-2:], mode="bilinear", align_corners=True)
             prediction = full.argmax(1)[0]
             confusion.update(prediction, label)
-            if save_dir:
-                self._save_prediction(save_dir, batch["name"][i], prediction)
-
-    @staticmethod
-    def _save_prediction(save_dir, name, prediction):
-        train_ids = prediction.to(torch.uint8).cpu().numpy()
-        write_png(os.path.join(save_dir, "train_ids", name + ".png"), train_ids)
-        write_rgb_png(os.path.join(save_dir, "color", name + ".png"), colorize(train_ids))
+            predictions.append(prediction)
+        return predictions
 
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, self.val_confusion)
 
     def test_step(self, batch, batch_idx):
-        self._evaluate(batch, self.test_confusion, save_dir=self.args.save_predictions)
+        return {"predictions": self._evaluate(batch, self.test_confusion)}
 
-    def _report(self, confusion, title):
+    def _scores(self, confusion):
         # compute() sums the matrices of all processes, so every rank sees the same scores.
         scores = scores_from_confusion(confusion.compute().cpu().numpy())
         confusion.reset()
-        self.last_scores = scores
-        if self.trainer.is_global_zero:
-            rank_zero_info(format_table(scores, title=title))
-            append_record(os.path.join(self.args.experiment_dir, "miou_record.csv"), scores)
+        self.last_scores = scores  # the table and the record are written by modules.callbacks.ScoreRecord
         return scores
 
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:
             self.val_confusion.reset()
             return
-        scores = self._report(self.val_confusion, f"validation at step {self.global_step}")
+        scores = self._scores(self.val_confusion)
         miou = scores["miou"] if np.isfinite(scores["miou"]) else 0.0
         self.log("val_miou", float(miou), prog_bar=True, sync_dist=False)
 
     def on_test_epoch_end(self):
-        scores = self._report(self.test_confusion, f"test ({self.args.restore_from or 'no weights'})")
+        scores = self._scores(self.test_confusion)
         for key in MEAN_KEYS:  # miou, miou16, miou13 and miou13_published
             self.log(f"test/{key}", float(scores[key]), sync_dist=False)

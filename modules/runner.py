@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ModelCh
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from modules import MODULES
+from modules.callbacks import PredictionPNGs, ScoreRecord, TrainingPictures
 from modules.data import SegmentationDataModule
 from utils.cli import UserError
 from utils.lightning import interruptible, make_trainer
@@ -149,6 +150,12 @@ def build_trainer(args):
             LastCheckpoint(args.experiment_dir),
             LearningRateMonitor(logging_interval="step"),
         ]
+        if args.visualize_interval:
+            callbacks.append(TrainingPictures(args.visualize_interval))
+    callbacks.append(ScoreRecord(os.path.join(args.experiment_dir, "miou_record.csv"),
+                                 test_title=f"test ({args.restore_from or 'no weights'})"))
+    if args.mode == "test" and args.save_predictions:
+        callbacks.append(PredictionPNGs(args.save_predictions))
     val_interval = args.val_interval
     return make_trainer(
         args, max_epochs=args.max_epochs, max_steps=args.max_steps, val_check_interval=val_interval,

@@ -23,13 +23,9 @@ class SMHMModule(SpatialMixModule):
                            help="patches per step and device (default: --train-batch-size)")
         return parser
 
-    def training_step(self, batch, batch_idx):
-        consistency = self.consistency_loss(batch["target"]["image"])
+    def extra_loss(self, batch):
         patches = batch["patches"]
         logits = self.net(patches["image"], size=patches["image"].shape[-2:])
         hard = F.cross_entropy(logits, patches["label"], ignore_index=IGNORE_INDEX)
-        loss = consistency + self.args.hard_patch_weight * hard
-        self.log("train/consistency_loss", consistency)
         self.log("train/hard_patch_loss", hard)
-        self.log("train/loss", loss)
-        return loss
+        return self.args.hard_patch_weight * hard

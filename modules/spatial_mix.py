@@ -18,9 +18,10 @@ from utils.augment import photometric_augment
 from utils.cli import UserError
 from utils.ema import ema_update
 from utils.labels import IGNORE_INDEX
-from utils.spatial_mix import random_flip, spatial_mix
+from utils.spatial_mix import random_flip, spatial_mix, spatial_mix_loop
 
 GENERATOR_STATE_KEY = "spatial_mix_generator_state"  # in the checkpoint: rank 0's random stream
+SPATIAL_MIX_IMPLS = {"batched": spatial_mix, "loop": spatial_mix_loop}
 
 
 def consistency_target(logits, threshold=0.968, source="softmax"):
@@ -37,8 +38,6 @@ class SpatialMixModule(SegmentationModule):
     train_source = "images"
     default_position_beta = 0.5
     default_lr = 1e-5
-    # The batched SpatialMix; benchmark.py swaps in the published per-image loop for comparison.
-    mix = staticmethod(spatial_mix)
 
     @classmethod
     def add_args(cls, parser):
@@ -59,6 +58,9 @@ class SpatialMixModule(SegmentationModule):
                            help="probability of flipping the whole mixed batch horizontally (default: %(default)s)")
         group.add_argument("--no-augment", action="store_true",
                            help="feed the student the mixed images without colour jitter and blur")
+        group.add_argument("--spatial-mix-impl", choices=tuple(SPATIAL_MIX_IMPLS), default="batched",
+                           help="batched (ours), or loop: one image at a time as the published code, the same "
+                                "result and random draws, slower (default: %(default)s)")
         return parser
 
     def __init__(self, args):
@@ -100,8 +102,8 @@ class SpatialMixModule(SegmentationModule):
         """Teacher logits for ``images``, SpatialMix, batch flip: (mixed images, mixed teacher logits)."""
         with torch.no_grad():
             teacher_logits = self.ema_net(images, size=images.shape[-2:])
-            mixed_images, mixed_logits = self.mix(images, teacher_logits, self.args.position_beta,
-                                                     generator=self.generator)
+            mix = SPATIAL_MIX_IMPLS[self.args.spatial_mix_impl]
+            mixed_images, mixed_logits = mix(images, teacher_logits, self.args.position_beta, generator=self.generator)
             return random_flip(mixed_images, mixed_logits, p=self.args.flip_prob, generator=self.generator)
 
     def augment(self, images):
@@ -117,14 +119,19 @@ class SpatialMixModule(SegmentationModule):
         logits = self.net(student_images, size=images.shape[-2:])
         loss = weight * F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
         self.log("train/consistency_weight", weight)
-        self.maybe_visualize(student_images, target, logits)
-        return loss
+        return loss, (student_images, target, logits)
+
+    def extra_loss(self, batch):
+        """A loss a subclass adds to the consistency loss (smhm: the hard patch loss); none here."""
+        return None
 
     def training_step(self, batch, batch_idx):
-        loss = self.consistency_loss(batch["target"]["image"])
-        self.log("train/consistency_loss", loss)
+        consistency, picture = self.consistency_loss(batch["target"]["image"])
+        extra = self.extra_loss(batch)
+        loss = consistency if extra is None else consistency + extra
+        self.log("train/consistency_loss", consistency)
         self.log("train/loss", loss)
-        return loss
+        return {"loss": loss, "picture": picture}  # the picture for modules.callbacks.TrainingPictures
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # global_step already counts the optimiser step just taken; its 0-based index is one less.

@@ -65,7 +65,17 @@ def test_stage_trains_and_writes_outputs(tree, tmp_path, module):
     assert rows[0][-4:] == ["Mean", "Mean-16", "Mean-13", "Mean-13 (published code)"]
     assert rows[0][0] == "road" and len(rows) == 2 and len(rows[1]) == len(rows[0])
     assert os.path.isfile(folder / "hparams.yaml")
-    assert glob.glob(str(folder / "events.out.tfevents.*"))
+    events = glob.glob(str(folder / "events.out.tfevents.*"))
+    assert events
+    # --visualize-interval 1: the input | target | prediction picture of both steps, and the losses.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder), size_guidance={"images": 0})
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Images("train/input_target_prediction")] == [0, 1]
+    assert "train/loss" in accumulator.Tags()["scalars"]
+    if module == "smhm":
+        assert "train/hard_patch_loss" in accumulator.Tags()["scalars"]
     state = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["global_step"] == 2
     keys = state["state_dict"].keys()
