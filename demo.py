@@ -190,10 +190,10 @@ class Demo:
         os.makedirs(self.weights, exist_ok=True)
         start = time.time()
 
-        from datasets.synthetic import OtherSettings
-        from datasets.synthetic import main as synthetic
+        from tools.synthetic import OtherSettings
+        from tools.synthetic import main as synthetic
         try:
-            self.step("benchmark: generate", "-m datasets.synthetic",
+            self.step("benchmark: generate", "-m tools.synthetic",
                       ["--root", self.data, "--seed", str(a.seed), "--num-source", str(c["num_source"]),
                        "--num-train", str(c["num_train"]), "--num-val", str(c["num_val"]), "--size", c["data_size"]],
                       synthetic)

@@ -1,10 +1,10 @@
-"""benchmark.py: one tiny CPU run of every stage in both configurations, and its flag checks."""
+"""tools/benchmark.py: one tiny CPU run of every stage in both configurations, and its flag checks."""
 import json
 import math
 
 import pytest
 
-import benchmark
+from tools import benchmark
 from utils.cli import UserError
 
 FIGURES = ("images_per_s", "step_ms", "peak_mem_mb", "tflops")

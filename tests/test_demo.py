@@ -7,7 +7,7 @@ import os
 import cv2
 import pytest
 
-from datasets.synthetic import main as synthetic
+from tools.synthetic import main as synthetic
 from demo import Demo, build_parser, main
 from utils.cli import run
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 
-from datasets import synthetic
-from datasets.synthetic import ID, generate_benchmark, main, render_scene
+from tools import synthetic
+from tools.synthetic import ID, generate_benchmark, main, render_scene
 from utils.cli import UserError, run
 from utils.io import read_image_bgr, read_label
 from utils.labels import IGNORE_INDEX, NUM_CLASSES, cityscapes_label_id_lut

@@ -1,7 +1,7 @@
 """Speed of the method's hot paths: the published configuration against this project's fast one.
 
-    python benchmark.py                                   # CUDA if present: r101, 1024x512, batch 4
-    python benchmark.py --accelerator cpu --arch deeplabv2_r50 --input-size 256x128 --json cpu.json
+    python -m tools.benchmark                                   # CUDA if present: r101, 1024x512, batch 4
+    python -m tools.benchmark --accelerator cpu --arch deeplabv2_r50 --input-size 256x128 --json cpu.json
 
 Stages (``--stages``), each measured in both configurations:
 
@@ -637,7 +637,7 @@ def stage_list(text):
 
 
 def build_parser():
-    parser = ArgumentParser(prog="benchmark.py", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m tools.benchmark", description=__doc__.split("\n\n")[0],
                             epilog="Stages: " + ", ".join(STAGES) + ". See docs/benchmarks.md for results.")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda"), default="auto",
                         help="device to measure on; auto = cuda when available (default: %(default)s)")

@@ -11,7 +11,7 @@ label conversion are exercised unchanged::
     <root>/cityscapes/gtFine/{train,val}/<city>/<city>_<seq>_000019_gtFine_labelIds.png
     <root>/synthetic.json                            settings and class pixel shares
 
-    python -m datasets.synthetic --root ./data/synthetic --seed 0
+    python -m tools.synthetic --root ./data/synthetic --seed 0
 
 Both domains share one street layout (sky on top, a perspective road with sidewalks at the bottom,
 facades and trees along the horizon, vehicles, people, riders, poles with lights and signs). They
@@ -807,7 +807,7 @@ def generate_benchmark(root, seed=0, num_source=DEFAULT_NUM_SOURCE, num_train=DE
     if previous is not None and previous.get("complete") and all(
             os.path.isfile(j[3]) and os.path.isfile(j[4]) for j in jobs):
         return previous
-    manifest = dict(generator="datasets.synthetic", settings=settings, complete=False)
+    manifest = dict(generator="tools.synthetic", settings=settings, complete=False)
     atomic_write_text(os.path.join(root, MANIFEST), json.dumps(manifest, indent=2) + "\n")
 
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
@@ -840,7 +840,7 @@ def _track(iterable, bar):
 
 def build_parser():
     parser = ArgumentParser(
-        prog="python -m datasets.synthetic",
+        prog="python -m tools.synthetic",
         description="Draw a small two-domain street-scene benchmark: a source domain in the GTA5 layout "
                     "(<root>/gta5) and a target domain in the Cityscapes layout (<root>/cityscapes), so the "
                     "whole adaptation pipeline runs in minutes on a CPU. The same settings always give the "
