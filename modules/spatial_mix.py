@@ -18,7 +18,7 @@ from utils.augment import photometric_augment
 from utils.cli import UserError
 from utils.ema import ema_update
 from utils.labels import IGNORE_INDEX
-from utils.spatial_mix import random_flip, spatial_mix, spatial_mix_loop
+from utils.mixing import random_flip, spatial_mix, spatial_mix_loop
 
 GENERATOR_STATE_KEY = "spatial_mix_generator_state"  # in the checkpoint: rank 0's random stream
 SPATIAL_MIX_IMPLS = {"batched": spatial_mix, "loop": spatial_mix_loop}

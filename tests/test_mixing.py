@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from utils.spatial_mix import (
+from utils.mixing import (
     _draw,
     random_flip,
     spatial_mix,
