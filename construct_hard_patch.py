@@ -13,7 +13,7 @@ the same command after an interruption finishes the missing images only.
 import argparse
 import sys
 
-from utils.cli import ArgumentParser, UserError, grid_size, run
+from utils.cli import ArgumentParser, UserError, at_least, grid_size, run
 
 
 def build_parser():
@@ -25,7 +25,8 @@ def build_parser():
     add_target_args(parser)
     source = parser.add_argument_group("labels (give exactly one)")
     source.add_argument("--pseudo-label-root", default=None, metavar="DIR",
-                        help="pseudo-labels made by generate_pseudo_labels.py: no weights needed")
+                        help="pseudo-labels made by generate_pseudo_labels.py (refused while that run has not "
+                             "finished: no summary.json), or by hand: no weights needed")
     source.add_argument("--restore-from", default=None, metavar="W",
                         help="the provider's weights, to compute the pseudo-labels here")
     mining = parser.add_argument_group("mining")
@@ -35,7 +36,7 @@ def build_parser():
                         help="gta5 (6,7,12,16,17,18), synthia (6,7,12,17,18; the set the published code used for "
                              "both), auto (the --num-rare classes with the smallest pixel share in the labels), or "
                              "comma-separated train ids (default: %(default)s)")
-    mining.add_argument("--num-rare", type=int, default=6, help="number of classes --rare-classes auto picks "
+    mining.add_argument("--num-rare", type=at_least(1), default=6, help="number of classes --rare-classes auto picks "
                                                                 "(default: %(default)s)")
     mining.add_argument("--grid", type=grid_size, default=(4, 4), metavar="COLSxROWS",
                         help="patches per image (default: 4x4, i.e. 256x128 patches at 1024x512)")

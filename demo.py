@@ -20,8 +20,9 @@ import shutil
 import sys
 import time
 
-from utils.cli import ArgumentParser, UserError, input_size, run
+from utils.cli import ArgumentParser, UserError, at_least, input_size, run, seed
 from utils.io import atomic_write_text
+from utils.run_lock import LOCK_NAME, folder_lock
 
 # The demo schedule; its measured results and timing are in docs/demo.md. Rare classes "auto": the
 # provider hardly ever predicts most of the published GTA5 rare classes on this benchmark, so the
@@ -39,12 +40,12 @@ def build_parser():
     parser.add_argument("--out", default=None,
                         help="everything the demo makes goes here (default: ./experiments/demo, with _seed<N> added "
                              "for another --seed and _quick for --quick, so that no demo replaces another)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of training (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=None, help=f"smhm self-distillation rounds (default: {DEFAULTS['rounds']})")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the benchmark and of training (default: %(default)s)")
+    parser.add_argument("--rounds", type=at_least(1), default=None, help=f"smhm self-distillation rounds (default: {DEFAULTS['rounds']})")
     parser.add_argument("--quick", action="store_true",
                         help="a few images and steps: checks that every stage runs (seconds), not that adaptation helps")
     parser.add_argument("--fresh", action="store_true", help="delete an earlier demo in --out and start over")
-    parser.add_argument("--num-workers", type=int, default=0, help="data loader processes (default: %(default)s)")
+    parser.add_argument("--num-workers", type=at_least(0), default=0, help="data loader processes (default: %(default)s)")
     return parser
 
 
@@ -186,8 +187,17 @@ class Demo:
     def run(self):
         c, a = self.cfg, self.args
         if a.fresh and os.path.isdir(self.out):
-            shutil.rmtree(self.out)
+            for entry in os.listdir(self.out):  # all but the lock this demo holds on --out
+                path = os.path.join(self.out, entry)
+                if entry == LOCK_NAME:
+                    continue
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
         os.makedirs(self.weights, exist_ok=True)
+        # No image lists: every split is scanned (the default list folder may hold the real Cityscapes lists).
+        os.makedirs(os.path.join(self.out, "lists"), exist_ok=True)
         start = time.time()
 
         from tools.synthetic import OtherSettings
@@ -243,7 +253,9 @@ class Demo:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    Demo(args).run()
+    demo = Demo(args)
+    with folder_lock(demo.out, "--out"):  # one demo at a time in a folder (utils/run_lock.py)
+        demo.run()
     return 0
 
 

@@ -14,12 +14,13 @@ import os
 import torch
 
 from models.deeplabv2 import extract_state_dict
-from utils.cli import UserError, run
+from utils.cli import ArgumentParser, UserError, run
 from utils.io import atomic_write_bytes
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="extract_model_state_dict.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pl-weight-path", required=True, help="Lightning checkpoint (.ckpt) written by main.py")
     parser.add_argument("--model-weight-keyname", default="net", choices=("net", "ema_net"),
                         help="which network to take: net (the student) or ema_net (the EMA teacher of "

@@ -52,14 +52,16 @@ def report(result, summary, scores, truth_note):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from utils.pseudo_labels import generate, write_report
+    from utils.run_lock import folder_lock
 
     label_root = args.label_root or os.path.join(args.data_dir, "gtFine2")
     if args.label_root and not os.path.isdir(os.path.join(label_root, args.split)):
         raise UserError(f"--label-root: folder not found: {os.path.join(label_root, args.split)}")
-    result = generate(args, args.save)
-    if result is None:  # a secondary process of a multi-device run: the first one reports
-        return 0
-    summary, scores, truth_note = write_report(args.save, args.split, result, args, label_root)
+    with folder_lock(args.save, "--save"):  # from reading the resume state to the last report file
+        result = generate(args, args.save)
+        if result is None:  # a secondary process of a multi-device run: the first one reports
+            return 0
+        summary, scores, truth_note = write_report(args.save, args.split, result, args, label_root)
     report(result, summary, scores, truth_note)
     return 0
 

@@ -7,9 +7,10 @@
 ``python main.py --module-name NAME --help`` lists the flags of stage NAME.
 """
 import argparse
+import math
 import sys
 
-from utils.cli import ArgumentParser, UserError, at_least, run
+from utils.cli import ArgumentParser, at_least, devices, positive_float, run, seed
 
 STAGES = ("basic", "source_only", "baseline", "spatial_mix", "smhm")
 DESCRIPTION = """Train or evaluate one stage of black-box domain adaptation (SpatialMix + hard patches).
@@ -30,13 +31,10 @@ def interval(text):
         value = float(text) if "." in text else int(text)
     except ValueError:
         value = None
-    if value is None or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a fraction such as 1.0 or a step count such as 500, got {text!r}")
+    if value is None or not math.isfinite(value) or value <= 0 or (isinstance(value, float) and value > 1):
+        raise argparse.ArgumentTypeError(f"expected a fraction of an epoch in (0, 1] such as 1.0 or 0.25, or a step "
+                                         f"count such as 500, got {text!r}")
     return value
-
-
-def devices(text):
-    return text if text == "auto" or "," in text else int(text)
 
 
 def add_common_args(parser):
@@ -49,7 +47,7 @@ def add_common_args(parser):
     parser.add_argument("--experiment-name", default="none",
                         help="outputs go to <log-tb-dir>/<module-name>/<experiment-name> (default: %(default)s)")
     parser.add_argument("--log-tb-dir", default="./experiments", help="root of all experiment folders (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=None,
+    parser.add_argument("--rounds", type=at_least(1), default=None,
                         help="self-distillation rounds: round k+1 restarts from the best student of round k; "
                              "outputs in <experiment-name>_round_<k> (with the best student extracted to "
                              "student.pth) and a <experiment-name>_rounds.csv table, also for --rounds 1 "
@@ -64,7 +62,7 @@ def add_common_args(parser):
                      help="keep BatchNorm running statistics fixed during training (published: they update)")
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--lr", type=float, default=1e-4,
+    opt.add_argument("--lr", type=positive_float, default=1e-4,
                      help="learning rate (default: %(default)s; as published, 1e-4 for the baseline and 1e-5 for "
                           "spatial_mix and smhm)")
     opt.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
@@ -76,7 +74,7 @@ def add_common_args(parser):
     opt.add_argument("--max-steps", type=at_least(1), default=20000,
                      help="training ends after this many optimiser steps (default: %(default)s)")
     opt.add_argument("--max-epochs", type=at_least(1), default=None, help="or after this many epochs, whichever comes first")
-    opt.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    opt.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2**32-1 (default: %(default)s)")
 
     ev = parser.add_argument_group("evaluation and logging")
     ev.add_argument("--val-interval", type=interval, default=1.0,
@@ -122,10 +120,17 @@ def build_parser(module_name=None):
 
 def parse_args(argv=None):
     # The stage decides which flags exist, so it is read first.
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(prog="main.py", add_help=False)
     pre.add_argument("--module-name", default="basic")
     known, _ = pre.parse_known_args(argv)
     args = build_parser(known.module_name).parse_args(argv)
+    # Checks that need several flags, or what the user typed as opposed to a default: still parsing,
+    # so a mistake stops the command before anything is read or written.
+    from modules import MODULES
+    from modules.data import resolve_data_args
+
+    resolve_data_args(args)
+    MODULES[args.module_name].check_args(args)
     return args
 
 
@@ -139,8 +144,6 @@ def main(argv=None):
     if args.mode == "test":
         runner.test(args)
     elif args.rounds is not None:
-        if args.rounds < 1:
-            raise UserError(f"--rounds must be at least 1, got {args.rounds}")
         from modules.rounds import train_rounds
 
         train_rounds(args, args.rounds)

@@ -5,7 +5,9 @@ Layout written by ``construct_hard_patch.py``::
     <root>/patches/<stem>_<k>.png   BGR image patch
     <root>/labels/<stem>_<k>.png    its train-id label (the pseudo-label), same size
 
-Patches are used at their stored size (no resizing).
+Patches are used at their stored size (no resizing). A folder of patches made by hand (no
+``.state/`` of a mining run in it) is accepted as it is; one whose mining run has not finished
+(``.state/`` without ``summary.json``) is refused before this class reads it (``utils/stage_output.py``).
 """
 import glob
 import os

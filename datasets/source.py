@@ -15,7 +15,6 @@ import os
 from datasets.transforms import LabelledImages, check_files_exist
 from utils.cli import UserError
 from utils.io import read_label
-from utils.labels import cityscapes_label_id_lut, synthia_label_id_lut
 from utils.transfer_trainid import label_ids_to_train_ids, read_synthia_label_ids
 
 
@@ -52,19 +51,17 @@ class _SourceDataset(LabelledImages):
 
 class GTA5Dataset(_SourceDataset):
     def __init__(self, root, input_size=(1024, 512), list_path=None, num_classes=19, resize_backend="pil"):
-        self.lut = cityscapes_label_id_lut()
         super().__init__(_list_files(root, "images", "labels", list_path), input_size=input_size,
                          num_classes=num_classes, resize_backend=resize_backend)
 
     def read_train_ids(self, path):
-        return label_ids_to_train_ids(read_label(path), self.lut, path)
+        return label_ids_to_train_ids(read_label(path), "gta5", path)
 
 
 class SynthiaDataset(_SourceDataset):
     def __init__(self, root, input_size=(1024, 512), list_path=None, num_classes=19, resize_backend="pil"):
-        self.lut = synthia_label_id_lut()
         super().__init__(_list_files(root, "RGB", os.path.join("GT", "LABELS"), list_path), input_size=input_size,
                          num_classes=num_classes, resize_backend=resize_backend)
 
     def read_train_ids(self, path):
-        return label_ids_to_train_ids(read_synthia_label_ids(path), self.lut, path)
+        return label_ids_to_train_ids(read_synthia_label_ids(path), "synthia", path)

@@ -174,13 +174,14 @@ class DeepLabV2(nn.Module):
 
 def add_network_args(parser, title="network"):
     """The flags that choose the network and its input size, shared by every entry point."""
-    from utils.cli import input_size
+    from utils.cli import at_least, input_size
 
     group = parser.add_argument_group(title)
     group.add_argument("--arch", default="deeplabv2_r101", choices=tuple(ARCHS),
                        help="deeplabv2_r101 (published), deeplabv2_r50, or deeplabv2_tiny for CPU trials "
                             "(default: %(default)s)")
-    group.add_argument("--num-classes", type=int, default=19, help="number of train ids (default: %(default)s)")
+    group.add_argument("--num-classes", type=at_least(1, 255), default=19,
+                       help="number of train ids, at most 255 (255 is the ignore label) (default: %(default)s)")
     group.add_argument("--head-branches", type=int, choices=(2, 4), default=2,
                        help="ASPP branches summed in the head: 2 as the published checkpoints were made, or all 4 "
                             "(default: %(default)s)")

@@ -35,6 +35,12 @@ class SegmentationModule(pl.LightningModule):
         """Flags of this stage; subclasses extend them."""
         return parser
 
+    @classmethod
+    def check_args(cls, args):
+        """Checks that a value fits the other flags (one flag alone is checked by its argparse type),
+        run right after parsing; raise ``UserError``. What a run needs (weights to start from, ...)
+        is checked when the module is built. Subclasses extend them."""
+
     def __init__(self, args):
         super().__init__()
         self.args = args

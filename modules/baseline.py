@@ -11,6 +11,7 @@ class BaselineModule(SegmentationModule):
         group = parser.add_argument_group("baseline")
         group.add_argument("--pseudo-label-root", default="./experiments/gta5_pseudo_label/",
                            help="pseudo-labels from generate_pseudo_labels.py: its --save folder, its "
-                                "label_ids/train folder, or any folder of <city>/<stem>_gtFine_labelIds.png "
+                                "label_ids/train folder, or any folder of <city>/<stem>_gtFine_labelIds.png; "
+                                "refused while generate_pseudo_labels.py has not finished it (no summary.json) "
                                 "(default: %(default)s)")
         return parser

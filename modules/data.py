@@ -6,6 +6,8 @@ images for self-distillation (``images``) or a labelled source domain (``source`
 testing always use the target val split with full-resolution ground truth. Samplers are built
 here, per rank, so that evaluation counts every image once and hard patches differ across ranks.
 """
+import os
+
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -17,8 +19,10 @@ from datasets.source import GTA5Dataset, SynthiaDataset
 from datasets.transforms import add_resize_backend_arg
 from utils.cli import UserError, at_least
 from utils.image_cache import ResizedImageCache
+from utils.stage_output import check_hard_patches_finished, check_pseudo_labels_finished
 
 SOURCE_DATASETS = {"gta5": GTA5Dataset, "synthia": SynthiaDataset}
+DEFAULT_LIST_ROOT = "./datasets/list/cityscapes"
 
 
 class ResumableLoader(DataLoader):
@@ -46,9 +50,10 @@ def add_data_args(parser):
     group.add_argument("--label-root", default="./data/Cityscapes/gtFine2",
                        help="target ground truth in train ids (made by utils/transfer_trainid.py), "
                             "<label-root>/<split>/<city>/<stem>_gtFine_labelIds.png (default: %(default)s)")
-    group.add_argument("--list-root", default="./datasets/list/cityscapes",
-                       help="folder with <split>.txt image lists; the image folder is scanned when a list "
-                            "is absent (default: %(default)s)")
+    group.add_argument("--list-root", default=None, metavar="DIR",
+                       help="folder with <split>.txt image lists; a split whose list is not in it is found by "
+                            "scanning its image folder; a folder you name must exist (default: "
+                            f"{DEFAULT_LIST_ROOT}, which may be absent)")
     group.add_argument("--val-split", default="val", help="split used for validation and testing (default: %(default)s)")
     group.add_argument("--num-workers", type=at_least(0), default=4, help="data loader processes per device (default: %(default)s)")
     group.add_argument("--image-cache", default=None, metavar="DIR",
@@ -61,6 +66,17 @@ def add_data_args(parser):
     group.add_argument("--val-batch-size", type=at_least(1), default=2, help="images per validation step (default: %(default)s)")
     group.add_argument("--test-batch-size", type=at_least(1), default=2, help="images per test step (default: %(default)s)")
     return group
+
+
+def resolve_data_args(args):
+    """After parsing: ``--list-root`` left out means the default folder, which need not exist (the
+    image folders are scanned); a folder the user named must exist, else it is a typo."""
+    if args.list_root is None:
+        args.list_root = DEFAULT_LIST_ROOT
+    elif not os.path.isdir(args.list_root):
+        raise UserError(f"--list-root: folder not found: {args.list_root} (leave the flag out to scan the image "
+                        "folders)")
+    return args
 
 
 def collate(samples):
@@ -103,6 +119,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.train_source == "labels":
             kwargs["label_root"] = a.label_root
         elif self.train_source == "pseudo_labels":
+            check_pseudo_labels_finished(a.pseudo_label_root, "train")
             kwargs["pseudo_label_root"] = resolve_pseudo_label_root(a.pseudo_label_root, "train")
         return CityscapesDataset(a.image_root, "train", **kwargs)
 
@@ -113,6 +130,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                                  resize_backend=a.resize_backend)
 
     def _build_patches(self):
+        check_hard_patches_finished(self.args.hard_patches_root)
         return HardPatchDataset(self.args.hard_patches_root, num_classes=self.args.num_classes)
 
     def check(self, stage):
@@ -125,6 +143,16 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def setup(self, stage):
         self.check(stage)
+
+    def steps_per_epoch(self, world_size):
+        """Training steps per epoch on each of ``world_size`` devices; none is an error. ``runner.train``
+        asks before training starts, so that a refused run writes nothing."""
+        per_device = len(DistributedSampler(self._dataset("train"), num_replicas=world_size, rank=0))
+        steps = per_device // self.args.train_batch_size
+        if steps == 0:
+            raise UserError(f"--train-batch-size {self.args.train_batch_size} is larger than the {per_device} "
+                            f"training images each device gets")
+        return steps
 
     # -- loaders ---------------------------------------------------------------------------------
     def _rank(self):
@@ -145,10 +173,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         a = self.args
         dataset = self._dataset("train")
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=a.seed)
-        steps = len(sampler) // a.train_batch_size
-        if steps == 0:
-            raise UserError(f"--train-batch-size {a.train_batch_size} is larger than the {len(sampler)} "
-                            f"training images each device gets")
+        steps = self.steps_per_epoch(world)
         loaders = {"target": self._train_loader(dataset, a.train_batch_size, sampler)}
         if self.use_patches:
             patches = self._dataset("patches")

@@ -7,6 +7,7 @@ extracted to ``student.pth`` there and starts round ``k + 1``. A finished round 
 ``round.json``, so rerunning the command after an interruption continues where it stopped.
 A table of the rounds goes to ``<log-tb-dir>/<module>/<experiment-name>_rounds.csv``.
 """
+import contextlib
 import copy
 import csv
 import io
@@ -19,6 +20,7 @@ from models.deeplabv2 import extract_state_dict
 from modules import runner
 from utils.cli import UserError
 from utils.io import atomic_write_bytes, atomic_write_text
+from utils.run_lock import folder_lock
 
 
 def _save_state_dict(state, path):
@@ -34,22 +36,49 @@ def train_rounds(args, rounds):
     if args.resume not in (None, "last"):
         raise UserError("--resume PATH does not combine with --rounds: rerun the same --rounds command and "
                         "each unfinished round continues from its own last checkpoint")
+    folders = [runner.experiment_dir(_round_args(args, k)) for k in range(1, rounds + 1)]
+    with contextlib.ExitStack() as stack:
+        # Every round folder is held for the whole command (utils/run_lock.py): a second command
+        # with this name stops at once, instead of slipping in between two rounds.
+        for folder in folders:
+            stack.enter_context(folder_lock(folder, "--experiment-name"))
+        results = _train_rounds(args, folders)
+        write_round_table(os.path.join(args.log_tb_dir, args.module_name, f"{args.experiment_name}_rounds.csv"),
+                          results)
+    return results
+
+
+def _round_args(args, k):
+    round_args = copy.copy(args)
+    round_args.experiment_name = f"{args.experiment_name}_round_{k}"
+    return round_args
+
+
+def _in_folder(path, folder):
+    """``path``, or the file of that name in ``folder`` when it was recorded in another folder: a
+    copied or renamed round folder goes on with its own files, never with the original's."""
+    if os.path.realpath(os.path.dirname(path)) == os.path.realpath(folder):
+        return path
+    return os.path.join(folder, os.path.basename(path))
+
+
+def _train_rounds(args, folders):
     results, restore_from = [], args.restore_from
-    for k in range(1, rounds + 1):
-        round_args = copy.copy(args)
-        round_args.experiment_name = f"{args.experiment_name}_round_{k}"
+    for k, folder in enumerate(folders, 1):
+        round_args = _round_args(args, k)
         round_args.restore_from = restore_from
-        folder = runner.experiment_dir(round_args)
         marker = os.path.join(folder, "round.json")
         if os.path.isfile(marker):
             with open(marker) as f:
                 result = json.load(f)
+            result["student"] = _in_folder(result["student"], folder)
+            result["best_checkpoint"] = _in_folder(result["best_checkpoint"], folder)
             print(f"round {k}: already finished (best val mIoU {result['best_miou']:.2f}), skipped")
         else:
             # Each round resumes on its own (an interrupted one from its last checkpoint, a new one
             # from the start), also when the command says --resume last.
             round_args.resume = "last" if runner.has_checkpoints(folder) else None
-            print(f"round {k}/{rounds}: {args.module_name} from {restore_from}")
+            print(f"round {k}/{len(folders)}: {args.module_name} from {restore_from}")
             trained = runner.train(round_args)
             if not trained["best_checkpoint"]:
                 raise UserError(f"round {k} ended without a validated checkpoint in {folder}: "
@@ -61,7 +90,6 @@ def train_rounds(args, rounds):
             atomic_write_text(marker, json.dumps(result, indent=2))
         results.append(result)
         restore_from = result["student"]
-    write_round_table(os.path.join(args.log_tb_dir, args.module_name, f"{args.experiment_name}_rounds.csv"), results)
     return results
 
 

@@ -1,6 +1,7 @@
 """Running a stage: the Trainer (devices, precision, distribution, checkpoints, logging) around a
 stage module and the data module. ``main.py`` parses flags and calls :func:`train` or
 :func:`test`; the round automation calls them in a loop."""
+import contextlib
 import glob
 import os
 import re
@@ -16,6 +17,7 @@ from modules.callbacks import PredictionPNGs, ScoreRecord, TrainingPictures
 from modules.data import SegmentationDataModule
 from utils.cli import UserError
 from utils.lightning import interruptible, make_trainer
+from utils.run_lock import folder_lock
 from utils.torch_files import load_torch_file
 
 
@@ -79,7 +81,8 @@ def _check_resume_checkpoint(path, module, stage):
 
 
 def build(args):
-    """Module, data module and checked inputs: every user mistake surfaces here, before training."""
+    """Module, data module and checked inputs: every user mistake surfaces here, before training.
+    A caller that runs them holds the output folders (:func:`holding_outputs`)."""
     if args.mode == "train" and isinstance(args.val_interval, int) and args.val_interval > args.max_steps:
         raise UserError(f"--val-interval {args.val_interval} is more steps than --max-steps {args.max_steps}: the "
                         "run would never validate, so it would keep no best checkpoint")
@@ -93,6 +96,57 @@ def build(args):
     data = SegmentationDataModule(args, module_class.train_source, use_patches=module_class.use_patches)
     data.check("fit" if args.mode == "train" else "test")
     return module, data, resume
+
+
+@contextlib.contextmanager
+def holding_outputs(args):
+    """Hold the folders the run writes (``utils/run_lock.py``): the experiment folder (checkpoints,
+    logs and the record, also of test mode) and the ``--save-predictions`` folder of test mode."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(folder_lock(experiment_dir(args), "--experiment-name"))
+        if args.mode == "test" and args.save_predictions:
+            stack.enter_context(folder_lock(args.save_predictions, "--save-predictions"))
+        yield
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """The best checkpoint by val mIoU, kept in the experiment folder. Lightning saves this
+    callback's state in every checkpoint with absolute paths (the best checkpoints and their
+    scores), and on resume keeps only the best path when the folder differs: a copied or moved
+    experiment resumed under its new name would report, and extract, the original folder's best
+    checkpoint, and keep two bests of its own. So on loading, the saved paths are taken relative to
+    the folder they were saved in and found again in this run's folder; one not there is forgotten.
+    The saved format stays Lightning's own, so older checkpoints resume and newer ones read anywhere."""
+
+    @property
+    def state_key(self):
+        # The key Lightning files this state under; a subclass's name would orphan older checkpoints'.
+        return ModelCheckpoint.__qualname__ + super().state_key[len(type(self).__qualname__):]
+
+    def load_state_dict(self, state_dict):
+        saved_dir = state_dict.get("dirpath") or self.dirpath
+
+        def here(path):
+            if not path:
+                return None
+            relative = os.path.relpath(path, saved_dir)
+            local = os.path.join(self.dirpath, relative)
+            return local if not relative.startswith(os.pardir) and os.path.isfile(local) else None
+
+        best_k = {here(path): score for path, score in (state_dict.get("best_k_models") or {}).items()}
+        best_k.pop(None, None)
+        state = {**state_dict, "dirpath": self.dirpath, "best_k_models": best_k, "best_model_path": "",
+                 "best_model_score": None, "last_model_path": here(state_dict.get("last_model_path")) or ""}
+        state.pop("kth_best_model_path", None)
+        state.pop("kth_value", None)
+        if best_k:
+            better, worse = (max, min) if self.mode == "max" else (min, max)
+            state["best_model_path"] = better(best_k, key=best_k.get)
+            state["best_model_score"] = best_k[state["best_model_path"]]
+            if len(best_k) == self.save_top_k:
+                state["kth_best_model_path"] = worse(best_k, key=best_k.get)
+                state["kth_value"] = best_k[state["kth_best_model_path"]]
+        super().load_state_dict(state)
 
 
 class LastCheckpoint(Checkpoint):
@@ -145,8 +199,8 @@ def build_trainer(args):
     callbacks = []
     if args.mode == "train":
         callbacks += [
-            ModelCheckpoint(dirpath=args.experiment_dir, filename="checkpoint-step_{step}-miou_{val_miou:.2f}",
-                            monitor="val_miou", mode="max", save_top_k=1, auto_insert_metric_name=False),
+            BestCheckpoint(dirpath=args.experiment_dir, filename="checkpoint-step_{step}-miou_{val_miou:.2f}",
+                           monitor="val_miou", mode="max", save_top_k=1, auto_insert_metric_name=False),
             LastCheckpoint(args.experiment_dir),
             LearningRateMonitor(logging_interval="step"),
         ]
@@ -173,11 +227,13 @@ def build_trainer(args):
 
 def train(args):
     """Train a stage; returns ``{"best_checkpoint", "best_miou", "last_checkpoint", "experiment_dir"}``."""
-    module, data, resume = build(args)
-    trainer = build_trainer(args)
-    with interruptible(trainer, f"the checkpoints so far are kept in {args.experiment_dir}; "
-                                "add --resume last to the same command to continue"):
-        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)  # data, never code
+    with holding_outputs(args):
+        module, data, resume = build(args)
+        trainer = build_trainer(args)
+        data.steps_per_epoch(trainer.world_size)  # a refusal now, before the logger writes anything
+        with interruptible(trainer, f"the checkpoints so far are kept in {args.experiment_dir}; "
+                                    "add --resume last to the same command to continue"):
+            trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)  # data, never code
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score
     return {"best_checkpoint": checkpoint.best_model_path or None,
@@ -190,8 +246,9 @@ def test(args):
     """Evaluate ``--restore-from`` on the val split; returns the scores (per-class IoU and means, %)."""
     if not args.restore_from:
         raise UserError("--mode test needs --restore-from: the weights to evaluate")
-    module, data, _ = build(args)
-    trainer = build_trainer(args)
-    with interruptible(trainer, "nothing was written"):
-        trainer.test(module, datamodule=data, verbose=False)
+    with holding_outputs(args):
+        module, data, _ = build(args)
+        trainer = build_trainer(args)
+        with interruptible(trainer, "nothing was written"):
+            trainer.test(module, datamodule=data, verbose=False)
     return module.last_scores

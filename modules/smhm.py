@@ -3,6 +3,7 @@ cross-entropy on a batch of mined hard patches (rare classes, labelled by the pr
 import torch.nn.functional as F
 
 from modules.spatial_mix import SpatialMixModule
+from utils.cli import at_least, non_negative_float
 from utils.labels import IGNORE_INDEX
 
 
@@ -15,11 +16,12 @@ class SMHMModule(SpatialMixModule):
         super().add_args(parser)
         group = parser.add_argument_group("hard patches")
         group.add_argument("--hard-patches-root", default="./experiments/hard_patch_from_gta5_model/",
-                           help="output folder of construct_hard_patch.py (patches/ and labels/) "
-                                "(default: %(default)s)")
-        group.add_argument("--hard-patch-weight", type=float, default=0.1,
+                           help="output folder of construct_hard_patch.py (patches/ and labels/); refused while its "
+                                "mining has not finished (no summary.json); a folder made by hand is taken as it "
+                                "is (default: %(default)s)")
+        group.add_argument("--hard-patch-weight", type=non_negative_float, default=0.1,
                            help="weight of the hard patch loss (default: %(default)s)")
-        group.add_argument("--hard-patch-batch-size", type=int, default=None,
+        group.add_argument("--hard-patch-batch-size", type=at_least(1), default=None,
                            help="patches per step and device (default: --train-batch-size)")
         return parser
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from datasets.transforms import denormalize_to_rgb01, normalize_rgb01
 from modules.base import SegmentationModule
 from utils.augment import photometric_augment
-from utils.cli import UserError
+from utils.cli import UserError, finite_float, probability
 from utils.ema import ema_update
 from utils.labels import IGNORE_INDEX
 from utils.mixing import random_flip, spatial_mix, spatial_mix_loop
@@ -42,19 +42,20 @@ class SpatialMixModule(SegmentationModule):
     @classmethod
     def add_args(cls, parser):
         group = parser.add_argument_group("self-distillation")
-        group.add_argument("--position-beta", type=float, default=cls.default_position_beta,
+        group.add_argument("--position-beta", type=finite_float, default=cls.default_position_beta,
                            help="β of the Beta(β, β) that places the SpatialMix split point in [0.2, 0.8] of "
                                 "each side; β <= 0 splits at the centre (default: %(default)s)")
-        group.add_argument("--confidence-threshold", type=float, default=0.968,
-                           help="a teacher pixel counts as confident at this probability; the consistency "
-                                "weight is the share of confident pixels (default: %(default)s)")
+        group.add_argument("--confidence-threshold", type=finite_float, default=0.968,
+                           help="a teacher pixel counts as confident at this probability (in [0, 1]; any "
+                                "number with --confidence-source logits); the consistency weight is the share of "
+                                "confident pixels (default: %(default)s)")
         group.add_argument("--confidence-source", choices=("softmax", "logits"), default="softmax",
                            help="compare the threshold with softmax probabilities, or with raw logits as the "
                                 "published code did (default: %(default)s)")
-        group.add_argument("--ema-alpha", type=float, default=0.99,
+        group.add_argument("--ema-alpha", type=probability, default=0.99,
                            help="largest EMA factor of the teacher; α = min(1 - 1/(step + 1), this) "
                                 "(default: %(default)s)")
-        group.add_argument("--flip-prob", type=float, default=0.5,
+        group.add_argument("--flip-prob", type=probability, default=0.5,
                            help="probability of flipping the whole mixed batch horizontally (default: %(default)s)")
         group.add_argument("--no-augment", action="store_true",
                            help="feed the student the mixed images without colour jitter and blur")
@@ -62,6 +63,13 @@ class SpatialMixModule(SegmentationModule):
                            help="batched (ours), or loop: one image at a time as the published code, the same "
                                 "result and random draws, slower (default: %(default)s)")
         return parser
+
+    @classmethod
+    def check_args(cls, args):
+        super().check_args(args)
+        if args.confidence_source == "softmax" and not 0 <= args.confidence_threshold <= 1:
+            raise UserError(f"--confidence-threshold {args.confidence_threshold} is no probability: with "
+                            "--confidence-source softmax it must be in [0, 1] (above 1 no pixel is ever confident)")
 
     def __init__(self, args):
         if args.train_batch_size < 2:

@@ -22,7 +22,8 @@ def tree(tmp_path_factory):
     paths["pseudo"] = make_pseudo_labels(str(root / "pseudo"), paths["label_root"])
     paths["patches"] = make_patches(str(root / "patches"))
     paths["gta5"] = make_gta5(str(root / "gta5"))
-    paths["list_root"] = str(root / "lists")
+    paths["list_root"] = str(root / "lists")  # no <split>.txt in it: the image folders are scanned
+    os.makedirs(paths["list_root"])
     weights = str(root / "init.pth")
     from models.deeplabv2 import get_deeplabv2
     torch.manual_seed(0)
@@ -123,8 +124,9 @@ def test_last_checkpoint_follows_training_not_the_best_score(tree, tmp_path):
     the same, so only the first is a best; last.ckpt must still hold the final step, or --resume
     last would go back to that first validation."""
     frozen = ["--pseudo-label-root", tree["pseudo"], "--restore-from", tree["weights"], "--freeze-bn-stats",
-              "--lr", "0", "--val-interval", "1"]
+              "--val-interval", "1"]
     args = stage_args(tree, tmp_path, "baseline", *frozen)
+    args.lr = 0.0  # the command line refuses a rate of 0 (it trains nothing): here that is the point
     args.max_steps = 3
     result = runner.train(args)
     with open(os.path.join(result["experiment_dir"], "miou_record.csv")) as f:

@@ -143,6 +143,8 @@ def world(tmp_path_factory):
     tree = make_cityscapes(str(root / "cs"), train=2, val=1, size=(64, 32))
     tree["data"] = str(root / "cs")
     tree["pseudo"] = make_pseudo_labels(str(root / "pseudo"), tree["label_root"])
+    tree["lists"] = str(root / "lists")  # no <split>.txt in it: the image folders are scanned
+    os.makedirs(tree["lists"])
     return tree
 
 
@@ -156,7 +158,7 @@ def entry_points(world, path, out):
     tiny = ["--arch", "deeplabv2_tiny", "--input-size", "64x32", "--num-workers", "0", "--accelerator", "cpu",
             "--devices", "1"]
     data = ["--image-root", world["image_root"], "--label-root", world["label_root"],
-            "--list-root", os.path.join(out, "no-lists")]
+            "--list-root", world["lists"]]
     return {
         "main.py --restore-from": (main_script.main, ["--module-name", "basic", "--restore-from", path,
                                                       "--log-tb-dir", out, *tiny, *data]),

@@ -14,7 +14,7 @@ from utils.labels import SYNTHIA_TO_TRAIN_ID
 from utils.transfer_trainid import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL_IDS = np.array(list(range(34)) + [255], np.uint8)
+ALL_IDS = np.arange(34, dtype=np.uint8)  # every Cityscapes label id; the license plate's -1 is never drawn
 
 
 def _official_train_id(label_id):
@@ -28,7 +28,7 @@ def _write(path, array):
 
 
 def _gtfine(root):
-    """All label ids 0..33 and 255 in every file, plus the gtFine files that must not be copied."""
+    """All label ids 0..33 in every file, plus the gtFine files that must not be copied."""
     ids = np.tile(ALL_IDS, (4, 2))
     files = ["train/aachen/aachen_000000_000019", "train/bochum/bochum_000001_000019",
              "val/frankfurt/frankfurt_000000_000294"]
@@ -56,7 +56,6 @@ def test_cityscapes_conversion_equals_official_table_and_mirrors_tree(tmp_path, 
         assert dst.dtype == np.uint8 and dst.shape == src.shape
         for label_id in range(34):
             assert (dst[src == label_id] == _official_train_id(label_id)).all(), label_id
-        assert (dst[src == 255] == 255).all()  # void stays ignored
     assert "converted 3, skipped 0, total 3 -> " in capsys.readouterr().out
 
 
@@ -78,7 +77,7 @@ def test_skip_overwrite_and_no_temp_files(tmp_path, capsys):
     assert cv2.imread(str(marker), cv2.IMREAD_UNCHANGED).shape == (1, 1)
     main(args + ["--overwrite"])
     assert "converted 3, skipped 0" in capsys.readouterr().out
-    assert cv2.imread(str(marker), cv2.IMREAD_UNCHANGED).shape == (4, 70)
+    assert cv2.imread(str(marker), cv2.IMREAD_UNCHANGED).shape == (4, 68)
     assert not [f for f in _all_files(tmp_path / "out") if os.path.basename(f).startswith(".tmp")]
 
 
@@ -86,7 +85,7 @@ def test_gta5_and_synthia(tmp_path, capsys):
     _write(tmp_path / "gta" / "00001.png", ALL_IDS[None, :])
     main(["--dataset", "gta5", "--ori-label-root", str(tmp_path / "gta"), "--dst-label-root", str(tmp_path / "gta2")])
     out = cv2.imread(str(tmp_path / "gta2" / "00001.png"), cv2.IMREAD_UNCHANGED)
-    assert out.tolist()[0] == [_official_train_id(i) for i in range(34)] + [255]
+    assert out.tolist()[0] == [_official_train_id(i) for i in range(34)]
 
     ids = np.arange(23, dtype=np.uint16)[None, :]
     bgr = np.stack([np.full_like(ids, 500), np.full_like(ids, 3), ids], axis=-1)  # class id in red

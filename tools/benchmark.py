@@ -71,7 +71,7 @@ from main import parse_args
 from models.deeplabv2 import ARCHS, get_deeplabv2
 from modules import MODULES
 from modules.data import SegmentationDataModule
-from utils.cli import ArgumentParser, UserError, input_size, run
+from utils.cli import ArgumentParser, UserError, at_least, input_size, run
 from utils.io import atomic_write_bytes, atomic_write_text
 from utils.labels import IGNORE_INDEX, NUM_CLASSES
 from utils.prediction import PredictionData, PredictionModule
@@ -646,17 +646,17 @@ def build_parser():
     parser.add_argument("--input-size", type=input_size, default=None, metavar="WxH",
                         help="network input size; PNG files are written at twice this size, as Cityscapes' "
                              "2048x1024 originals for 1024x512 (default: 1024x512 on CUDA, 256x128 on CPU)")
-    parser.add_argument("--batch-size", type=int, default=4,
+    parser.add_argument("--batch-size", type=at_least(1), default=4,
                         help="images per step in every stage (smhm needs at least 2) (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=at_least(1), default=None,
                         help="timed steps per stage and configuration (default: 20 on CUDA, 5 on CPU)")
-    parser.add_argument("--warmup", type=int, default=None,
+    parser.add_argument("--warmup", type=at_least(0), default=None,
                         help="untimed steps before them: allocator, cuDNN autotuning, compilation, loader "
                              "start-up (default: 5 on CUDA, 2 on CPU)")
-    parser.add_argument("--num-workers", type=int, default=None,
+    parser.add_argument("--num-workers", type=at_least(0), default=None,
                         help="loader processes of the pseudo_label, val and data stages, the same in both "
                              "configurations (default: the project's 4, at most the number of cores)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=at_least(1), default=None,
                         help="PyTorch CPU threads; on a machine shared with other jobs 1 avoids threads "
                              "spinning against each other (default: PyTorch's, one per core)")
     parser.add_argument("--stages", type=stage_list, default=list(STAGES), metavar="S,S,...",
@@ -690,17 +690,9 @@ def resolve(opts):
         opts.warmup = 5 if cuda else 2
     if opts.num_workers is None:
         opts.num_workers = min(4, os.cpu_count() or 1)
-    if opts.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {opts.steps}")
-    if opts.warmup < 0:
-        raise UserError(f"--warmup must be at least 0, got {opts.warmup}")
-    if opts.threads is not None and opts.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {opts.threads}")
-    if opts.num_workers < 0:
-        raise UserError(f"--num-workers must be at least 0, got {opts.num_workers}")
-    if opts.batch_size < 1 or ("smhm" in opts.stages and opts.batch_size < 2):
-        raise UserError(f"--batch-size must be at least {2 if 'smhm' in opts.stages else 1} "
-                        f"(SpatialMix mixes images of a batch), got {opts.batch_size}")
+    if "smhm" in opts.stages and opts.batch_size < 2:
+        raise UserError(f"--batch-size must be at least 2 for the smhm stage (SpatialMix mixes images of a "
+                        f"batch), got {opts.batch_size}")
     if min(opts.input_size) < 16:
         raise UserError(f"--input-size must be at least 16 pixels on each side, got {opts.input_size}")
     return device

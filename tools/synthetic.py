@@ -31,7 +31,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import name2label
 from tqdm import tqdm
 
-from utils.cli import ArgumentParser, UserError, input_size, run
+from utils.cli import ArgumentParser, UserError, at_least, input_size, probability, run, seed
 from utils.io import atomic_write_text, read_label, write_png
 from utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, cityscapes_label_id_lut
 
@@ -848,23 +848,23 @@ def build_parser():
         epilog="Then point the stages at <root>/gta5 (--source-root) and <root>/cityscapes; see docs/synthetic.md.")
     parser.add_argument("--root", default="./data/synthetic", metavar="DIR",
                         help="output folder; gets gta5/, cityscapes/ and synthetic.json (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, metavar="N",
+    parser.add_argument("--seed", type=seed, default=0, metavar="N",
                         help="random seed; the same seed gives byte-identical files (default: %(default)s)")
-    parser.add_argument("--num-source", type=int, default=DEFAULT_NUM_SOURCE, metavar="N",
+    parser.add_argument("--num-source", type=at_least(1), default=DEFAULT_NUM_SOURCE, metavar="N",
                         help="labelled source (GTA5-layout) images (default: %(default)s)")
-    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, metavar="N",
+    parser.add_argument("--num-train", type=at_least(1), default=DEFAULT_NUM_TRAIN, metavar="N",
                         help=f"target training images, spread over the cities {', '.join(TRAIN_CITIES)} "
                              f"(default: %(default)s)")
-    parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL, metavar="N",
+    parser.add_argument("--num-val", type=at_least(1), default=DEFAULT_NUM_VAL, metavar="N",
                         help=f"target validation images with ground truth, cities {', '.join(VAL_CITIES)} "
                              f"(default: %(default)s)")
     parser.add_argument("--size", type=input_size, default=DEFAULT_SIZE, metavar="WxH",
                         help="image size WIDTHxHEIGHT of both domains (default: %dx%d)" % DEFAULT_SIZE)
-    parser.add_argument("--domain-gap", type=float, default=DEFAULT_DOMAIN_GAP, metavar="G",
+    parser.add_argument("--domain-gap", type=probability, default=DEFAULT_DOMAIN_GAP, metavar="G",
                         help="strength of the target's appearance shift in [0, 1]: 0 gives the source palette and "
                              "textures (class frequencies and void ids still differ), 1 the full shift of palette, "
                              "textures, lighting, noise and blur (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
+    parser.add_argument("--workers", type=at_least(0), default=None, metavar="N",
                         help="parallel processes; 0 or 1 draws in this process (default: the number of CPU cores, "
                              "at most 8)")
     parser.add_argument("--overwrite", action="store_true",

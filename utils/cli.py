@@ -1,5 +1,13 @@
-"""Command-line plumbing shared by every entry point: user errors, size flags, exit codes."""
+"""Command-line plumbing shared by every entry point: user errors, flag types, exit codes.
+
+Every numeric flag is checked by its argparse ``type`` when it is parsed, so a bad value is one
+line naming the flag before anything runs or is written: :func:`at_least` (integers, optionally
+bounded), :func:`finite_float`, :func:`positive_float`, :func:`non_negative_float`,
+:func:`probability`, :func:`float_list`, :func:`devices` and the seed range :data:`seed`. NaN and
+infinity are refused by every float type.
+"""
 import argparse
+import math
 import sys
 
 
@@ -27,8 +35,8 @@ def grid_size(text):
     return input_size(text)
 
 
-def at_least(minimum):
-    """An ``argparse`` type: an integer no smaller than ``minimum``."""
+def at_least(minimum, maximum=None):
+    """An ``argparse`` type: an integer no smaller than ``minimum`` (and no larger than ``maximum``)."""
     def parse(text):
         try:
             value = int(text)
@@ -36,9 +44,65 @@ def at_least(minimum):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = f"integer >= {minimum}" if maximum is None else f"integer in {minimum}..{maximum}"
     return parse
+
+
+seed = at_least(0, 2 ** 32 - 1)  # what NumPy (and Lightning's seed_everything) accept
+
+
+def _float_type(name, accepts, requirement):
+    """An ``argparse`` type: a finite float for which ``accepts(value)`` holds."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+        if not math.isfinite(value) or not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
+        return value
+    parse.__name__ = name
+    return parse
+
+
+finite_float = _float_type("finite number", lambda v: True, "a finite number")
+positive_float = _float_type("positive number", lambda v: v > 0, "a finite number above 0")
+non_negative_float = _float_type("non-negative number", lambda v: v >= 0, "a finite number, 0 or more")
+probability = _float_type("probability", lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+
+
+def float_list(item=positive_float):
+    """An ``argparse`` type: comma-separated numbers (at least one), each checked by ``item``,
+    e.g. ``0.75,1.0,1.25``; returns a tuple."""
+    def parse(text):
+        parts = [p.strip() for p in str(text).split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.75,1.0,1.25, got {text!r}")
+        values = []
+        for part in parts:
+            try:
+                values.append(item(part))
+            except argparse.ArgumentTypeError as err:
+                raise argparse.ArgumentTypeError(f"{err} (in {text!r})") from None
+        return tuple(values)
+    parse.__name__ = f"list of {item.__name__}s"
+    return parse
+
+
+def devices(text):
+    """``--devices``: ``auto``, a number of devices (1 or more), or a comma-separated list of device
+    indices such as ``0,1`` (kept as text: Lightning reads it so)."""
+    text = str(text).strip()
+    if text == "auto":
+        return text
+    if "," in text:
+        if all(part.strip().isdigit() for part in text.rstrip(",").split(",")):
+            return text
+        raise argparse.ArgumentTypeError(f"expected auto, a count such as 2 or device indices such as 0,1, got {text!r}")
+    return at_least(1)(text)
 
 
 def user_message(err):

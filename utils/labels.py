@@ -55,6 +55,13 @@ def synthia_label_id_lut():
 LABEL_ID_LUTS = {"cityscapes": cityscapes_label_id_lut, "gta5": cityscapes_label_id_lut,
                  "synthia": synthia_label_id_lut}
 
+# The largest id a label-id image of each dataset holds. Cityscapes label ids are 0..33 in the
+# official table (the license plate's -1 is never drawn into an image), GTA5 uses the same ids, and
+# SYNTHIA RAND-CITYSCAPES class ids are 0..22. A train-id image holds 0..18 and 255 (ignored), so a
+# value above the range (255 above all) marks a file that is no label-id file: train ids already.
+_MAX_CITYSCAPES_ID = max(label.id for label in _CITYSCAPES_LABELS)
+MAX_LABEL_ID = {"cityscapes": _MAX_CITYSCAPES_ID, "gta5": _MAX_CITYSCAPES_ID, "synthia": 22}
+
 
 def colorize(train_ids):
     """Map an H×W array of train ids to an H×W×3 RGB ``uint8`` image (ignored pixels black)."""

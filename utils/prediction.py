@@ -24,26 +24,22 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datasets.samplers import ShardSampler
-from utils.cli import UserError
+from utils.cli import UserError, at_least, devices
 from utils.inference import entropy_map, predict_logits
 from utils.io import TEMP_PREFIX, atomic_write_text
 from utils.lightning import interruptible, make_trainer
-
-
-def devices(text):
-    """``--devices``: a count, ``auto``, or a comma-separated list of device indices."""
-    return text if text == "auto" or "," in text else int(text)
+from utils.run_lock import launched_as_first_process
 
 
 def add_hardware_args(parser):
     """Flags of batched prediction on one or many devices (shared by the data-stage scripts)."""
     group = parser.add_argument_group("hardware")
-    group.add_argument("--batch-size", type=int, default=1, help="images per prediction step and device (default: %(default)s)")
-    group.add_argument("--num-workers", type=int, default=4, help="data loader processes per device (default: %(default)s)")
+    group.add_argument("--batch-size", type=at_least(1), default=1, help="images per prediction step and device (default: %(default)s)")
+    group.add_argument("--num-workers", type=at_least(0), default=4, help="data loader processes per device (default: %(default)s)")
     group.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
     group.add_argument("--devices", type=devices, default="auto",
                        help="number of devices per node, a list such as 0,1, or auto (default: %(default)s)")
-    group.add_argument("--num-nodes", type=int, default=1, help="number of machines (default: %(default)s)")
+    group.add_argument("--num-nodes", type=at_least(1), default=1, help="number of machines (default: %(default)s)")
     group.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: %(default)s)")
     group.add_argument("--precision", default="32-true",
                        help="32-true as published, or bf16-mixed for speed on recent GPUs (default: %(default)s)")
@@ -255,15 +251,6 @@ class RecordWriter(BasePredictionWriter):
             self.records.close()
 
 
-def launched_as_first_process():
-    """Whether this process is (or will be) global rank 0, from the variables that launchers set
-    (Lightning's own, torchrun, SLURM); usable before the ``Trainer`` exists."""
-    for variable in ("RANK", "SLURM_PROCID"):
-        if variable in os.environ:
-            return int(os.environ[variable]) == 0
-    return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
-
-
 def _remove_temporary_files(folder):
     # A run killed while writing leaves the temporary file of an atomic write behind.
     for dirpath, _, filenames in os.walk(folder):
@@ -279,6 +266,18 @@ def _holds_results(target):
     return any(not name.startswith(TEMP_PREFIX) for _, _, names in os.walk(target) for name in names)
 
 
+def _changed(previous_text, settings):
+    """The names of the settings that differ from the recorded ones (all, when those are unreadable)."""
+    try:
+        previous = json.loads(previous_text)
+    except ValueError:
+        previous = None
+    if not isinstance(previous, dict):
+        return sorted(settings)
+    current = json.loads(json.dumps(settings))  # tuples as the lists they were written as
+    return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+
+
 def claim_folder(folder, settings, overwrite, outputs=()):
     """Start or continue a run whose state lives in ``folder`` and whose results are ``outputs``.
 
@@ -286,6 +285,8 @@ def claim_folder(folder, settings, overwrite, outputs=()):
     and new outputs would mix; ``overwrite`` first removes the outputs and the state. A run with
     other settings that left no output (one stopped by a flag mistake) is replaced as if by
     ``overwrite``. Only the first process removes and writes: the others may start while it does.
+    The caller holds the output folder's lock (``utils/run_lock.py``) from before this claim until
+    its last file is written, so that no other run reads or changes the state meanwhile.
     """
     path = os.path.join(folder, "settings.json")
     text = json.dumps(settings, indent=1, sort_keys=True) + "\n"
@@ -295,8 +296,9 @@ def claim_folder(folder, settings, overwrite, outputs=()):
             previous = f.read()
         if previous != text:
             if any(_holds_results(target) for target in outputs):
-                raise UserError(f"--save holds results made with other settings ({path}); add --overwrite to "
-                                "replace them, or choose another --save")
+                raise UserError(f"--save holds results made with other settings or inputs (changed: "
+                                f"{', '.join(_changed(previous, settings))}; {path}); add --overwrite to replace "
+                                "them, or choose another --save")
             overwrite = True
     if overwrite:
         if not first:

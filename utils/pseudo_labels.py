@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from datasets.cityscapes import LABEL_SUFFIX, CityscapesDataset
 from datasets.transforms import add_resize_backend_arg, resize_label
 from models.deeplabv2 import add_network_args, get_deeplabv2
-from utils.cli import UserError
+from utils.cli import UserError, float_list, positive_float
+from utils.fingerprint import fingerprint
 from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
 from utils.labels import CLASS_NAMES, IGNORE_INDEX, colorize
 from utils.metrics import ConfusionMatrix, scores_from_confusion
@@ -56,8 +57,7 @@ def add_target_args(parser, data_list_help=""):
     return group
 
 
-def scales(text):
-    return tuple(float(s) for s in text.split(",") if s.strip())
+scales = float_list(positive_float)  # --scales: positive finite factors, at least one
 
 
 def add_labelling_args(parser):
@@ -123,8 +123,6 @@ def load_network(args):
 
 def check_labelling_args(args):
     check_hardware_args(args)
-    if args.multiscale and (not args.scales or any(s <= 0 for s in args.scales)):
-        raise UserError(f"--scales must be positive factors such as 0.75,1.0,1.25, got {args.scales}")
 
 
 def class_names(num_classes):
@@ -149,11 +147,24 @@ def state_dir(save, split):
 
 
 def settings_of(args):
-    """What decides the labels: a rerun into the same folder must use the same."""
-    return {"restore_from": os.path.abspath(args.restore_from), "arch": args.arch, "num_classes": args.num_classes,
+    """How the labels are computed: a rerun into the same folder must use the same (and the same
+    inputs, :func:`inputs_of`)."""
+    return {"arch": args.arch, "num_classes": args.num_classes,
             "head_branches": args.head_branches, "input_size": list(args.input_size),
             "resize_backend": args.resize_backend, "flip": args.flip,
             "scales": list(args.scales) if args.multiscale else [1.0], "precision": args.precision}
+
+
+IMAGE_SAMPLE_BYTES = 1 << 16  # per end of each image: a few hundred MB over Cityscapes train, not all 6 GB
+
+
+def inputs_of(args, dataset):
+    """What the labels are computed from, identified by content (``utils/fingerprint.py``), not by
+    path: the weight file (moved or renamed, it is the same) and the images in list order (under
+    their names, wherever the data folder lies)."""
+    images = [image_path for image_path, _, _ in dataset.samples]
+    return {"weights": fingerprint([args.restore_from], names=[""]),
+            "images": fingerprint(images, dataset.names, sample=IMAGE_SAMPLE_BYTES)}
 
 
 class PseudoLabelWriter(RecordWriter):
@@ -198,7 +209,7 @@ def generate(args, save, write_color=True):
     dataset = target_dataset(args)
     names = dataset.names
     net = load_network(args)
-    claim_folder(state_dir(save, args.split), settings_of(args), args.overwrite,
+    claim_folder(state_dir(save, args.split), {**settings_of(args), **inputs_of(args, dataset)}, args.overwrite,
                  outputs=[os.path.join(save, kind, args.split) for kind in ("label_ids", "label_color")]
                  + list(report_names(save, args.split).values()))
     # With --overwrite nothing counts as done, even where the first process has not yet removed it.

@@ -7,7 +7,10 @@ Cityscapes: every ``*_gtFine_labelIds.png`` under the root (all splits) is conve
 official label table (``cityscapesscripts``) into a mirror tree with the same file names; the
 other gtFine files are not copied. ``--dataset gta5`` converts every ``*.png`` of a GTA5 labels
 folder (same label ids) and ``--dataset synthia`` the 16-bit SYNTHIA ``GT/LABELS`` files. Ignored
-classes become 255. Finished files are skipped on a rerun unless ``--overwrite``.
+classes become 255. Finished files are skipped on a rerun unless ``--overwrite``. A file holding a
+value that is no label id of the dataset (``utils.labels.MAX_LABEL_ID``; 255 in a file of train ids
+already) is refused with one line naming it; the first file to convert is checked before anything
+is written.
 
 The source datasets (``datasets/source.py``) reuse the readers below to convert on the fly.
 """
@@ -22,9 +25,9 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from tqdm import tqdm  # noqa: E402
 
-from utils.cli import UserError, run  # noqa: E402
+from utils.cli import ArgumentParser, UserError, at_least, run  # noqa: E402
 from utils.io import read_label, write_png  # noqa: E402
-from utils.labels import LABEL_ID_LUTS  # noqa: E402
+from utils.labels import IGNORE_INDEX, LABEL_ID_LUTS, MAX_LABEL_ID  # noqa: E402
 
 PATTERNS = {"cityscapes": "*_gtFine_labelIds.png", "gta5": "*.png", "synthia": "*.png"}
 _LUTS = {}
@@ -35,24 +38,32 @@ def read_synthia_label_ids(path):
     return read_label(path, channel=2)
 
 
-def label_ids_to_train_ids(label_ids, lut, path):
-    """Map a label-id map through a 256-entry table (``utils.labels``) to ``uint8`` train ids."""
-    if label_ids.size and int(label_ids.max()) >= len(lut):
-        raise UserError(f"label ids above {len(lut) - 1} in {path} (max {int(label_ids.max())}): "
-                        f"not a label-id file of this dataset")
-    return lut[label_ids]
+def label_ids_to_train_ids(label_ids, dataset, path):
+    """Map a label-id map of ``dataset`` (cityscapes, gta5, synthia) to ``uint8`` train ids through
+    its table (``utils.labels``). A value that is no label id of the dataset is a user error naming
+    the file: such a file holds something else, most often train ids already (255 = ignored), which
+    the table would silently turn into ignored pixels."""
+    if dataset not in _LUTS:
+        _LUTS[dataset] = LABEL_ID_LUTS[dataset]()
+    largest = MAX_LABEL_ID[dataset]
+    if label_ids.size and int(label_ids.max()) > largest:
+        found = int(label_ids.max())
+        hint = (f"{IGNORE_INDEX} is the ignored value of train ids: is it converted already?" if found == IGNORE_INDEX
+                else "is it a label-id file of this dataset?")
+        raise UserError(f"{path} holds the value {found}, not a {dataset} label id (0..{largest}): {hint}")
+    return _LUTS[dataset][label_ids]
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="utils/transfer_trainid.py", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(PATTERNS), default="cityscapes",
                         help="whose label ids the files hold (default: %(default)s)")
     parser.add_argument("--ori-label-root", default="./data/Cityscapes/gtFine",
                         help="folder of label-id images, searched recursively (default: %(default)s)")
     parser.add_argument("--dst-label-root", default="./data/Cityscapes/gtFine2",
                         help="where the train-id mirror tree goes (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=at_least(1), default=min(8, os.cpu_count() or 1),
                         help="parallel processes (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="convert files that already exist in the destination")
     return parser.parse_args(argv)
@@ -71,10 +82,11 @@ def find_label_files(root, dataset, exclude=None):
 
 def convert_file(src, dst, dataset):
     """Read one label-id file and atomically write its train ids as a ``uint8`` PNG."""
-    if dataset not in _LUTS:
-        _LUTS[dataset] = LABEL_ID_LUTS[dataset]()
-    label_ids = read_synthia_label_ids(src) if dataset == "synthia" else read_label(src)
-    write_png(dst, label_ids_to_train_ids(label_ids, _LUTS[dataset], src))
+    write_png(dst, label_ids_to_train_ids(read_label_ids(src, dataset), dataset, src))
+
+
+def read_label_ids(path, dataset):
+    return read_synthia_label_ids(path) if dataset == "synthia" else read_label(path)
 
 
 def _convert_job(job):
@@ -93,14 +105,15 @@ def main(argv=None):
     if os.path.abspath(src_root) == os.path.abspath(dst_root):
         raise UserError(f"--dst-label-root must differ from --ori-label-root (both {src_root}): "
                         f"the label ids would be overwritten")
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
     files = find_label_files(src_root, args.dataset, exclude=os.path.abspath(dst_root))
     if not files:
         raise UserError(f"--ori-label-root: no label files matching {PATTERNS[args.dataset]} under {src_root}")
 
     jobs = [(os.path.join(src_root, rel), os.path.join(dst_root, rel), args.dataset, args.overwrite)
             for rel in files]
+    pending = [src for src, dst, _, _ in jobs if args.overwrite or not os.path.isfile(dst)]
+    if pending:  # a folder of another kind (train ids already) is refused before anything is written
+        label_ids_to_train_ids(read_label_ids(pending[0], args.dataset), args.dataset, pending[0])
     progress = dict(total=len(jobs), unit="file", desc=f"{args.dataset} label ids -> train ids")
     if args.workers == 1 or len(jobs) == 1:
         done = [_convert_job(job) for job in tqdm(jobs, **progress)]
