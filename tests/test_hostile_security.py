@@ -1,4 +1,4 @@
-"""Hostile inputs, security: a weight or checkpoint file is data and never runs code.
+"""Hostile inputs, security: a weight, checkpoint or cache file is data and never runs code.
 
 Every entry point that reads a file the user names is given crafted pickles that would run code
 on a full unpickler (also ones carrying Lightning's checkpoint marker, which once opened a fall-back
@@ -185,3 +185,33 @@ def test_no_entry_point_runs_a_crafted_file(world, crafted, name, tmp_path, caps
         assert err.startswith("error: ") and err.count("\n") == 1 and path in err, (entry, err)
         assert not os.path.exists(sentinel), entry
     assert not os.path.exists(tmp_path / "out" / "x.pth")
+
+
+def test_image_cache_entry_holding_a_pickle_runs_nothing(tmp_path):
+    # A cache entry is an .npz the cache reads with numpy's pickle-free reader: one holding a pickled
+    # object is treated as damaged and the image is read again from its PNG.
+    import cv2
+    import numpy as np
+
+    from utils.image_cache import ResizedImageCache
+
+    image_path = str(tmp_path / "a.png")
+    cv2.imwrite(image_path, np.full((8, 16, 3), 7, np.uint8))
+    cache = ResizedImageCache(str(tmp_path / "cache"))
+    entry = cache.entry_path(image_path, (16, 8), "pil")
+    os.makedirs(os.path.dirname(entry))
+    sentinel = str(tmp_path / "cache.ran")
+    payload = np.empty(1, dtype=object)
+    payload[0] = Payload(sentinel)
+    np.savez(entry, image=payload, shape=np.asarray([8, 16]))
+    with pytest.raises(ValueError):
+        np.load(entry)["image"]  # the control: numpy refuses the pickle by default
+    reads = []
+
+    def read(path):
+        reads.append(path)
+        return np.full((8, 16, 3), 7, np.uint8), (8, 16)
+
+    image, shape = cache.load(image_path, (16, 8), "pil", read)
+    assert reads == [image_path] and shape == (8, 16) and int(image[0, 0, 0]) == 7
+    assert not os.path.exists(sentinel)
