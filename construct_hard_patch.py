@@ -7,7 +7,7 @@ The labels are the provider's flip-augmented argmax, exactly the pseudo-labels o
 from ``--pseudo-label-root`` (the generator's ``--save`` folder, its ``label_ids/<split>`` folder,
 or any folder of ``<city>/<stem>_gtFine_labelIds.png``), or computed with the weights of
 ``--restore-from`` (kept in ``<save>/.pseudo_labels``). Writes ``patches/``, ``labels/``,
-``color_labels/`` and ``summary.json`` under ``--save`` (see ``utils/hard_patches.py``). Rerunning
+``color_labels/`` and ``summary.json`` under ``--save`` (see ``modules/hard_patches.py``). Rerunning
 the same command after an interruption finishes the missing images only.
 """
 import argparse
@@ -17,8 +17,8 @@ from utils.cli import ArgumentParser, UserError, at_least, grid_size, run
 
 
 def build_parser():
-    from utils.prediction import add_hardware_args
-    from utils.pseudo_labels import add_labelling_args, add_target_args
+    from modules.prediction import add_prediction_args
+    from modules.pseudo_labels import add_labelling_args, add_target_args
 
     parser = ArgumentParser(prog="construct_hard_patch.py", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,7 +43,7 @@ def build_parser():
     mining.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier run in --save instead of resuming it")
     add_labelling_args(parser)
-    add_hardware_args(parser)
+    add_prediction_args(parser)
     return parser
 
 
@@ -67,7 +67,7 @@ def report(summary, skipped, counts, cells_per_image):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from utils.hard_patches import construct
+    from modules.hard_patches import construct
 
     result = construct(args)
     if result is None:  # a secondary process of a multi-device run: the first one mines and reports

@@ -21,7 +21,7 @@ import sys
 import time
 
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run, seed
-from utils.io import atomic_write_text
+from utils.io import atomic_write_text, json_number
 from utils.run_lock import LOCK_NAME, folder_lock
 
 # The demo schedule; its measured results and timing are in docs/demo.md. Rare classes "auto": the
@@ -47,11 +47,6 @@ def build_parser():
     parser.add_argument("--fresh", action="store_true", help="delete an earlier demo in --out and start over")
     parser.add_argument("--num-workers", type=at_least(0), default=0, help="data loader processes (default: %(default)s)")
     return parser
-
-
-def _finite(value):
-    """JSON has no NaN: a class absent from both prediction and ground truth is ``null``."""
-    return None if value != value else float(value)
 
 
 def default_out(seed, quick):
@@ -141,10 +136,10 @@ class Demo:
             argv = ["--module-name", "basic", "--mode", "test", *self.common_training(),
                     "--experiment-name", f"eval_{stage}", "--restore-from", weights]
             scores = self.step(f"evaluate {stage}", "main.py", argv, lambda v: runner.test(parse_args(v)))
-            results[stage] = {"weights": weights, "miou": _finite(scores["miou"]),
-                              "miou16": _finite(scores["miou16"]), "miou13": _finite(scores["miou13"]),
-                              "miou13_published": _finite(scores["miou13_published"]),
-                              "per_class": {n: _finite(v) for n, v in zip(CLASS_NAMES, scores["per_class"])}}
+            results[stage] = {"weights": weights, "miou": json_number(scores["miou"]),
+                              "miou16": json_number(scores["miou16"]), "miou13": json_number(scores["miou13"]),
+                              "miou13_published": json_number(scores["miou13_published"]),
+                              "per_class": {n: json_number(v) for n, v in zip(CLASS_NAMES, scores["per_class"])}}
         return results
 
     def picture(self, stages, columns, count=4):
@@ -152,7 +147,7 @@ class Demo:
         import torch
 
         from datasets.cityscapes import CityscapesDataset
-        from datasets.transforms import to_bgr_uint8
+        from datasets.pixels import to_bgr_uint8
         from models.deeplabv2 import get_deeplabv2
         from utils.io import write_rgb_png
         from utils.visualize import label_panel, stack_rows

@@ -5,7 +5,7 @@
     python generate_pseudo_labels.py --restore-from W --save DIR [--multiscale] [--accelerator gpu --devices 4]
 
 Writes ``label_ids/<split>/…`` (train ids), ``label_color/<split>/…``, ``easy.txt``, ``hard.txt`` and
-``summary.json`` under ``--save`` (see ``utils/pseudo_labels.py``). Rerunning the same command after
+``summary.json`` under ``--save`` (see ``modules/pseudo_labels.py``). Rerunning the same command after
 an interruption finishes the missing images only.
 """
 import argparse
@@ -16,8 +16,8 @@ from utils.cli import ArgumentParser, UserError, run
 
 
 def build_parser():
-    from utils.prediction import add_hardware_args
-    from utils.pseudo_labels import add_labelling_args, add_target_args
+    from modules.prediction import add_prediction_args
+    from modules.pseudo_labels import add_labelling_args, add_target_args
 
     parser = ArgumentParser(prog="generate_pseudo_labels.py", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,7 +31,7 @@ def build_parser():
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier run in --save instead of resuming it")
     add_labelling_args(parser)
-    add_hardware_args(parser)
+    add_prediction_args(parser)
     return parser
 
 
@@ -51,7 +51,7 @@ def report(result, summary, scores, truth_note):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from utils.pseudo_labels import generate, write_report
+    from modules.pseudo_labels import generate, write_report
     from utils.run_lock import folder_lock
 
     label_root = args.label_root or os.path.join(args.data_dir, "gtFine2")

@@ -10,7 +10,7 @@ import argparse
 import math
 import sys
 
-from utils.cli import ArgumentParser, at_least, devices, positive_float, run, seed
+from utils.cli import ArgumentParser, at_least, positive_float, run, seed
 
 STAGES = ("basic", "source_only", "baseline", "spatial_mix", "smhm")
 DESCRIPTION = """Train or evaluate one stage of black-box domain adaptation (SpatialMix + hard patches).
@@ -88,18 +88,14 @@ def add_common_args(parser):
     ev.add_argument("--visualize-interval", type=at_least(0), default=500,
                     help="log an input | target | prediction picture every N steps; 0 = never (default: %(default)s)")
 
-    hw = parser.add_argument_group("hardware")
-    hw.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
-    hw.add_argument("--devices", type=devices, default="auto", help="number of devices per node, or auto (default: %(default)s)")
-    hw.add_argument("--num-nodes", type=at_least(1), default=1, help="number of machines (default: %(default)s)")
-    hw.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: %(default)s)")
+    from utils.lightning import add_hardware_args
+
+    hw = add_hardware_args(parser)
     hw.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=None,
                     help="BatchNorm statistics of the student and the teacher computed over all devices, as "
                          "published (batch sizes are per device); default: on when training on GPUs, where "
                          "it matters for several devices and changes nothing on one; --no-sync-batchnorm: "
                          "each device normalises with its own batch")
-    hw.add_argument("--precision", default="32-true",
-                    help="32-true as published, or bf16-mixed for speed on recent GPUs (default: %(default)s)")
     hw.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                     help="channels-last memory format for the networks; auto = on for CUDA (default: %(default)s)")
     hw.add_argument("--compile", action="store_true", help="torch.compile the networks (slower start, faster steps)")

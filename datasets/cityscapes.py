@@ -13,7 +13,7 @@ full resolution). Every listed file is checked at construction, so a wrong path 
 import glob
 import os
 
-from datasets.transforms import LabelledImages, check_files_exist
+from datasets.base import LabelledImages, check_files_exist
 from utils.cli import UserError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"

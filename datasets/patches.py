@@ -7,12 +7,12 @@ Layout written by ``construct_hard_patch.py``::
 
 Patches are used at their stored size (no resizing). A folder of patches made by hand (no
 ``.state/`` of a mining run in it) is accepted as it is; one whose mining run has not finished
-(``.state/`` without ``summary.json``) is refused before this class reads it (``utils/stage_output.py``).
+(``.state/`` without ``summary.json``) is refused before this class reads it (``modules/stage_output.py``).
 """
 import glob
 import os
 
-from datasets.transforms import LabelledImages, check_files_exist
+from datasets.base import LabelledImages, check_files_exist
 from utils.cli import UserError
 
 

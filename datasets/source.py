@@ -12,10 +12,10 @@ Images and labels are resized to the input size (bicubic / nearest, with ``resiz
 import glob
 import os
 
-from datasets.transforms import LabelledImages, check_files_exist
+from datasets.base import LabelledImages, check_files_exist
 from utils.cli import UserError
 from utils.io import read_label
-from utils.transfer_trainid import label_ids_to_train_ids, read_synthia_label_ids
+from utils.labels import label_ids_to_train_ids, read_synthia_label_ids
 
 
 def _list_files(root, image_dir, label_dir, list_path):

@@ -10,7 +10,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
-from datasets.transforms import to_bgr_uint8
+from datasets.pixels import to_bgr_uint8
 from utils.io import write_png, write_rgb_png
 from utils.labels import colorize
 from utils.metrics import append_record, format_table

@@ -12,14 +12,15 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from datasets.base import collate
 from datasets.cityscapes import CityscapesDataset, resolve_pseudo_label_root
 from datasets.patches import HardPatchDataset
 from datasets.samplers import CyclingSampler, ShardSampler, SkipSampler
 from datasets.source import GTA5Dataset, SynthiaDataset
-from datasets.transforms import add_resize_backend_arg
+from datasets.pixels import add_resize_backend_arg
 from utils.cli import UserError, at_least
 from utils.image_cache import ResizedImageCache
-from utils.stage_output import check_hard_patches_finished, check_pseudo_labels_finished
+from modules.stage_output import check_hard_patches_finished, check_pseudo_labels_finished
 
 SOURCE_DATASETS = {"gta5": GTA5Dataset, "synthia": SynthiaDataset}
 DEFAULT_LIST_ROOT = "./datasets/list/cityscapes"
@@ -77,18 +78,6 @@ def resolve_data_args(args):
         raise UserError(f"--list-root: folder not found: {args.list_root} (leave the flag out to scan the image "
                         "folders)")
     return args
-
-
-def collate(samples):
-    """Stack a batch; full-resolution labels of different sizes stay a list instead of failing."""
-    batch = {"image": torch.stack([s["image"] for s in samples]),
-             "name": [s["name"] for s in samples],
-             "index": torch.tensor([s["index"] for s in samples])}
-    if "label" in samples[0]:
-        labels = [s["label"] for s in samples]
-        same = all(label.shape == labels[0].shape for label in labels)
-        batch["label"] = torch.stack(labels) if same else labels
-    return batch
 
 
 class SegmentationDataModule(pl.LightningDataModule):

@@ -12,7 +12,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from datasets.transforms import denormalize_to_rgb01, normalize_rgb01
+from datasets.pixels import denormalize_to_rgb01, normalize_rgb01
 from modules.base import SegmentationModule
 from utils.augment import photometric_augment
 from utils.cli import UserError, finite_float, probability

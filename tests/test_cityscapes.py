@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from datasets.cityscapes import CityscapesDataset, list_images, resolve_pseudo_label_root
-from datasets.transforms import to_network_input
+from datasets.pixels import to_network_input
 from tests.fixtures import pil_resized_bgr, pil_resized_label
 from utils.cli import UserError
 

@@ -186,7 +186,7 @@ def test_labels_made_again_in_place_are_not_mistaken_for_the_mined_ones(tmp_path
 
 SLOW_MINER = """
 import runpy, sys, time
-import utils.hard_patches as hard_patches
+import modules.hard_patches as hard_patches
 select_patches = hard_patches.select_patches
 def slow_select_patches(*args):
     time.sleep(0.3)

@@ -5,7 +5,7 @@ Every case must end the same way: exit code 2, exactly one line on stderr that s
 output folder the command was given. The catalogue:
 
 1. Unfinished inputs. A data stage's output folder whose run was stopped part-way (its state is
-   there, its summary not: ``utils/stage_output.py``) is refused by every stage that reads it,
+   there, its summary not: ``modules/stage_output.py``) is refused by every stage that reads it,
    naming the command that finishes it; rerunning that command makes it acceptable. A folder made
    by hand (neither state nor summary) is accepted as it is.
 2. Inputs of the wrong kind. Train-id labels given to the label-id conversion (255 is no label id);
@@ -290,9 +290,9 @@ def stopped(world, tmp_path_factory):
     - ``patches_third``: mining stopped after 2 of 6 images;
     - ``patches_labelling``: mining with ``--restore-from``, stopped while computing its labels.
     """
-    import utils.hard_patches as hard_patches
-    import utils.pseudo_labels as pseudo_labels
-    from utils.prediction import PredictionModule
+    import modules.hard_patches as hard_patches
+    import modules.pseudo_labels as pseudo_labels
+    from modules.prediction import PredictionModule
 
     root = tmp_path_factory.mktemp("stopped")
     paths = {key: str(root / key) for key in ("labels_third", "labels_no_report", "patches_third",

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import datasets.transforms as transforms
+import datasets.base as transforms
 from datasets.cityscapes import CityscapesDataset
 from main import parse_args
 from modules.data import SegmentationDataModule
-from datasets.transforms import to_network_input
+from datasets.pixels import to_network_input
 from tests.fixtures import make_cityscapes, pil_resized_bgr
 from utils.cli import UserError
 from utils.image_cache import ResizedImageCache

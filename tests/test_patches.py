@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from datasets.patches import HardPatchDataset
-from datasets.transforms import to_network_input
+from datasets.pixels import to_network_input
 from utils.cli import UserError
 
 

@@ -13,13 +13,13 @@ import construct_hard_patch
 import generate_pseudo_labels
 import main
 from datasets.source import GTA5Dataset
-from datasets.transforms import to_network_input
+from datasets.pixels import to_network_input
 from main import parse_args
 from modules.data import SegmentationDataModule
 from tests.fixtures import make_cityscapes, make_gta5, make_pseudo_labels, pil_resized_bgr, pil_resized_label
 from utils.cli import run
-from utils.hard_patches import class_pixel_counts
-from utils.pseudo_labels import settings_of, target_dataset
+from modules.hard_patches import class_pixel_counts
+from modules.pseudo_labels import settings_of, target_dataset
 
 INPUT = (32, 16)  # from 64x32 files
 

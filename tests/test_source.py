@@ -9,7 +9,7 @@ import torch
 from datasets.source import GTA5Dataset, SynthiaDataset
 from utils.cli import UserError
 from utils.labels import SYNTHIA_TO_TRAIN_ID
-from utils.transfer_trainid import read_synthia_label_ids
+from utils.labels import read_synthia_label_ids
 
 SIZE = (64, 32)
 

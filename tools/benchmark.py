@@ -66,16 +66,16 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from datasets.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, CityscapesDataset
-from datasets.transforms import IMG_MEAN_BGR, resize_image, resize_label
+from datasets.pixels import IMG_MEAN_BGR, resize_image, resize_label
 from main import parse_args
 from models.deeplabv2 import ARCHS, get_deeplabv2
 from modules import MODULES
 from modules.data import SegmentationDataModule
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run
-from utils.io import atomic_write_bytes, atomic_write_text
+from utils.io import atomic_write_bytes, atomic_write_text, encode_png
 from utils.labels import IGNORE_INDEX, NUM_CLASSES
-from utils.prediction import PredictionData, PredictionModule
-from utils.pseudo_labels import PseudoLabelWriter
+from modules.prediction import PredictionData, PredictionModule
+from modules.pseudo_labels import PseudoLabelWriter
 
 STAGES = ("baseline", "smhm", "pseudo_label", "val", "data", "resize")
 CONFIGS = ("published", "fast")
@@ -244,13 +244,6 @@ def synthetic_train_ids(rng, width, height):
     return cv2.resize(coarse.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
 
 
-def encode_png(array):
-    ok, buffer = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 6])
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buffer.tobytes()
-
-
 class Workspace:
     """Cityscapes-layout PNG files at twice the input size (Cityscapes: 2048x1024 for 1024x512).
 
@@ -268,12 +261,12 @@ class Workspace:
         stems = [f"bench/bench_{k:06d}_000019" for k in range(min(UNIQUE_FILES, count))]
         sizes = []
         for stem in stems:
-            image = encode_png(synthetic_photo(rng, width, height))
+            image = encode_png(synthetic_photo(rng, width, height), compression=6)
             sizes.append(len(image))
             for split in ("train", "val"):
                 atomic_write_bytes(os.path.join(self.image_root, split, stem + IMAGE_SUFFIX), image)
             atomic_write_bytes(os.path.join(self.label_root, "val", stem + LABEL_SUFFIX),
-                               encode_png(synthetic_train_ids(rng, width, height)))
+                               encode_png(synthetic_train_ids(rng, width, height), compression=6))
         self.entries = [stems[k % len(stems)] + IMAGE_SUFFIX for k in range(count)]
         for split in ("train", "val"):
             atomic_write_text(os.path.join(self.list_root, f"{split}.txt"), "".join(e + "\n" for e in self.entries))

@@ -52,9 +52,19 @@ def read_label(path, channel=None):
     return label
 
 
-def encode_png(array):
-    """Encode an H×W (grey) or H×W×3 (BGR) ``uint8`` array as PNG bytes."""
-    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(array))
+def json_number(value, digits=None):
+    """``value`` as a JSON number (rounded to ``digits``), or ``None`` for NaN, which JSON lacks
+    (the IoU of a class absent from both prediction and ground truth)."""
+    if value != value:
+        return None
+    return float(value) if digits is None else round(float(value), digits)
+
+
+def encode_png(array, compression=None):
+    """Encode an H×W (grey) or H×W×3 (BGR) ``uint8`` array as PNG bytes (``compression`` 0..9,
+    OpenCV's default when ``None``)."""
+    params = [] if compression is None else [cv2.IMWRITE_PNG_COMPRESSION, compression]
+    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(array), params)
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buffer.tobytes()

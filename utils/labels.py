@@ -7,13 +7,23 @@ truth: it is not retyped here). GTA5 labels use the Cityscapes label ids. SYNTHI
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
 
+from utils.cli import UserError
+from utils.io import read_label
+
 IGNORE_INDEX = 255
 NUM_CLASSES = 19
 
 _TRAIN_LABELS = sorted((l for l in _CITYSCAPES_LABELS if 0 <= l.trainId < 255), key=lambda l: l.trainId)
 CLASS_NAMES = tuple(l.name for l in _TRAIN_LABELS)
+
 PALETTE = np.array([l.color for l in _TRAIN_LABELS], dtype=np.uint8)  # RGB, one row per train id
 assert len(CLASS_NAMES) == NUM_CLASSES
+
+
+def class_names(num_classes):
+    """The Cityscapes names for 19 classes, else ``class 0``, ``class 1``, ..."""
+    return CLASS_NAMES if num_classes == len(CLASS_NAMES) else tuple(f"class {k}" for k in range(num_classes))
+
 
 # The SYNTHIA protocol drops terrain, truck and train (mIoU-16); the standard 13-class one also
 # wall, fence and pole. The published code's 13-class mean drops fence, pole and traffic light
@@ -83,3 +93,27 @@ def parse_rare_classes(text, num_classes=NUM_CLASSES):
     if not ids or any(not 0 <= i < num_classes for i in ids):
         raise ValueError(f"rare classes must be train ids in 0..{num_classes - 1}, got {text!r}")
     return ids
+
+
+_LUTS = {}
+
+
+def read_synthia_label_ids(path):
+    """SYNTHIA class ids (H×W, ``uint16``) from a GT/LABELS file: its red channel (third in BGR)."""
+    return read_label(path, channel=2)
+
+
+def label_ids_to_train_ids(label_ids, dataset, path):
+    """Map a label-id map of ``dataset`` (cityscapes, gta5, synthia) to ``uint8`` train ids through
+    its table (above). A value that is no label id of the dataset is a user error naming
+    the file: such a file holds something else, most often train ids already (255 = ignored), which
+    the table would silently turn into ignored pixels."""
+    if dataset not in _LUTS:
+        _LUTS[dataset] = LABEL_ID_LUTS[dataset]()
+    largest = MAX_LABEL_ID[dataset]
+    if label_ids.size and int(label_ids.max()) > largest:
+        found = int(label_ids.max())
+        hint = (f"{IGNORE_INDEX} is the ignored value of train ids: is it converted already?" if found == IGNORE_INDEX
+                else "is it a label-id file of this dataset?")
+        raise UserError(f"{path} holds the value {found}, not a {dataset} label id (0..{largest}): {hint}")
+    return _LUTS[dataset][label_ids]

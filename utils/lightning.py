@@ -5,7 +5,20 @@ import contextlib
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from utils.cli import UserError
+from utils.cli import UserError, at_least, devices
+
+
+def add_hardware_args(parser):
+    """The flags :func:`make_trainer` reads, the same for training and the data stages; returns their group."""
+    group = parser.add_argument_group("hardware")
+    group.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
+    group.add_argument("--devices", type=devices, default="auto",
+                       help="number of devices per node, a list such as 0,1, or auto (default: %(default)s)")
+    group.add_argument("--num-nodes", type=at_least(1), default=1, help="number of machines (default: %(default)s)")
+    group.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: %(default)s)")
+    group.add_argument("--precision", default="32-true",
+                       help="32-true as published, or bf16-mixed for speed on recent GPUs (default: %(default)s)")
+    return group
 
 
 def make_trainer(args, **kwargs):

@@ -16,8 +16,8 @@ from torchmetrics import Metric
 
 from utils.cli import UserError
 from utils.io import atomic_write_text
-from utils.labels import (CLASS_NAMES, IGNORE_INDEX, MIOU13_EXCLUDED, MIOU13_PUBLISHED_EXCLUDED, MIOU16_EXCLUDED,
-                          NUM_CLASSES)
+from utils.labels import (IGNORE_INDEX, MIOU13_EXCLUDED, MIOU13_PUBLISHED_EXCLUDED, MIOU16_EXCLUDED, NUM_CLASSES,
+                          class_names)
 
 # Every mean once: scores key, label in the printed table, CSV column, train ids left out.
 # Two 13-class means: the standard SYNTHIA-13 one, and the published code's (which the paper's
@@ -99,13 +99,9 @@ def scores_from_confusion(confmat):
     return scores
 
 
-def _class_names(num_classes):
-    return CLASS_NAMES if num_classes == len(CLASS_NAMES) else tuple(f"class {k}" for k in range(num_classes))
-
-
 def format_table(scores, title=None):
     """A plain-text table: one line per class with its IoU, then the means of :data:`MEANS`."""
-    names = _class_names(len(scores["per_class"]))
+    names = class_names(len(scores["per_class"]))
     width = max(len(n) for n in names + tuple(m[1] for m in MEANS))
     lines = [title] if title else []
     lines.append(f"{'class':<{width}}  IoU (%)")
@@ -118,7 +114,7 @@ def format_table(scores, title=None):
 
 
 def record_header(num_classes=NUM_CLASSES):
-    return list(_class_names(num_classes)) + list(MEAN_COLUMNS)
+    return list(class_names(num_classes)) + list(MEAN_COLUMNS)
 
 
 def _upgrade_record(csv_path, rows, header):

@@ -12,7 +12,8 @@ value that is no label id of the dataset (``utils.labels.MAX_LABEL_ID``; 255 in 
 already) is refused with one line naming it; the first file to convert is checked before anything
 is written.
 
-The source datasets (``datasets/source.py``) reuse the readers below to convert on the fly.
+The conversion itself is ``utils.labels.label_ids_to_train_ids``, which the source datasets
+(``datasets/source.py``) also use to convert on the fly; this file is only its command line.
 """
 import argparse
 import fnmatch
@@ -27,33 +28,9 @@ from tqdm import tqdm  # noqa: E402
 
 from utils.cli import ArgumentParser, UserError, at_least, run  # noqa: E402
 from utils.io import read_label, write_png  # noqa: E402
-from utils.labels import IGNORE_INDEX, LABEL_ID_LUTS, MAX_LABEL_ID  # noqa: E402
+from utils.labels import label_ids_to_train_ids, read_synthia_label_ids  # noqa: E402
 
 PATTERNS = {"cityscapes": "*_gtFine_labelIds.png", "gta5": "*.png", "synthia": "*.png"}
-_LUTS = {}
-
-
-def read_synthia_label_ids(path):
-    """SYNTHIA class ids (H×W, ``uint16``) from a GT/LABELS file: its red channel (third in BGR)."""
-    return read_label(path, channel=2)
-
-
-def label_ids_to_train_ids(label_ids, dataset, path):
-    """Map a label-id map of ``dataset`` (cityscapes, gta5, synthia) to ``uint8`` train ids through
-    its table (``utils.labels``). A value that is no label id of the dataset is a user error naming
-    the file: such a file holds something else, most often train ids already (255 = ignored), which
-    the table would silently turn into ignored pixels."""
-    if dataset not in _LUTS:
-        _LUTS[dataset] = LABEL_ID_LUTS[dataset]()
-    largest = MAX_LABEL_ID[dataset]
-    if label_ids.size and int(label_ids.max()) > largest:
-        found = int(label_ids.max())
-        hint = (f"{IGNORE_INDEX} is the ignored value of train ids: is it converted already?" if found == IGNORE_INDEX
-                else "is it a label-id file of this dataset?")
-        raise UserError(f"{path} holds the value {found}, not a {dataset} label id (0..{largest}): {hint}")
-    return _LUTS[dataset][label_ids]
-
-
 def parse_args(argv=None):
     parser = ArgumentParser(prog="utils/transfer_trainid.py", description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -23,34 +23,21 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datasets.base import collate
 from datasets.samplers import ShardSampler
-from utils.cli import UserError, at_least, devices
+from utils.cli import UserError, at_least
 from utils.inference import entropy_map, predict_logits
 from utils.io import TEMP_PREFIX, atomic_write_text
-from utils.lightning import interruptible, make_trainer
+from utils.lightning import add_hardware_args, interruptible, make_trainer
 from utils.run_lock import launched_as_first_process
 
 
-def add_hardware_args(parser):
-    """Flags of batched prediction on one or many devices (shared by the data-stage scripts)."""
-    group = parser.add_argument_group("hardware")
+def add_prediction_args(parser):
+    """Batch and loader flags of the data stages, and the hardware flags (``utils/lightning.py``)."""
+    group = add_hardware_args(parser)
     group.add_argument("--batch-size", type=at_least(1), default=1, help="images per prediction step and device (default: %(default)s)")
     group.add_argument("--num-workers", type=at_least(0), default=4, help="data loader processes per device (default: %(default)s)")
-    group.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
-    group.add_argument("--devices", type=devices, default="auto",
-                       help="number of devices per node, a list such as 0,1, or auto (default: %(default)s)")
-    group.add_argument("--num-nodes", type=at_least(1), default=1, help="number of machines (default: %(default)s)")
-    group.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: %(default)s)")
-    group.add_argument("--precision", default="32-true",
-                       help="32-true as published, or bf16-mixed for speed on recent GPUs (default: %(default)s)")
     return group
-
-
-def check_hardware_args(args):
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.num_workers < 0:
-        raise UserError(f"--num-workers must be at least 0, got {args.num_workers}")
 
 
 class PredictionModule(pl.LightningModule):
@@ -115,18 +102,6 @@ def check_item(item):
     if isinstance(item, dict) and "error" in item:
         raise UserError(item["error"])
     return item
-
-
-def collate(samples):
-    """Stack images (and labels) of a batch; keep names as a list; pass the first error on."""
-    errors = [s["error"] for s in samples if "error" in s]
-    if errors:
-        return {"error": errors[0]}
-    batch = {"name": [s["name"] for s in samples], "index": torch.tensor([s["index"] for s in samples])}
-    for key in ("image", "label"):
-        if key in samples[0]:
-            batch[key] = torch.stack([s[key] for s in samples])
-    return batch
 
 
 def shard_batches(names, batch_size, rank=0, world_size=1, done=frozenset()):
@@ -316,7 +291,7 @@ def claim_folder(folder, settings, overwrite, outputs=()):
 
 
 def run_predict(module, data, writer, args):
-    """Predict ``data`` with ``module`` on the devices of ``args`` (see :func:`add_hardware_args`),
+    """Predict ``data`` with ``module`` on the devices of ``args`` (see :func:`add_prediction_args`),
     ``writer`` writing the files. Returns ``True`` in the first process (the one that should report),
     ``False`` in the others."""
     trainer = make_trainer(args, callbacks=[writer], logger=False, enable_checkpointing=False,

@@ -22,15 +22,15 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from datasets.cityscapes import LABEL_SUFFIX, resolve_pseudo_label_root
-from datasets.transforms import resize_label, to_bgr_uint8
+from datasets.pixels import resize_label, to_bgr_uint8
 from utils.cli import UserError
 from utils.fingerprint import fingerprint
 from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
-from utils.labels import colorize, parse_rare_classes
-from utils.prediction import ErrorsAsItems, RecordFile, check_item, claim_folder, read_records
-from utils.pseudo_labels import IMAGE_SAMPLE_BYTES, check_labelling_args, class_names, generate, target_dataset
+from utils.labels import class_names, colorize, parse_rare_classes
+from modules.prediction import ErrorsAsItems, RecordFile, check_item, claim_folder, read_records
+from modules.pseudo_labels import IMAGE_SAMPLE_BYTES, generate, target_dataset
 from utils.run_lock import folder_lock
-from utils.stage_output import check_pseudo_labels_finished
+from modules.stage_output import check_pseudo_labels_finished
 
 OUTPUT_FOLDERS = ("patches", "labels", "color_labels")
 
@@ -214,7 +214,6 @@ def _construct(args):
     if (args.pseudo_label_root is None) == (args.restore_from is None):
         raise UserError("give exactly one of --pseudo-label-root (pseudo-labels already made) and --restore-from "
                         "(weights to compute them)")
-    check_labelling_args(args)
     rare = check_rare_classes(args.rare_classes, args.num_classes)
     if args.rare_classes == "auto" and not 1 <= args.num_rare <= args.num_classes:
         raise UserError(f"--num-rare must be between 1 and {args.num_classes}, got {args.num_rare}")

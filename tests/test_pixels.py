@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.transforms import (IMG_MEAN_BGR, LabelledImages, check_label_values, denormalize_to_rgb01,
-                                 normalize_rgb01, resize_image, resize_label, to_bgr_uint8, to_network_input)
+from datasets.base import LabelledImages, check_label_values
+from datasets.pixels import (IMG_MEAN_BGR, denormalize_to_rgb01, normalize_rgb01, resize_image, resize_label,
+                             to_bgr_uint8, to_network_input)
 from tests.fixtures import pil_resized_bgr, pil_resized_label
 from utils.cli import UserError
 

@@ -47,7 +47,7 @@ def pseudo_label_save_folder(root, split="train"):
 
 def check_pseudo_labels_finished(root, split="train", flag="--pseudo-label-root"):
     """Refuse the pseudo-labels in ``root`` while ``generate_pseudo_labels.py`` has not finished them."""
-    from utils.pseudo_labels import report_names, state_dir
+    from modules.pseudo_labels import report_names, state_dir
 
     save = pseudo_label_save_folder(root, split)
     check_finished(flag, root, save, [os.path.join(state_dir(save, split), "settings.json")],
@@ -56,6 +56,6 @@ def check_pseudo_labels_finished(root, split="train", flag="--pseudo-label-root"
 
 def check_hard_patches_finished(root, flag="--hard-patches-root"):
     """Refuse the hard patches in ``root`` while ``construct_hard_patch.py`` has not finished them."""
-    # The layout utils/hard_patches.py writes: the state first, the summary last.
+    # The layout modules/hard_patches.py writes: the state first, the summary last.
     state = [os.path.join(root, ".state", "settings.json"), os.path.join(root, ".pseudo_labels")]
     check_finished(flag, root, root, state, os.path.join(root, "summary.json"), "construct_hard_patch.py")

@@ -28,14 +28,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datasets.cityscapes import LABEL_SUFFIX, CityscapesDataset
-from datasets.transforms import add_resize_backend_arg, resize_label
+from datasets.pixels import add_resize_backend_arg, resize_label
 from models.deeplabv2 import add_network_args, get_deeplabv2
 from utils.cli import UserError, float_list, positive_float
 from utils.fingerprint import fingerprint
-from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
-from utils.labels import CLASS_NAMES, IGNORE_INDEX, colorize
-from utils.metrics import ConfusionMatrix, scores_from_confusion
-from utils.prediction import (ErrorsAsItems, PredictionData, PredictionModule, RecordWriter, check_hardware_args,
+from utils.io import atomic_write_text, json_number, read_label, write_png, write_rgb_png
+from utils.labels import IGNORE_INDEX, class_names, colorize
+from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
+from modules.prediction import (ErrorsAsItems, PredictionData, PredictionModule, RecordWriter,
                               check_item, claim_folder, read_records, run_predict)
 
 
@@ -121,14 +121,6 @@ def load_network(args):
                          head_branches=args.head_branches)
 
 
-def check_labelling_args(args):
-    check_hardware_args(args)
-
-
-def class_names(num_classes):
-    return CLASS_NAMES if num_classes == len(CLASS_NAMES) else tuple(f"class {k}" for k in range(num_classes))
-
-
 # -- outputs --------------------------------------------------------------------------------------------
 
 def label_path(save, kind, split, name):
@@ -205,7 +197,6 @@ def generate(args, save, write_color=True):
     process but the first, which gets ``{"names", "records", "skipped"}``: the listed images, their
     records (``[entropy, counts]`` as strings) and how many were already done before this run.
     """
-    check_labelling_args(args)
     dataset = target_dataset(args)
     names = dataset.names
     net = load_network(args)
@@ -281,10 +272,6 @@ def ground_truth_scores(save, split, names, label_root, num_classes, num_workers
     return scores_from_confusion(confusion.compute()), truth_dir
 
 
-def _finite(value):
-    return None if value != value else round(value, 4)  # JSON has no NaN
-
-
 def write_report(save, split, result, args, label_root):
     """easy/hard lists and the summary; returns the summary (a dict) and the ground-truth scores."""
     records, names = result["records"], result["names"]
@@ -311,8 +298,8 @@ def write_report(save, split, result, args, label_root):
     if scores is not None:
         summary["ground_truth"] = {
             "label_root": truth_note, "compared_at": "ground-truth resolution (pseudo-labels upsampled, nearest)",
-            "iou": {n: _finite(v) for n, v in zip(names_of_classes, scores["per_class"])},
-            "miou": _finite(scores["miou"]), "miou16": _finite(scores["miou16"]), "miou13": _finite(scores["miou13"]),
+            "iou": {n: json_number(v, 4) for n, v in zip(names_of_classes, scores["per_class"])},
+            **{key: json_number(scores[key], 4) for key in MEAN_KEYS},  # miou, miou16, miou13, miou13_published
         }
     atomic_write_text(files["summary"], json.dumps(summary, indent=1) + "\n")
     return summary, scores, truth_note

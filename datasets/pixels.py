@@ -1,0 +1,87 @@
+"""Pixel conventions of the network and resizing, shared by every dataset and stage.
+
+The network (all stages) takes BGR pixel values 0-255 minus the Caffe mean, without division by a
+standard deviation, as the published DeepLabv2 checkpoints expect. Images are resized bicubically
+and labels with nearest neighbour, so that no label value is invented: by default with PIL, bit for
+bit as the published loaders did (``--resize-backend cv2``: OpenCV, faster, other pixels).
+Self-distillation (stage 6) augments colours in RGB [0, 1]; ``denormalize_to_rgb01`` /
+``normalize_rgb01`` go there and back.
+"""
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+IMG_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
+_MEAN = np.array(IMG_MEAN_BGR, dtype=np.float32)
+
+
+def to_network_input(image_bgr_uint8):
+    """H×W×3 BGR ``uint8`` image -> float32 tensor 3×H×W, BGR, 0-255 minus the mean."""
+    image = np.asarray(image_bgr_uint8, dtype=np.float32) - _MEAN
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def to_bgr_uint8(tensor):
+    """Inverse of :func:`to_network_input` (rounded, clipped to 0-255), for pictures."""
+    if isinstance(tensor, torch.Tensor):
+        tensor = tensor.detach().float().cpu().numpy()
+    image = np.asarray(tensor, dtype=np.float32).transpose(1, 2, 0) + _MEAN
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _mean_like(images):
+    return torch.tensor(IMG_MEAN_BGR, dtype=images.dtype, device=images.device).view(3, 1, 1)
+
+
+def denormalize_to_rgb01(images):
+    """Network input (…×3×H×W, BGR minus mean, any device) -> RGB in [0, 1]."""
+    return ((images + _mean_like(images)) / 255.0).flip(-3).clamp(0.0, 1.0)
+
+
+def normalize_rgb01(images):
+    """RGB in [0, 1] (…×3×H×W, any device) -> network input (BGR, 0-255 minus mean)."""
+    return images.flip(-3) * 255.0 - _mean_like(images)
+
+
+# How images and labels are resized: "pil" (the default) as the published loaders did, "cv2" faster.
+RESIZE_BACKENDS = ("pil", "cv2")
+
+
+def add_resize_backend_arg(group):
+    """``--resize-backend``, the same flag for training, evaluation and the data-stage scripts."""
+    group.add_argument("--resize-backend", choices=RESIZE_BACKENDS, default=RESIZE_BACKENDS[0],
+                       help="how images (bicubic) and labels (nearest) are resized to --input-size: pil, bit for "
+                            "bit as the published loaders, or cv2 (OpenCV), several times faster but not the same "
+                            "pixels (default: %(default)s)")
+
+
+def check_resize_backend(backend):
+    if backend not in RESIZE_BACKENDS:
+        raise ValueError(f"resize backend must be one of {', '.join(RESIZE_BACKENDS)}, got {backend!r}")
+
+
+def resize_image(image, size, backend="pil"):
+    """Bicubic resize of a ``uint8`` image to ``size=(width, height)``; the same array when it already has
+    that size. ``pil`` equals the published ``Image.BICUBIC`` on the RGB image: PIL filters every channel
+    alike, so the BGR array is resized as it is, without converting it to RGB and back."""
+    check_resize_backend(backend)
+    width, height = size
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    if backend == "cv2":
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.array(Image.fromarray(image).resize((width, height), Image.BICUBIC))  # a copy: PIL's is read-only
+
+
+def resize_label(label, size, backend="pil"):
+    """Nearest-neighbour resize of a label map to ``size=(width, height)`` (no new values). PIL takes the
+    source pixel under each output pixel's centre, OpenCV's INTER_NEAREST the one under its corner, so the
+    two differ by up to one source pixel; ``pil`` is the published ``Image.NEAREST``."""
+    check_resize_backend(backend)
+    width, height = size
+    if label.shape[1] == width and label.shape[0] == height:
+        return label
+    if backend == "cv2":
+        return cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
+    return np.array(Image.fromarray(label).resize((width, height), Image.NEAREST))
