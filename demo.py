@@ -99,18 +99,12 @@ class Demo:
                 "--max-steps", str(steps), "--lr", str(lr), "--val-interval", str(max(1, steps // 4)), *extra]
         if runner.has_checkpoints(os.path.join(self.runs, module, name)):
             argv += ["--resume", "last"]
-        self.step(f"{name}: train", "main.py", argv, train_main)
-        best = self.best_checkpoint(os.path.join(self.runs, module, name))
+        best = self.step(f"{name}: train", "main.py", argv, train_main)["best_checkpoint"]
+        if not best:
+            raise UserError(f"{name}: no validated checkpoint in {os.path.join(self.runs, module, name)}")
         self.step(f"{name}: extract", "extract_model_state_dict.py",
                   ["--pl-weight-path", best, "--model-weight-keyname", "net", "--save-path", target], extract)
         return target
-
-    @staticmethod
-    def best_checkpoint(folder):
-        best = [f for f in os.listdir(folder) if f.startswith("checkpoint-step_") and f.endswith(".ckpt")]
-        if not best:
-            raise UserError(f"no validated checkpoint in {folder}")
-        return os.path.join(folder, sorted(best)[-1])
 
     def smhm_rounds(self, baseline, patches):
         """``main.py --rounds N``: each round restarts smhm from the best student of the previous one."""
@@ -121,24 +115,22 @@ class Demo:
                 "--rounds", str(c["rounds"]), "--restore-from", baseline, "--hard-patches-root", patches,
                 "--position-beta", "0.25", "--max-steps", str(c["round_steps"]), "--lr", str(c["smhm_lr"]),
                 "--val-interval", str(max(1, c["round_steps"] // 4))]
-        self.step("smhm self-distillation rounds", "main.py", argv, train_main)
-        return [os.path.join(self.runs, "smhm", f"smhm_round_{k}", "student.pth") for k in range(1, c["rounds"] + 1)]
+        rounds = self.step("smhm self-distillation rounds", "main.py", argv, train_main)
+        return [r["student"] for r in rounds]
 
     def evaluate(self, stages):
         """``main.py --mode test`` for every stage's weights; returns
         {stage: {weights, miou, miou16, miou13, miou13_published, per_class}}."""
-        from main import parse_args
-        from modules import runner
+        from main import main as test_main
         from utils.labels import CLASS_NAMES
+        from utils.metrics import MEAN_KEYS
 
         results = {}
         for stage, weights in stages.items():
             argv = ["--module-name", "basic", "--mode", "test", *self.common_training(),
                     "--experiment-name", f"eval_{stage}", "--restore-from", weights]
-            scores = self.step(f"evaluate {stage}", "main.py", argv, lambda v: runner.test(parse_args(v)))
-            results[stage] = {"weights": weights, "miou": json_number(scores["miou"]),
-                              "miou16": json_number(scores["miou16"]), "miou13": json_number(scores["miou13"]),
-                              "miou13_published": json_number(scores["miou13_published"]),
+            scores = self.step(f"evaluate {stage}", "main.py", argv, test_main)
+            results[stage] = {"weights": weights, **{key: json_number(scores[key]) for key in MEAN_KEYS},
                               "per_class": {n: json_number(v) for n, v in zip(CLASS_NAMES, scores["per_class"])}}
         return results
 

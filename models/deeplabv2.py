@@ -12,6 +12,7 @@ the factory (``get_deeplabv2``), then weight files. Every form of weight file pe
 ``read_weight_file``; ``load_weights`` fits it to a network, and ``extract_state_dict`` takes a
 network's weights out of a Lightning checkpoint (stage 4, checkpoint extraction).
 """
+import dataclasses
 import warnings
 
 import torch
@@ -170,6 +171,16 @@ class DeepLabV2(nn.Module):
         head_ids = {id(p) for p in head}
         backbone = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
         return [{"params": backbone, "lr": lr}, {"params": head, "lr": 10 * lr}]
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """The values of :func:`add_network_args` (and ``--freeze-bn-stats`` of training)."""
+    arch: str = "deeplabv2_r101"
+    num_classes: int = 19
+    head_branches: int = 2
+    input_size: tuple = (1024, 512)
+    freeze_bn_stats: bool = False
 
 
 def add_network_args(parser, title="network"):

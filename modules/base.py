@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from models.deeplabv2 import get_deeplabv2
 from utils.inference import predict_logits
+from utils.config import flat
 from utils.labels import IGNORE_INDEX
 from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
 
@@ -30,25 +31,30 @@ class SegmentationModule(pl.LightningModule):
     default_position_beta = None
     default_lr = 1e-4  # published for the baseline; the self-distillation stages publish 1e-5
 
+    Options = None  # the dataclass of the stage's own flags (add_args), if it has any
+
     @classmethod
     def add_args(cls, parser):
         """Flags of this stage; subclasses extend them."""
         return parser
 
     @classmethod
-    def check_args(cls, args):
+    def check_config(cls, config):
         """Checks that a value fits the other flags (one flag alone is checked by its argparse type),
         run right after parsing; raise ``UserError``. What a run needs (weights to start from, ...)
         is checked when the module is built. Subclasses extend them."""
 
-    def __init__(self, args):
+    def __init__(self, config):
+        """``config``: the run's ``modules.config.RunConfig``; the module keeps the sections it uses."""
         super().__init__()
-        self.args = args
-        self.save_hyperparameters(vars(args))
-        self.net = get_deeplabv2(num_classes=args.num_classes, restore_from=args.restore_from, arch=args.arch,
-                                 head_branches=args.head_branches, freeze_bn_stats=args.freeze_bn_stats)
-        self.val_confusion = ConfusionMatrix(args.num_classes, IGNORE_INDEX)
-        self.test_confusion = ConfusionMatrix(args.num_classes, IGNORE_INDEX)
+        self.save_hyperparameters(flat(config))
+        self.network, self.optim, self.evaluation = config.network, config.optim, config.evaluation
+        self.hardware, self.options = config.hardware, config.stage
+        n = config.network
+        self.net = get_deeplabv2(num_classes=n.num_classes, restore_from=config.restore_from, arch=n.arch,
+                                 head_branches=n.head_branches, freeze_bn_stats=n.freeze_bn_stats)
+        self.val_confusion = ConfusionMatrix(n.num_classes, IGNORE_INDEX)
+        self.test_confusion = ConfusionMatrix(n.num_classes, IGNORE_INDEX)
         self.last_scores = None
 
     def forward(self, images, size=None):
@@ -65,11 +71,11 @@ class SegmentationModule(pl.LightningModule):
         """Speed settings that leave results unchanged beyond float noise, for the networks on a
         ``device_type`` device: channels-last tensors suit tensor cores; compilation is opt-in
         (slow to start, fast per step)."""
-        channels_last = self.args.channels_last == "on" or (self.args.channels_last == "auto" and device_type == "cuda")
+        channels_last = self.hardware.channels_last == "on" or (self.hardware.channels_last == "auto" and device_type == "cuda")
         for net in self.networks():
             if channels_last:
                 net.to(memory_format=torch.channels_last)
-            if self.args.compile:
+            if self.hardware.compile:
                 net.compile()
 
     # -- training ----------------------------------------------------------------------------------
@@ -82,7 +88,7 @@ class SegmentationModule(pl.LightningModule):
         return {"loss": loss, "picture": (images, labels, logits)}  # modules.callbacks.TrainingPictures
 
     def configure_optimizers(self):
-        a = self.args
+        a = self.optim
         if a.optimizer == "sgd":
             # The classic DeepLab recipe: the freshly initialised head learns ten times faster.
             optimizer = torch.optim.SGD(self.net.param_groups(a.lr), lr=a.lr, momentum=0.9, weight_decay=5e-4)
@@ -106,7 +112,7 @@ class SegmentationModule(pl.LightningModule):
     def _evaluate(self, batch, confusion):
         """Update ``confusion`` with the batch; returns the predictions at ground-truth resolution."""
         images, labels = batch["image"], batch["label"]
-        logits = predict_logits(self.net, images, size=None, flip=self.args.flip_when_test)
+        logits = predict_logits(self.net, images, size=None, flip=self.evaluation.flip_when_test)
         predictions = []
         for i, label in enumerate(labels):
             # Logits are upsampled to the ground truth's own resolution (2048x1024 for Cityscapes).

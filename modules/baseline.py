@@ -1,9 +1,17 @@
 """``baseline``: cross-domain distillation (stage 3) — cross-entropy against the provider's
 pseudo-labels of the target training images (ignore index 255)."""
+import dataclasses
+
 from modules.base import SegmentationModule
 
 
+@dataclasses.dataclass(frozen=True)
+class BaselineOptions:
+    pseudo_label_root: str
+
+
 class BaselineModule(SegmentationModule):
+    Options = BaselineOptions
     train_source = "pseudo_labels"
 
     @classmethod

@@ -6,6 +6,7 @@ images for self-distillation (``images``) or a labelled source domain (``source`
 testing always use the target val split with full-resolution ground truth. Samplers are built
 here, per rank, so that evaluation counts every image once and hard patches differ across ranks.
 """
+import dataclasses
 import os
 
 import pytorch_lightning as pl
@@ -44,6 +45,26 @@ class ResumableLoader(DataLoader):
         self.sampler.skip = state["batches_done_in_epoch"] * self.batch_size
 
 
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The values of :func:`add_data_args`."""
+    image_root: str
+    label_root: str
+    list_root: str = None  # as typed; None: the default folder, which may be absent
+    val_split: str = "val"
+    num_workers: int = 4
+    image_cache: str = None
+    resize_backend: str = "pil"
+    train_batch_size: int = 4
+    val_batch_size: int = 2
+    test_batch_size: int = 2
+
+    @property
+    def lists(self):
+        """The folder of ``<split>.txt`` image lists to look in (``--list-root`` or its default)."""
+        return self.list_root or DEFAULT_LIST_ROOT
+
+
 def add_data_args(parser):
     group = parser.add_argument_group("data")
     group.add_argument("--image-root", default="./data/Cityscapes/leftImg8bit",
@@ -72,18 +93,20 @@ def add_data_args(parser):
 def resolve_data_args(args):
     """After parsing: ``--list-root`` left out means the default folder, which need not exist (the
     image folders are scanned); a folder the user named must exist, else it is a typo."""
-    if args.list_root is None:
-        args.list_root = DEFAULT_LIST_ROOT
-    elif not os.path.isdir(args.list_root):
+    if args.list_root is not None and not os.path.isdir(args.list_root):
         raise UserError(f"--list-root: folder not found: {args.list_root} (leave the flag out to scan the image "
                         "folders)")
     return args
 
 
 class SegmentationDataModule(pl.LightningDataModule):
-    def __init__(self, args, train_source, use_patches=False):
+    """``config``: the run's ``modules.config.RunConfig``; its data section, the network's input
+    size and classes, the seed, and the stage's inputs (pseudo-labels, source domain, hard patches)."""
+
+    def __init__(self, config, train_source, use_patches=False):
         super().__init__()
-        self.args = args
+        self.data, self.options, self.seed = config.data, config.stage, config.optim.seed
+        self.input_size, self.num_classes = config.network.input_size, config.network.num_classes
         self.train_source = train_source
         self.use_patches = use_patches
         self._datasets = {}
@@ -93,34 +116,33 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _dataset(self, name):
         if name not in self._datasets:
             dataset = getattr(self, f"_build_{name}")()
-            if getattr(self.args, "image_cache", None):
-                dataset.image_cache = ResizedImageCache(self.args.image_cache)
+            if self.data.image_cache:
+                dataset.image_cache = ResizedImageCache(self.data.image_cache)
             self._datasets[name] = dataset
         return self._datasets[name]
 
     def _build_train(self):
-        a = self.args
+        d, o = self.data, self.options
+        common = dict(input_size=self.input_size, num_classes=self.num_classes, resize_backend=d.resize_backend)
         if self.train_source == "source":
-            return SOURCE_DATASETS[a.source_dataset](a.source_root, input_size=a.input_size,
-                                                     num_classes=a.num_classes, resize_backend=a.resize_backend)
-        kwargs = dict(input_size=a.input_size, list_root=a.list_root, num_classes=a.num_classes,
-                      resize_backend=a.resize_backend)
+            return SOURCE_DATASETS[o.source_dataset](o.source_root, **common)
+        kwargs = dict(list_root=d.lists, **common)
         if self.train_source == "labels":
-            kwargs["label_root"] = a.label_root
+            kwargs["label_root"] = d.label_root
         elif self.train_source == "pseudo_labels":
-            check_pseudo_labels_finished(a.pseudo_label_root, "train")
-            kwargs["pseudo_label_root"] = resolve_pseudo_label_root(a.pseudo_label_root, "train")
-        return CityscapesDataset(a.image_root, "train", **kwargs)
+            check_pseudo_labels_finished(o.pseudo_label_root, "train")
+            kwargs["pseudo_label_root"] = resolve_pseudo_label_root(o.pseudo_label_root, "train")
+        return CityscapesDataset(d.image_root, "train", **kwargs)
 
     def _build_eval(self):
-        a = self.args
-        return CityscapesDataset(a.image_root, a.val_split, input_size=a.input_size, label_root=a.label_root,
-                                 list_root=a.list_root, resize_label=False, num_classes=a.num_classes,
-                                 resize_backend=a.resize_backend)
+        d = self.data
+        return CityscapesDataset(d.image_root, d.val_split, input_size=self.input_size, label_root=d.label_root,
+                                 list_root=d.lists, resize_label=False, num_classes=self.num_classes,
+                                 resize_backend=d.resize_backend)
 
     def _build_patches(self):
-        check_hard_patches_finished(self.args.hard_patches_root)
-        return HardPatchDataset(self.args.hard_patches_root, num_classes=self.args.num_classes)
+        check_hard_patches_finished(self.options.hard_patches_root)
+        return HardPatchDataset(self.options.hard_patches_root, num_classes=self.num_classes)
 
     def check(self, stage):
         """Build the datasets a stage needs now: bad paths fail before any training starts."""
@@ -137,9 +159,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         """Training steps per epoch on each of ``world_size`` devices; none is an error. ``runner.train``
         asks before training starts, so that a refused run writes nothing."""
         per_device = len(DistributedSampler(self._dataset("train"), num_replicas=world_size, rank=0))
-        steps = per_device // self.args.train_batch_size
+        steps = per_device // self.data.train_batch_size
         if steps == 0:
-            raise UserError(f"--train-batch-size {self.args.train_batch_size} is larger than the {per_device} "
+            raise UserError(f"--train-batch-size {self.data.train_batch_size} is larger than the {per_device} "
                             f"training images each device gets")
         return steps
 
@@ -149,7 +171,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _loader(self, dataset, batch_size, sampler, kind=DataLoader, **kwargs):
-        workers = self.args.num_workers
+        workers = self.data.num_workers
         return kind(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                     pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, **kwargs)
 
@@ -159,15 +181,14 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         rank, world = self._rank()
-        a = self.args
         dataset = self._dataset("train")
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=a.seed)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         steps = self.steps_per_epoch(world)
-        loaders = {"target": self._train_loader(dataset, a.train_batch_size, sampler)}
+        loaders = {"target": self._train_loader(dataset, self.data.train_batch_size, sampler)}
         if self.use_patches:
             patches = self._dataset("patches")
-            batch_size = a.hard_patch_batch_size or a.train_batch_size
-            patch_sampler = CyclingSampler(len(patches), steps * batch_size, rank, world, seed=a.seed)
+            batch_size = self.options.hard_patch_batch_size or self.data.train_batch_size
+            patch_sampler = CyclingSampler(len(patches), steps * batch_size, rank, world, seed=self.seed)
             loaders["patches"] = self._train_loader(patches, batch_size, patch_sampler)
         return loaders
 
@@ -177,8 +198,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         return self._loader(dataset, batch_size, ShardSampler(len(dataset), rank, world))
 
     def val_dataloader(self):
-        return self._eval_loader(self.args.val_batch_size)
+        return self._eval_loader(self.data.val_batch_size)
 
     def test_dataloader(self):
-        return self._eval_loader(self.args.test_batch_size)
+        return self._eval_loader(self.data.test_batch_size)
 

@@ -8,7 +8,6 @@ extracted to ``student.pth`` there and starts round ``k + 1``. A finished round 
 A table of the rounds goes to ``<log-tb-dir>/<module>/<experiment-name>_rounds.csv``.
 """
 import contextlib
-import copy
 import csv
 import io
 import json
@@ -29,29 +28,27 @@ def _save_state_dict(state, path):
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def train_rounds(args, rounds):
+def train_rounds(config, rounds):
     """Train ``rounds`` rounds; returns one dict per round (round, restore_from, best_miou, student)."""
-    if not args.restore_from:
+    if not config.restore_from:
         raise UserError("--rounds needs --restore-from: the weights the first round starts from")
-    if args.resume not in (None, "last"):
+    if config.resume not in (None, "last"):
         raise UserError("--resume PATH does not combine with --rounds: rerun the same --rounds command and "
                         "each unfinished round continues from its own last checkpoint")
-    folders = [runner.experiment_dir(_round_args(args, k)) for k in range(1, rounds + 1)]
+    folders = [_round_config(config, k).experiment_dir for k in range(1, rounds + 1)]
     with contextlib.ExitStack() as stack:
         # Every round folder is held for the whole command (utils/run_lock.py): a second command
         # with this name stops at once, instead of slipping in between two rounds.
         for folder in folders:
             stack.enter_context(folder_lock(folder, "--experiment-name"))
-        results = _train_rounds(args, folders)
-        write_round_table(os.path.join(args.log_tb_dir, args.module_name, f"{args.experiment_name}_rounds.csv"),
+        results = _train_rounds(config, folders)
+        write_round_table(os.path.join(config.log_tb_dir, config.module_name, f"{config.experiment_name}_rounds.csv"),
                           results)
     return results
 
 
-def _round_args(args, k):
-    round_args = copy.copy(args)
-    round_args.experiment_name = f"{args.experiment_name}_round_{k}"
-    return round_args
+def _round_config(config, k, **changes):
+    return config.replace(experiment_name=f"{config.experiment_name}_round_{k}", **changes)
 
 
 def _in_folder(path, folder):
@@ -62,11 +59,9 @@ def _in_folder(path, folder):
     return os.path.join(folder, os.path.basename(path))
 
 
-def _train_rounds(args, folders):
-    results, restore_from = [], args.restore_from
+def _train_rounds(config, folders):
+    results, restore_from = [], config.restore_from
     for k, folder in enumerate(folders, 1):
-        round_args = _round_args(args, k)
-        round_args.restore_from = restore_from
         marker = os.path.join(folder, "round.json")
         if os.path.isfile(marker):
             with open(marker) as f:
@@ -77,9 +72,9 @@ def _train_rounds(args, folders):
         else:
             # Each round resumes on its own (an interrupted one from its last checkpoint, a new one
             # from the start), also when the command says --resume last.
-            round_args.resume = "last" if runner.has_checkpoints(folder) else None
-            print(f"round {k}/{len(folders)}: {args.module_name} from {restore_from}")
-            trained = runner.train(round_args)
+            resume = "last" if runner.has_checkpoints(folder) else None
+            print(f"round {k}/{len(folders)}: {config.module_name} from {restore_from}")
+            trained = runner.train(_round_config(config, k, restore_from=restore_from, resume=resume))
             if not trained["best_checkpoint"]:
                 raise UserError(f"round {k} ended without a validated checkpoint in {folder}: "
                                 "lower --val-interval or raise --max-steps")

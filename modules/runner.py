@@ -14,16 +14,13 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from modules import MODULES
 from modules.callbacks import PredictionPNGs, ScoreRecord, TrainingPictures
+from modules.config import CONFIG_FILE
 from modules.data import SegmentationDataModule
 from utils.cli import UserError
+from utils.config import write_config
 from utils.lightning import interruptible, make_trainer
 from utils.run_lock import folder_lock
 from utils.torch_files import load_torch_file
-
-
-def experiment_dir(args):
-    """``<log-tb-dir>/<module-name>/<experiment-name>``: every output of a run lives here."""
-    return os.path.join(args.log_tb_dir, args.module_name, args.experiment_name)
 
 
 def has_checkpoints(folder):
@@ -31,12 +28,12 @@ def has_checkpoints(folder):
     return bool(glob.glob(os.path.join(folder, "*.ckpt")))
 
 
-def _check_experiment_dir(args):
+def _check_experiment_dir(config):
     """Refuse to start a second run on top of a finished one (its checkpoints would be mixed)."""
-    if args.mode != "train" or args.resume:
+    if config.mode != "train" or config.resume:
         return
-    if has_checkpoints(args.experiment_dir):
-        raise UserError(f"{args.experiment_dir} already holds checkpoints of a run: continue it with "
+    if has_checkpoints(config.experiment_dir):
+        raise UserError(f"{config.experiment_dir} already holds checkpoints of a run: continue it with "
                         "--resume last, or choose another --experiment-name")
 
 
@@ -49,10 +46,10 @@ def _latest_checkpoint(folder):
     return last if os.path.isfile(last) or not steps else steps[max(steps)]
 
 
-def _resolve_resume(args):
-    if not args.resume:
+def _resolve_resume(config):
+    if not config.resume:
         return None
-    path = _latest_checkpoint(args.experiment_dir) if args.resume == "last" else args.resume
+    path = _latest_checkpoint(config.experiment_dir) if config.resume == "last" else config.resume
     if not os.path.isfile(path):
         raise UserError(f"--resume: checkpoint not found: {path}")
     return path
@@ -80,32 +77,32 @@ def _check_resume_checkpoint(path, module, stage):
                         f"--num-classes or stage?): {'; '.join(problems)} weights")
 
 
-def build(args):
+def build(config):
     """Module, data module and checked inputs: every user mistake surfaces here, before training.
     A caller that runs them holds the output folders (:func:`holding_outputs`)."""
-    if args.mode == "train" and isinstance(args.val_interval, int) and args.val_interval > args.max_steps:
-        raise UserError(f"--val-interval {args.val_interval} is more steps than --max-steps {args.max_steps}: the "
+    interval, max_steps = config.evaluation.val_interval, config.optim.max_steps
+    if config.mode == "train" and isinstance(interval, int) and interval > max_steps:
+        raise UserError(f"--val-interval {interval} is more steps than --max-steps {max_steps}: the "
                         "run would never validate, so it would keep no best checkpoint")
-    args.experiment_dir = experiment_dir(args)
-    _check_experiment_dir(args)
-    resume = _resolve_resume(args)
-    module_class = MODULES[args.module_name]
-    module = module_class(args)
+    _check_experiment_dir(config)
+    resume = _resolve_resume(config)
+    module_class = MODULES[config.module_name]
+    module = module_class(config)
     if resume:
-        _check_resume_checkpoint(resume, module, args.module_name)
-    data = SegmentationDataModule(args, module_class.train_source, use_patches=module_class.use_patches)
-    data.check("fit" if args.mode == "train" else "test")
+        _check_resume_checkpoint(resume, module, config.module_name)
+    data = SegmentationDataModule(config, module_class.train_source, use_patches=module_class.use_patches)
+    data.check("fit" if config.mode == "train" else "test")
     return module, data, resume
 
 
 @contextlib.contextmanager
-def holding_outputs(args):
+def holding_outputs(config):
     """Hold the folders the run writes (``utils/run_lock.py``): the experiment folder (checkpoints,
     logs and the record, also of test mode) and the ``--save-predictions`` folder of test mode."""
     with contextlib.ExitStack() as stack:
-        stack.enter_context(folder_lock(experiment_dir(args), "--experiment-name"))
-        if args.mode == "test" and args.save_predictions:
-            stack.enter_context(folder_lock(args.save_predictions, "--save-predictions"))
+        stack.enter_context(folder_lock(config.experiment_dir, "--experiment-name"))
+        if config.mode == "test" and config.evaluation.save_predictions:
+            stack.enter_context(folder_lock(config.evaluation.save_predictions, "--save-predictions"))
         yield
 
 
@@ -177,78 +174,81 @@ class LastCheckpoint(Checkpoint):
         self.save(trainer)
 
 
-def sync_batchnorm(args):
+def sync_batchnorm(config):
     """Whether BatchNorm layers become SyncBatchNorm. As published, on for training on GPUs;
     Lightning converts them only under a multi-process strategy, so on one device it changes
     nothing. PyTorch's SyncBatchNorm does not run on CPU tensors."""
-    if args.sync_batchnorm is None:
-        return args.mode == "train" and args.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if args.sync_batchnorm and args.accelerator == "cpu":
+    hw = config.hardware
+    if hw.sync_batchnorm is None:
+        return config.mode == "train" and hw.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if hw.sync_batchnorm and hw.accelerator == "cpu":
         raise UserError("--sync-batchnorm needs GPUs (PyTorch's SyncBatchNorm does not run on CPU); "
                         "drop it or add --no-sync-batchnorm")
-    return args.sync_batchnorm
+    return hw.sync_batchnorm
 
 
-def build_trainer(args):
+def build_trainer(config):
     # Checkpoints deliberately share the experiment folder with the logs and the record.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-    if getattr(args, "freeze_bn_stats", False):  # the frozen BN layers are in eval mode on purpose
+    if config.network.freeze_bn_stats:  # the frozen BN layers are in eval mode on purpose
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-    logger = TensorBoardLogger(save_dir=args.log_tb_dir, name=args.module_name, version=args.experiment_name,
+    logger = TensorBoardLogger(save_dir=config.log_tb_dir, name=config.module_name, version=config.experiment_name,
                                default_hp_metric=False)
     callbacks = []
-    if args.mode == "train":
+    if config.mode == "train":
         callbacks += [
-            BestCheckpoint(dirpath=args.experiment_dir, filename="checkpoint-step_{step}-miou_{val_miou:.2f}",
+            BestCheckpoint(dirpath=config.experiment_dir, filename="checkpoint-step_{step}-miou_{val_miou:.2f}",
                            monitor="val_miou", mode="max", save_top_k=1, auto_insert_metric_name=False),
-            LastCheckpoint(args.experiment_dir),
+            LastCheckpoint(config.experiment_dir),
             LearningRateMonitor(logging_interval="step"),
         ]
-        if args.visualize_interval:
-            callbacks.append(TrainingPictures(args.visualize_interval))
-    callbacks.append(ScoreRecord(os.path.join(args.experiment_dir, "miou_record.csv"),
-                                 test_title=f"test ({args.restore_from or 'no weights'})"))
-    if args.mode == "test" and args.save_predictions:
-        callbacks.append(PredictionPNGs(args.save_predictions))
-    val_interval = args.val_interval
+        if config.evaluation.visualize_interval:
+            callbacks.append(TrainingPictures(config.evaluation.visualize_interval))
+    callbacks.append(ScoreRecord(os.path.join(config.experiment_dir, "miou_record.csv"),
+                                 test_title=f"test ({config.restore_from or 'no weights'})"))
+    if config.mode == "test" and config.evaluation.save_predictions:
+        callbacks.append(PredictionPNGs(config.evaluation.save_predictions))
+    val_interval = config.evaluation.val_interval
     return make_trainer(
-        args, max_epochs=args.max_epochs, max_steps=args.max_steps, val_check_interval=val_interval,
+        config.hardware, max_epochs=config.optim.max_epochs, max_steps=config.optim.max_steps, val_check_interval=val_interval,
         # An integer interval counts steps across epochs, a fraction is a share of each epoch.
         check_val_every_n_epoch=None if isinstance(val_interval, int) else 1,
-        log_every_n_steps=args.log_interval, logger=logger, callbacks=callbacks,
-        default_root_dir=args.experiment_dir, num_sanity_val_steps=0,
+        log_every_n_steps=config.evaluation.log_interval, logger=logger, callbacks=callbacks,
+        default_root_dir=config.experiment_dir, num_sanity_val_steps=0,
         # The data module shards every loader itself (no padded duplicates in evaluation).
         use_distributed_sampler=False,
         enable_model_summary=False,
         benchmark=True,  # cuDNN picks the fastest convolution algorithms for the fixed input size
-        sync_batchnorm=sync_batchnorm(args),
+        sync_batchnorm=sync_batchnorm(config),
     )
 
 
-def train(args):
+def train(config):
     """Train a stage; returns ``{"best_checkpoint", "best_miou", "last_checkpoint", "experiment_dir"}``."""
-    with holding_outputs(args):
-        module, data, resume = build(args)
-        trainer = build_trainer(args)
+    with holding_outputs(config):
+        module, data, resume = build(config)
+        trainer = build_trainer(config)
         data.steps_per_epoch(trainer.world_size)  # a refusal now, before the logger writes anything
-        with interruptible(trainer, f"the checkpoints so far are kept in {args.experiment_dir}; "
+        write_config(os.path.join(config.experiment_dir, CONFIG_FILE), config)
+        with interruptible(trainer, f"the checkpoints so far are kept in {config.experiment_dir}; "
                                     "add --resume last to the same command to continue"):
             trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)  # data, never code
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score
     return {"best_checkpoint": checkpoint.best_model_path or None,
             "best_miou": float(best) if best is not None else None,
-            "last_checkpoint": os.path.join(args.experiment_dir, "last.ckpt"),
-            "experiment_dir": args.experiment_dir}
+            "last_checkpoint": os.path.join(config.experiment_dir, "last.ckpt"),
+            "experiment_dir": config.experiment_dir}
 
 
-def test(args):
+def test(config):
     """Evaluate ``--restore-from`` on the val split; returns the scores (per-class IoU and means, %)."""
-    if not args.restore_from:
+    if not config.restore_from:
         raise UserError("--mode test needs --restore-from: the weights to evaluate")
-    with holding_outputs(args):
-        module, data, _ = build(args)
-        trainer = build_trainer(args)
-        with interruptible(trainer, "nothing was written"):
+    with holding_outputs(config):
+        module, data, _ = build(config)
+        trainer = build_trainer(config)
+        write_config(os.path.join(config.experiment_dir, CONFIG_FILE), config)
+        with interruptible(trainer, "only the record and the configuration were written"):
             trainer.test(module, datamodule=data, verbose=False)
     return module.last_scores

@@ -1,13 +1,24 @@
 """``smhm``: SpatialMix + Hard patches Mining (stage 6) — the ``spatial_mix`` step plus a
 cross-entropy on a batch of mined hard patches (rare classes, labelled by the provider)."""
+import dataclasses
+
 import torch.nn.functional as F
 
-from modules.spatial_mix import SpatialMixModule
+from modules.spatial_mix import SelfDistillationOptions, SpatialMixModule
 from utils.cli import at_least, non_negative_float
 from utils.labels import IGNORE_INDEX
 
 
+@dataclasses.dataclass(frozen=True)
+class SMHMOptions(SelfDistillationOptions):
+    """The self-distillation flags and those of :meth:`SMHMModule.add_args`."""
+    hard_patches_root: str = "./experiments/hard_patch_from_gta5_model/"
+    hard_patch_weight: float = 0.1
+    hard_patch_batch_size: int = None
+
+
 class SMHMModule(SpatialMixModule):
+    Options = SMHMOptions
     use_patches = True
     default_position_beta = 0.25
 
@@ -30,4 +41,4 @@ class SMHMModule(SpatialMixModule):
         logits = self.net(patches["image"], size=patches["image"].shape[-2:])
         hard = F.cross_entropy(logits, patches["label"], ignore_index=IGNORE_INDEX)
         self.log("train/hard_patch_loss", hard)
-        return self.args.hard_patch_weight * hard
+        return self.options.hard_patch_weight * hard

@@ -1,10 +1,19 @@
 """``source_only``: the provider's side — supervised training on a labelled source domain (GTA5 or
 SYNTHIA layout, label ids converted to train ids on the fly), validated on the target. This is how
 a user builds their own black box; the demo uses it to train its provider."""
+import dataclasses
+
 from modules.base import SegmentationModule
 
 
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+    source_dataset: str
+    source_root: str
+
+
 class SourceOnlyModule(SegmentationModule):
+    Options = SourceOptions
     train_source = "source"
 
     @classmethod

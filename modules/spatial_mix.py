@@ -8,6 +8,7 @@ optimiser step (the published code updated one step earlier, before the optimise
 α close to 1 the two are equivalent in practice).
 """
 import copy
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,20 @@ def consistency_target(logits, threshold=0.968, source="softmax"):
     return target, weight
 
 
+@dataclasses.dataclass(frozen=True)
+class SelfDistillationOptions:
+    """The values of :meth:`SpatialMixModule.add_args`."""
+    position_beta: float
+    confidence_threshold: float = 0.968
+    confidence_source: str = "softmax"
+    ema_alpha: float = 0.99
+    flip_prob: float = 0.5
+    no_augment: bool = False
+    spatial_mix_impl: str = "batched"
+
+
 class SpatialMixModule(SegmentationModule):
+    Options = SelfDistillationOptions
     train_source = "images"
     default_position_beta = 0.5
     default_lr = 1e-5
@@ -65,20 +79,21 @@ class SpatialMixModule(SegmentationModule):
         return parser
 
     @classmethod
-    def check_args(cls, args):
-        super().check_args(args)
-        if args.confidence_source == "softmax" and not 0 <= args.confidence_threshold <= 1:
-            raise UserError(f"--confidence-threshold {args.confidence_threshold} is no probability: with "
+    def check_config(cls, config):
+        super().check_config(config)
+        o = config.stage
+        if o.confidence_source == "softmax" and not 0 <= o.confidence_threshold <= 1:
+            raise UserError(f"--confidence-threshold {o.confidence_threshold} is no probability: with "
                             "--confidence-source softmax it must be in [0, 1] (above 1 no pixel is ever confident)")
 
-    def __init__(self, args):
-        if args.train_batch_size < 2:
+    def __init__(self, config):
+        if config.data.train_batch_size < 2:
             raise UserError("--train-batch-size must be at least 2: SpatialMix mixes each image with others "
                             "of its batch")
-        if not args.restore_from and args.mode == "train":
-            raise UserError(f"--restore-from is required for {args.module_name}: student and teacher start "
+        if not config.restore_from and config.mode == "train":
+            raise UserError(f"--restore-from is required for {config.module_name}: student and teacher start "
                             "from the baseline weights (extract_model_state_dict.py makes that file)")
-        super().__init__(args)
+        super().__init__(config)
         self.ema_net = copy.deepcopy(self.net)
         for parameter in self.ema_net.parameters():
             parameter.requires_grad_(False)
@@ -97,7 +112,7 @@ class SpatialMixModule(SegmentationModule):
         if self.saved_generator_state is not None and self.global_rank == 0:
             self.generator.set_state(self.saved_generator_state)
         else:
-            self.generator.manual_seed(self.args.seed * 100003 + self.global_rank * 7919 + self.global_step)
+            self.generator.manual_seed(self.optim.seed * 100003 + self.global_rank * 7919 + self.global_step)
 
     def on_save_checkpoint(self, checkpoint):
         if self.generator is not None:
@@ -110,19 +125,19 @@ class SpatialMixModule(SegmentationModule):
         """Teacher logits for ``images``, SpatialMix, batch flip: (mixed images, mixed teacher logits)."""
         with torch.no_grad():
             teacher_logits = self.ema_net(images, size=images.shape[-2:])
-            mix = SPATIAL_MIX_IMPLS[self.args.spatial_mix_impl]
-            mixed_images, mixed_logits = mix(images, teacher_logits, self.args.position_beta, generator=self.generator)
-            return random_flip(mixed_images, mixed_logits, p=self.args.flip_prob, generator=self.generator)
+            mix = SPATIAL_MIX_IMPLS[self.options.spatial_mix_impl]
+            mixed_images, mixed_logits = mix(images, teacher_logits, self.options.position_beta, generator=self.generator)
+            return random_flip(mixed_images, mixed_logits, p=self.options.flip_prob, generator=self.generator)
 
     def augment(self, images):
-        if self.args.no_augment:
+        if self.options.no_augment:
             return images
         with torch.no_grad():
             return normalize_rgb01(photometric_augment(denormalize_to_rgb01(images), generator=self.generator))
 
     def consistency_loss(self, images):
         mixed_images, mixed_logits = self.mixed_batch(images)
-        target, weight = consistency_target(mixed_logits, self.args.confidence_threshold, self.args.confidence_source)
+        target, weight = consistency_target(mixed_logits, self.options.confidence_threshold, self.options.confidence_source)
         student_images = self.augment(mixed_images)
         logits = self.net(student_images, size=images.shape[-2:])
         loss = weight * F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
@@ -143,4 +158,4 @@ class SpatialMixModule(SegmentationModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # global_step already counts the optimiser step just taken; its 0-based index is one less.
-        ema_update(self.ema_net, self.net, self.global_step - 1, max_alpha=self.args.ema_alpha)
+        ema_update(self.ema_net, self.net, self.global_step - 1, max_alpha=self.options.ema_alpha)

@@ -264,8 +264,9 @@ def test_the_default_list_root_may_be_absent_and_a_typed_one_is_kept():
     from main import parse_args
     from modules.data import DEFAULT_LIST_ROOT
 
-    assert parse_args([]).list_root == DEFAULT_LIST_ROOT == "./datasets/list/cityscapes"
-    assert parse_args(["--list-root", "."]).list_root == "."
+    assert parse_args([]).data.lists == DEFAULT_LIST_ROOT == "./datasets/list/cityscapes"
+    assert parse_args([]).data.list_root is None  # untyped: a saved configuration keeps it so
+    assert parse_args(["--list-root", "."]).data.lists == "."
 
 
 @pytest.mark.parametrize("entry", ["generate_pseudo_labels.py", "construct_hard_patch.py"])

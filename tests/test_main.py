@@ -23,21 +23,22 @@ PUBLISHED_SMHM = ("--module-name smhm --mode train --restore-from ./pretrained/b
 
 def test_published_commands_parse_with_published_defaults():
     args = parse_args(PUBLISHED_BASELINE)
-    assert (args.module_name, args.train_batch_size, args.lr, args.val_interval) == ("baseline", 4, 1e-4, 1.0)
-    assert args.pseudo_label_root == "./experiments/gta5_pseudo_label/"
-    assert args.image_root == "./data/Cityscapes/leftImg8bit" and args.label_root == "./data/Cityscapes/gtFine2"
-    assert args.list_root == "./datasets/list/cityscapes" and args.input_size == (1024, 512)
-    assert args.arch == "deeplabv2_r101" and args.max_steps > 0
+    assert (args.module_name, args.data.train_batch_size, args.optim.lr, args.evaluation.val_interval) == ("baseline", 4, 1e-4, 1.0)
+    assert args.stage.pseudo_label_root == "./experiments/gta5_pseudo_label/"
+    assert args.data.image_root == "./data/Cityscapes/leftImg8bit" and args.data.label_root == "./data/Cityscapes/gtFine2"
+    assert args.data.list_root is None and args.data.lists == "./datasets/list/cityscapes"
+    assert args.network.input_size == (1024, 512)
+    assert args.network.arch == "deeplabv2_r101" and args.optim.max_steps > 0
     args = parse_args(PUBLISHED_SMHM)
-    assert (args.module_name, args.position_beta, args.hard_patch_weight, args.lr) == ("smhm", 0.25, 0.1, 1e-5)
+    assert (args.module_name, args.stage.position_beta, args.stage.hard_patch_weight, args.optim.lr) == ("smhm", 0.25, 0.1, 1e-5)
 
 
 def test_stage_defaults_and_intervals():
-    assert parse_args(["--module-name", "spatial_mix"]).position_beta == 0.5
-    assert parse_args(["--module-name", "smhm"]).position_beta == 0.25
-    assert parse_args(["--val-interval", "500"]).val_interval == 500
-    assert parse_args(["--val-interval", "0.25"]).val_interval == 0.25
-    assert parse_args(["--input-size", "256x128"]).input_size == (256, 128)
+    assert parse_args(["--module-name", "spatial_mix"]).stage.position_beta == 0.5
+    assert parse_args(["--module-name", "smhm"]).stage.position_beta == 0.25
+    assert parse_args(["--val-interval", "500"]).evaluation.val_interval == 500
+    assert parse_args(["--val-interval", "0.25"]).evaluation.val_interval == 0.25
+    assert parse_args(["--input-size", "256x128"]).network.input_size == (256, 128)
 
 
 def run_main(*argv, cwd=ROOT):
@@ -64,8 +65,8 @@ def test_help_lists_stage_flags():
 def test_learning_rate_defaults_to_the_published_one_of_the_stage(module, lr):
     from main import parse_args
 
-    assert parse_args(["--module-name", module]).lr == lr
-    assert parse_args(["--module-name", module, "--lr", "3e-3"]).lr == 3e-3
+    assert parse_args(["--module-name", module]).optim.lr == lr
+    assert parse_args(["--module-name", module, "--lr", "3e-3"]).optim.lr == 3e-3
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,7 @@ def test_stage_trains_and_writes_outputs(tree, tmp_path, module):
 def test_resume_continues_step_count(tree, tmp_path):
     runner.train(stage_args(tree, tmp_path, "basic"))
     args = stage_args(tree, tmp_path, "basic", "--resume", "last")
-    args.max_steps = 4
+    args = args.replace(optim__max_steps=4)
     runner.train(args)
     state = torch.load(tmp_path / "exp" / "basic" / "t" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["global_step"] == 4
@@ -101,13 +101,13 @@ def test_resumed_self_distillation_ends_as_an_uninterrupted_run(tree, tmp_path):
     flags = ["--restore-from", tree["weights"], "--hard-patches-root", tree["patches"], "--val-interval", "1",
              "--confidence-threshold", "0"]  # every pixel counts, so the consistency loss moves the weights
     whole = stage_args(tree, tmp_path, "smhm", *flags, "--experiment-name", "whole")
-    whole.max_steps = 3
+    whole = whole.replace(optim__max_steps=3)
     runner.train(whole)
     first = stage_args(tree, tmp_path, "smhm", *flags, "--experiment-name", "split")
-    first.max_steps = 1
+    first = first.replace(optim__max_steps=1)
     runner.train(first)
     rest = stage_args(tree, tmp_path, "smhm", *flags, "--experiment-name", "split", "--resume", "last")
-    rest.max_steps = 3
+    rest = rest.replace(optim__max_steps=3)
     runner.train(rest)
     whole, split = (torch.load(tmp_path / "exp" / "smhm" / name / "last.ckpt", map_location="cpu",
                                weights_only=True) for name in ("whole", "split"))
@@ -126,8 +126,8 @@ def test_last_checkpoint_follows_training_not_the_best_score(tree, tmp_path):
     frozen = ["--pseudo-label-root", tree["pseudo"], "--restore-from", tree["weights"], "--freeze-bn-stats",
               "--val-interval", "1"]
     args = stage_args(tree, tmp_path, "baseline", *frozen)
-    args.lr = 0.0  # the command line refuses a rate of 0 (it trains nothing): here that is the point
-    args.max_steps = 3
+    args = args.replace(optim__lr=0.0)  # the command line refuses a rate of 0 (it trains nothing): here that is the point
+    args = args.replace(optim__max_steps=3)
     result = runner.train(args)
     with open(os.path.join(result["experiment_dir"], "miou_record.csv")) as f:
         means = [row[-3] for row in list(csv.reader(f))[1:]]
@@ -138,7 +138,7 @@ def test_last_checkpoint_follows_training_not_the_best_score(tree, tmp_path):
     assert not glob.glob(os.path.join(result["experiment_dir"], "*.partial"))
     # a run killed after its last step resumes to nothing left to do, with the same best checkpoint
     args = stage_args(tree, tmp_path, "baseline", *frozen, "--resume", "last")
-    args.max_steps = 3
+    args = args.replace(optim__max_steps=3)
     again = runner.train(args)
     assert again["best_checkpoint"] == result["best_checkpoint"] and again["best_miou"] == result["best_miou"]
     with open(os.path.join(result["experiment_dir"], "miou_record.csv")) as f:
@@ -150,7 +150,7 @@ def test_resume_last_without_last_ckpt_continues_from_the_saved_checkpoint(tree,
     first = runner.train(stage_args(tree, tmp_path, "basic"))
     os.remove(first["last_checkpoint"])
     args = stage_args(tree, tmp_path, "basic", "--resume", "last")
-    args.max_steps = 4
+    args = args.replace(optim__max_steps=4)
     runner.train(args)
     state = torch.load(first["last_checkpoint"], map_location="cpu", weights_only=True)
     assert state["global_step"] == 4
@@ -273,11 +273,13 @@ def test_main_rounds_1_uses_the_round_layout_and_no_flag_a_single_run(tree, tmp_
               "--log-tb-dir", str(tmp_path / "exp"), "--num-workers", "0", "--accelerator", "cpu",
               "--train-batch-size", "2", "--max-steps", "1", "--val-interval", "1", "--restore-from", tree["weights"],
               "--hard-patches-root", tree["patches"]]
-    assert main(common + ["--experiment-name", "one", "--rounds", "1"]) == 0
+    rounds = main(common + ["--experiment-name", "one", "--rounds", "1"])  # main() returns what it did
     base = tmp_path / "exp" / "smhm"
+    assert [r["student"] for r in rounds] == [str(base / "one_round_1" / "student.pth")]
     assert os.path.isfile(base / "one_round_1" / "student.pth") and os.path.isfile(base / "one_rounds.csv")
     assert not os.path.exists(base / "one")
-    assert main(common + ["--experiment-name", "plain"]) == 0
+    single = main(common + ["--experiment-name", "plain"])
+    assert single["last_checkpoint"] == str(base / "plain" / "last.ckpt") and single["best_checkpoint"]
     assert os.path.isfile(base / "plain" / "last.ckpt") and not os.path.exists(base / "plain_round_1")
 
 
@@ -320,8 +322,8 @@ def test_sync_batchnorm_flag_and_default(tree, tmp_path, monkeypatch):
     def args(*extra):
         return stage_args(tree, tmp_path, "basic", *extra)
 
-    assert args().sync_batchnorm is None
-    assert args("--sync-batchnorm").sync_batchnorm is True and args("--no-sync-batchnorm").sync_batchnorm is False
+    assert args().hardware.sync_batchnorm is None
+    assert args("--sync-batchnorm").hardware.sync_batchnorm is True and args("--no-sync-batchnorm").hardware.sync_batchnorm is False
     assert runner.sync_batchnorm(args()) is False  # no GPU here
     with pytest.raises(UserError, match="--sync-batchnorm needs GPUs"):
         runner.sync_batchnorm(args("--sync-batchnorm"))  # the stage flags say --accelerator cpu
@@ -329,7 +331,7 @@ def test_sync_batchnorm_flag_and_default(tree, tmp_path, monkeypatch):
     gpu = args("--accelerator", "gpu")
     assert runner.sync_batchnorm(gpu) is True  # as published, for training on GPUs
     assert runner.sync_batchnorm(args("--accelerator", "gpu", "--no-sync-batchnorm")) is False
-    gpu.mode = "test"
+    gpu = gpu.replace(mode="test")
     assert runner.sync_batchnorm(gpu) is False
 
 
@@ -357,5 +359,4 @@ def test_sync_batchnorm_converts_student_and_teacher_alike(tree, tmp_path):
     for (name, a), b in zip(plain.ema_net.state_dict().items(), converted.ema_net.state_dict().values()):
         assert torch.equal(a, b), name
     cpu = stage_args(tree, tmp_path, "basic", "--accelerator", "cpu")
-    cpu.experiment_dir = runner.experiment_dir(cpu)
     assert runner.build_trainer(cpu)._accelerator_connector._layer_sync is None  # CPU: off by default

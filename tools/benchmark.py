@@ -67,7 +67,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from datasets.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, CityscapesDataset
 from datasets.pixels import IMG_MEAN_BGR, resize_image, resize_label
-from main import parse_args
+from modules.config import parse_args
 from models.deeplabv2 import ARCHS, get_deeplabv2
 from modules import MODULES
 from modules.data import SegmentationDataModule
@@ -446,7 +446,7 @@ class Bench:
                            "--input-size", "x".join(map(str, o.input_size)), "--num-workers", str(o.num_workers),
                            "--train-batch-size", str(o.batch_size), "--val-batch-size", str(o.batch_size),
                            "--resize-backend", cfg.resize_backend])
-        data = SegmentationDataModule(args, "images")
+        data = SegmentationDataModule(args, "images")  # a RunConfig
         return data.val_dataloader() if stage == "val" else data.train_dataloader()["target"]
 
 

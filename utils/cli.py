@@ -132,4 +132,5 @@ def run(main, argv=None):
         print(f"interrupted: {err.args[0] if err.args else 'finished files are kept; rerun the same command to resume'}",
               file=sys.stderr)
         sys.exit(130)
-    sys.exit(code or 0)
+    # An entry point returns an exit code, or its result for Python callers (then it succeeded).
+    sys.exit(code if isinstance(code, int) else 0)

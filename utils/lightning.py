@@ -1,11 +1,25 @@
 """The Lightning Trainer on the command line's hardware flags, with the command line's manners:
 a flag Lightning rejects is a one-line error, and Ctrl-C ends the command as an interruption."""
 import contextlib
+import dataclasses
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from utils.cli import UserError, at_least, devices
+
+
+@dataclasses.dataclass(frozen=True)
+class HardwareConfig:
+    """The values of :func:`add_hardware_args`, and the speed flags of training."""
+    accelerator: str = "auto"
+    devices: object = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    sync_batchnorm: object = None  # None: on for training on GPUs
+    channels_last: str = "auto"
+    compile: bool = False
 
 
 def add_hardware_args(parser):
@@ -23,7 +37,7 @@ def add_hardware_args(parser):
 
 def make_trainer(args, **kwargs):
     """``pl.Trainer`` on ``--accelerator``, ``--devices``, ``--num-nodes``, ``--strategy`` and
-    ``--precision`` of ``args``, and ``kwargs``."""
+    ``--precision`` of ``args`` (a :class:`HardwareConfig` or parsed flags), and ``kwargs``."""
     try:
         return pl.Trainer(accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
                           strategy=args.strategy, precision=args.precision, **kwargs)

@@ -1,0 +1,101 @@
+"""The typed configuration (modules/config.py, utils/config.py): every flag lands in one typed
+field, the configuration cannot change after parsing, a run saves it, and --config runs it again."""
+import dataclasses
+import json
+
+import pytest
+
+from modules import MODULES, runner
+from modules.config import CONFIG_FILE, RunConfig, build_parser, parse_args
+from tests.fixtures import make_cityscapes
+from utils.cli import UserError
+from utils.config import flat
+
+
+@pytest.mark.parametrize("stage", list(MODULES))
+def test_every_flag_is_one_typed_field(stage):
+    # --config only says where the settings come from; it is no setting of its own.
+    dests = {a.dest for a in build_parser(stage)._actions if a.option_strings} - {"help", "config"}
+    config = parse_args(["--module-name", stage])
+    fields = set(flat(config)) - ({"stage"} if config.stage is None else set())
+    assert fields == dests  # no flag lost, none invented
+    counted = [f.name for section in (config.network, config.optim, config.evaluation, config.hardware, config.data)
+               for f in dataclasses.fields(section)]
+    counted += [f.name for f in dataclasses.fields(RunConfig) if not dataclasses.is_dataclass(f.type) and f.name != "stage"]
+    counted += [f.name for f in dataclasses.fields(config.stage)] if config.stage is not None else []
+    assert len(counted) == len(set(counted)) == len(dests)  # each in exactly one place
+
+
+def test_configuration_is_frozen_and_replace_is_explicit():
+    config = parse_args(["--module-name", "smhm", "--max-steps", "7"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.optim.max_steps = 8
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.mode = "test"
+    changed = config.replace(optim__max_steps=8, experiment_name="x")
+    assert (changed.optim.max_steps, changed.experiment_name, config.optim.max_steps) == (8, "x", 7)
+    assert changed.experiment_dir.endswith("smhm/x")
+
+
+def test_the_stage_list_is_the_registry():
+    choices = next(a.choices for a in build_parser()._actions if a.dest == "module_name")
+    assert tuple(choices) == tuple(MODULES)
+
+
+def test_experiments_dir_is_the_plain_name_of_log_tb_dir():
+    assert parse_args(["--experiments-dir", "out"]).log_tb_dir == parse_args(["--log-tb-dir", "out"]).log_tb_dir == "out"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("config")
+    tree = make_cityscapes(str(root / "cs"), train=4, val=2)
+    (root / "lists").mkdir()
+    argv = ["--module-name", "basic", "--image-root", tree["image_root"], "--label-root", tree["label_root"],
+            "--list-root", str(root / "lists"), "--arch", "deeplabv2_tiny", "--input-size", "64x32",
+            "--log-tb-dir", str(root / "exp"), "--num-workers", "0", "--accelerator", "cpu", "--devices", "1",
+            "--train-batch-size", "2", "--max-steps", "2", "--val-interval", "2", "--visualize-interval", "0",
+            "--experiment-name", "first", "--lr", "3e-4", "--flip-when-test", "--no-sync-batchnorm"]
+    config = parse_args(argv)
+    runner.train(config)
+    return config, root / "exp" / "basic" / "first" / CONFIG_FILE
+
+
+def test_a_run_saves_its_resolved_configuration(finished_run):
+    config, path = finished_run
+    saved = json.loads(path.read_text())
+    assert saved["module_name"] == "basic" and saved["optim"]["lr"] == 3e-4
+    assert saved["network"]["input_size"] == [64, 32] and saved["evaluation"]["flip_when_test"] is True
+    assert saved["hardware"]["sync_batchnorm"] is False and saved["stage"] is None
+
+
+def test_config_file_runs_again_and_flags_override_it(finished_run):
+    config, path = finished_run
+    again = parse_args(["--config", str(path)])
+    assert again == config
+    changed = parse_args(["--config", str(path), "--experiment-name", "second", "--max-steps", "4"])
+    assert (changed.experiment_name, changed.optim.max_steps, changed.optim.lr) == ("second", 4, 3e-4)
+    assert changed.data == config.data and changed.network == config.network
+
+
+def test_config_file_values_are_checked_as_flags(finished_run, tmp_path):
+    _, path = finished_run
+    saved = json.loads(path.read_text())
+    cases = {
+        "lr": (lambda d: d["optim"].update(lr=-1), "--lr"),
+        "unknown": (lambda d: d.update(colour="blue"), "no flag for: colour"),
+        "size": (lambda d: d["network"].update(input_size=[0, 32]), "--input-size"),
+        "flip": (lambda d: d["evaluation"].update(flip_when_test="yes"), "flip_when_test must be true or false"),
+    }
+    for name, (change, message) in cases.items():
+        data = json.loads(json.dumps(saved))
+        change(data)
+        broken = tmp_path / f"{name}.json"
+        broken.write_text(json.dumps(data))
+        with pytest.raises(UserError, match=message):
+            parse_args(["--config", str(broken)])
+    (tmp_path / "text.json").write_text("not json")
+    with pytest.raises(UserError, match="not a JSON configuration"):
+        parse_args(["--config", str(tmp_path / "text.json")])
+    with pytest.raises(UserError, match="--config: file not found"):
+        parse_args(["--config", str(tmp_path / "absent.json")])
