@@ -87,6 +87,11 @@ class SegmentationModule(pl.LightningModule):
         self.log("train/loss", loss)
         return {"loss": loss, "picture": (images, labels, logits)}  # modules.callbacks.TrainingPictures
 
+    def schedule(self):
+        """The learning-rate schedule ``--lr-schedule`` resolves to (``auto``: as published)."""
+        a = self.optim
+        return a.lr_schedule if a.lr_schedule != "auto" else ("poly" if a.optimizer == "sgd" else "cosine")
+
     def configure_optimizers(self):
         a = self.optim
         if a.optimizer == "sgd":
@@ -95,7 +100,7 @@ class SegmentationModule(pl.LightningModule):
         else:
             # The published stages train every parameter with one Adam learning rate.
             optimizer = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=a.lr)
-        schedule = a.lr_schedule if a.lr_schedule != "auto" else ("poly" if a.optimizer == "sgd" else "cosine")
+        schedule = self.schedule()
         if schedule == "constant":
             return optimizer
         if schedule == "cosine":

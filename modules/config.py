@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from models.deeplabv2 import NetworkConfig
 from modules.data import DataConfig
-from utils.cli import ArgumentParser, at_least, positive_float, seed
+from utils.cli import ArgumentParser, at_least, learning_rate, seed
 from utils.config import build, config_argv, read_config_values
 from utils.lightning import HardwareConfig
 
@@ -130,7 +130,7 @@ def add_run_args(parser):
                      help="keep BatchNorm running statistics fixed during training (published: they update)")
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--lr", type=positive_float, default=1e-4,
+    opt.add_argument("--lr", type=learning_rate, default=1e-4,
                      help="learning rate (default: %(default)s; as published, 1e-4 for the baseline and 1e-5 for "
                           "spatial_mix and smhm)")
     opt.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",

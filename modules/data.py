@@ -93,6 +93,8 @@ def add_data_args(parser):
 def resolve_data_args(args):
     """After parsing: ``--list-root`` left out means the default folder, which need not exist (the
     image folders are scanned); a folder the user named must exist, else it is a typo."""
+    if args.image_cache is not None and os.path.exists(args.image_cache) and not os.path.isdir(args.image_cache):
+        raise UserError(f"--image-cache {args.image_cache} is a file; the cache is a folder")
     if args.list_root is not None and not os.path.isdir(args.list_root):
         raise UserError(f"--list-root: folder not found: {args.list_root} (leave the flag out to scan the image "
                         "folders)")
@@ -141,8 +143,14 @@ class SegmentationDataModule(pl.LightningDataModule):
                                  resize_backend=d.resize_backend)
 
     def _build_patches(self):
-        check_hard_patches_finished(self.options.hard_patches_root)
-        return HardPatchDataset(self.options.hard_patches_root, num_classes=self.num_classes)
+        root = self.options.hard_patches_root
+        check_hard_patches_finished(root)
+        patches = HardPatchDataset(root, num_classes=self.num_classes)
+        batch_size = self.options.hard_patch_batch_size or self.data.train_batch_size
+        if batch_size > len(patches):
+            raise UserError(f"{'--hard-patch-batch-size' if self.options.hard_patch_batch_size else '--train-batch-size'} "
+                            f"{batch_size} is more than the {len(patches)} hard patches in {root}")
+        return patches
 
     def check(self, stage):
         """Build the datasets a stage needs now: bad paths fail before any training starts."""

@@ -266,6 +266,13 @@ def claim_folder(folder, settings, overwrite, outputs=()):
     path = os.path.join(folder, "settings.json")
     text = json.dumps(settings, indent=1, sort_keys=True) + "\n"
     first = launched_as_first_process()
+    # What is written or removed stays inside the output folder: a symbolic link in it (planted, or
+    # copied along) would lead --overwrite to delete, and the run to write, somewhere else.
+    root = os.path.realpath(os.path.commonpath([os.path.abspath(p) for p in (folder, *outputs)]))
+    for target in (folder, *outputs):
+        if not os.path.realpath(target).startswith(root + os.sep):
+            raise UserError(f"{target} leads outside {root} through a symbolic link; remove the link, or choose "
+                            "another --save")
     if not overwrite and os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             previous = f.read()

@@ -59,13 +59,27 @@ def _in_folder(path, folder):
     return os.path.join(folder, os.path.basename(path))
 
 
+def _read_marker(path):
+    """A finished round's ``round.json``; one that is damaged or edited is a user error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        result = None
+    valid = isinstance(result, dict) and all(isinstance(result.get(k), str) for k in ("student", "best_checkpoint")) \
+        and isinstance(result.get("best_miou"), (int, float)) and not isinstance(result.get("best_miou"), bool)
+    if not valid:
+        raise UserError(f"{path} is damaged (it records a finished round: student, best_checkpoint, best_miou); "
+                        "delete it to train that round again")
+    return result
+
+
 def _train_rounds(config, folders):
     results, restore_from = [], config.restore_from
     for k, folder in enumerate(folders, 1):
         marker = os.path.join(folder, "round.json")
         if os.path.isfile(marker):
-            with open(marker) as f:
-                result = json.load(f)
+            result = _read_marker(marker)
             result["student"] = _in_folder(result["student"], folder)
             result["best_checkpoint"] = _in_folder(result["best_checkpoint"], folder)
             print(f"round {k}: already finished (best val mIoU {result['best_miou']:.2f}), skipped")

@@ -20,7 +20,7 @@ from utils.cli import UserError
 from utils.config import write_config
 from utils.lightning import interruptible, make_trainer
 from utils.run_lock import folder_lock
-from utils.torch_files import load_torch_file
+from utils.torch_files import load_torch_file, reading_as_data
 
 
 def has_checkpoints(folder):
@@ -63,6 +63,24 @@ def _check_resume_checkpoint(path, module, stage):
             or "loops" not in checkpoint:
         raise UserError(f"--resume {path} is not a training checkpoint written by main.py (weights to start "
                         "from go to --restore-from)")
+    # The training state Lightning restores besides the weights; without it a resume would fail deep
+    # inside Lightning, or quietly restart the optimiser.
+    loops, optimizers = checkpoint.get("loops"), checkpoint.get("optimizer_states")
+    incomplete = [name for name, ok in (
+        ("loops.fit_loop", isinstance(loops, dict) and isinstance(loops.get("fit_loop"), dict)),
+        ("optimizer_states", isinstance(optimizers, list) and len(optimizers) == 1
+         and all(isinstance(o, dict) and "state" in o for o in optimizers)),
+        ("global_step", isinstance(checkpoint.get("global_step"), int)),
+    ) if not ok]
+    if incomplete:
+        raise UserError(f"--resume {path} is an incomplete training checkpoint (missing or damaged: "
+                        f"{', '.join(incomplete)}); resume from another one, or start again")
+    schedulers = checkpoint.get("lr_schedulers", [])
+    expected = 0 if module.schedule() == "constant" else 1
+    if not isinstance(schedulers, list) or len(schedulers) != expected:
+        raise UserError(f"--resume {path} holds {len(schedulers) if isinstance(schedulers, list) else 'no'} "
+                        f"learning-rate schedule state(s), this run's --lr-schedule {module.schedule()} needs "
+                        f"{expected}: was it trained with another --lr-schedule?")
     saved_stage = (checkpoint.get("hyper_parameters") or {}).get("module_name")
     if saved_stage and saved_stage != stage:
         raise UserError(f"--resume {path} is a checkpoint of stage {saved_stage}, not {stage}")
@@ -162,6 +180,8 @@ class LastCheckpoint(Checkpoint):
         if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.global_step == self.saved_step:
             return
         partial = self.path + ".partial"
+        if trainer.is_global_zero and os.path.islink(partial):
+            os.remove(partial)  # written through, a planted link would overwrite the file it points to
         trainer.save_checkpoint(partial, weights_only=False)  # every process takes part; the first one writes
         if trainer.is_global_zero:
             os.replace(partial, self.path)
@@ -232,7 +252,8 @@ def train(config):
         write_config(os.path.join(config.experiment_dir, CONFIG_FILE), config)
         with interruptible(trainer, f"the checkpoints so far are kept in {config.experiment_dir}; "
                                     "add --resume last to the same command to continue"):
-            trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)  # data, never code
+            with reading_as_data():  # the checkpoint is read as _check_resume_checkpoint read it: data, never code
+                trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score
     return {"best_checkpoint": checkpoint.best_model_path or None,

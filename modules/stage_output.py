@@ -36,7 +36,7 @@ def check_finished(flag, given, save, state_paths, summary_path, command):
 def pseudo_label_save_folder(root, split="train"):
     """The ``--save`` folder of the pseudo-labelling run behind ``root``, which may be that folder,
     its ``label_ids`` folder or its ``label_ids/<split>`` folder (see ``resolve_pseudo_label_root``)."""
-    path = os.path.normpath(os.path.abspath(root))
+    path = os.path.realpath(root)  # a link to label_ids/ is the folder of the run that wrote it
     head, tail = os.path.split(path)
     if tail == split and os.path.basename(head) == "label_ids":
         return os.path.dirname(head)

@@ -14,6 +14,11 @@ output folder the command was given. The catalogue:
 3. Numeric flags out of range, NaN or infinite, refused when parsed by the types of
    ``utils/cli.py``, in every entry point; and a refusal that can only come once the data is
    known (a batch larger than the training set) before any TensorBoard log or experiment folder.
+4. What a hostile review found: values that parse but cannot work (a rate of 1e300, a 30000-pixel
+   side, more hard patches per batch than exist), symbolic links planted in output folders (a lock
+   file, an output folder of --overwrite, a link to unfinished pseudo-labels), damaged state
+   (round.json, resume checkpoints missing their training state), train ids without ignored pixels
+   given as label ids, and an older checkpoint whose hyper-parameters are a Namespace (it resumes).
 """
 import json
 import os
@@ -432,3 +437,131 @@ def test_hand_made_folders_are_accepted(world, tmp_path):
     assert len(data._datasets["patches"]) == 5
     data = _train_data(world, "--module-name", "baseline", "--pseudo-label-root", world["pseudo"])
     assert len(data._datasets["train"]) == 6
+
+
+# -- 4. found by a hostile review: links, damaged state files, values that parse but cannot work -------------
+
+@pytest.mark.parametrize("flags, names", [
+    (["--lr", "1e300"], "--lr"),
+    (["--lr", "2"], "--lr"),
+    (["--input-size", "30000x30000"], "--input-size"),
+    ([*SMHM, "--hard-patch-batch-size", "100000"], "--hard-patch-batch-size 100000 is more than the 5 hard patches"),
+])
+def test_values_that_parse_but_cannot_work(world, tmp_path, capsys, flags, names):
+    patches = make_patches(str(tmp_path / "patches"))
+    out = str(tmp_path / "out")
+    argv = [f.replace("WEIGHTS", world["weights"]) for f in flags] + ["--hard-patches-root", patches] * ("smhm" in flags)
+    code, err = refused(capsys, "main.py", [*main_args(world, out), *argv])
+    assert_one_line_refusal(code, err, names, out)
+
+
+def test_an_image_cache_that_is_a_file(world, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.write_text("a file")
+    out = str(tmp_path / "out")
+    code, err = refused(capsys, "main.py", [*main_args(world, out), "--image-cache", cache])
+    assert_one_line_refusal(code, err, "--image-cache", out)
+
+
+def test_train_ids_without_ignored_pixels_are_not_label_ids(world, tmp_path, capsys):
+    train_ids = tmp_path / "train_ids"
+    for k in range(3):  # road, sidewalk, building, vegetation, sky ... as train ids (0..10), no 255
+        path = train_ids / "train" / "aachen" / f"aachen_{k:06d}_000019_gtFine_labelIds.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), np.random.default_rng(k).integers(0, 11, (16, 32), dtype=np.uint8))
+    out = str(tmp_path / "out")
+    code, err = refused(capsys, "utils/transfer_trainid.py", ["--ori-label-root", train_ids, "--dst-label-root", out])
+    assert_one_line_refusal(code, err, "converted already", out)
+    # Real label ids (sky 23, vegetation 21, cars 26) still convert.
+    assert transfer_trainid.main(["--ori-label-root", world["label_id_root"], "--dst-label-root", out]) == 0
+
+
+def test_a_link_to_unfinished_pseudo_labels_is_still_unfinished(world, tmp_path, capsys):
+    save = tmp_path / "pl"
+    shutil.copytree(world["pseudo"], save)
+    (save / ".state" / "train").mkdir(parents=True)
+    (save / ".state" / "train" / "settings.json").write_text("{}")  # started, no summary: unfinished
+    link = tmp_path / "link"
+    os.symlink(save / "label_ids", link)
+    out = str(tmp_path / "out")
+    code, err = refused(capsys, "main.py", [*main_args(world, out), "--module-name", "baseline", "--restore-from",
+                                            world["weights"], "--pseudo-label-root", link])
+    assert_one_line_refusal(code, err, "is unfinished", out)
+
+
+def test_overwrite_never_deletes_through_a_link(world, tmp_path, capsys):
+    victim = tmp_path / "victim"
+    (victim / "train").mkdir(parents=True)
+    (victim / "train" / "keep.txt").write_text("precious")
+    save = tmp_path / "save"
+    save.mkdir()
+    os.symlink(victim, save / "label_ids")
+    code, err = refused(capsys, "generate_pseudo_labels.py",
+                        [*data_stage_args(world, save), "--restore-from", world["weights"], "--overwrite"])
+    assert code == 2 and err.count("\n") == 1 and "symbolic link" in err, err
+    assert (victim / "train" / "keep.txt").read_text() == "precious" and sorted(os.listdir(victim)) == ["train"]
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_untouched(world, tmp_path, capsys):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious content")
+    folder = tmp_path / "out" / "basic" / "shared"
+    folder.mkdir(parents=True)
+    os.symlink(precious, folder / ".run.lock")
+    code, err = refused(capsys, "main.py", [*main_args(world, str(tmp_path / "out")), "--experiment-name", "shared"])
+    assert code == 2 and err.count("\n") == 1 and "symbolic link" in err, err
+    assert precious.read_text() == "precious content"
+
+
+def test_a_damaged_round_marker_is_one_line(world, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    folder = tmp_path / "out" / "basic" / "r_round_1"
+    folder.mkdir(parents=True)
+    for content in ('{"student": 5}', "not json", "[]"):
+        (folder / "round.json").write_text(content)
+        code, err = refused(capsys, "main.py", [*main_args(world, out), "--experiment-name", "r", "--rounds", "2",
+                                                "--restore-from", world["weights"]])
+        assert code == 2 and err.count("\n") == 1 and "round.json is damaged" in err, err
+
+
+def test_a_folder_given_as_weights(world, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    code, err = refused(capsys, "main.py", [*main_args(world, out), "--restore-from", tmp_path])
+    assert_one_line_refusal(code, err, "is a folder, not a file", out)
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    """A real ``last.ckpt`` of a finished 2-step run."""
+    out = str(tmp_path_factory.mktemp("trained"))
+    main_script.main([*main_args(world, out), "--experiment-name", "done", "--visualize-interval", "0"])
+    return os.path.join(out, "basic", "done", "last.ckpt")
+
+
+@pytest.mark.parametrize("damage, names", [
+    (lambda c: c.pop("lr_schedulers"), "learning-rate schedule"),
+    (lambda c: c.update(loops={}), "loops.fit_loop"),
+    (lambda c: c.update(optimizer_states=[]), "optimizer_states"),
+])
+def test_a_damaged_resume_checkpoint_is_one_line(world, trained, tmp_path, capsys, damage, names):
+    checkpoint = torch.load(trained, map_location="cpu", weights_only=True)
+    damage(checkpoint)
+    path = tmp_path / "damaged.ckpt"
+    torch.save(checkpoint, path)
+    out = str(tmp_path / "out")
+    code, err = refused(capsys, "main.py", [*main_args(world, out), "--resume", path, "--max-steps", "4"])
+    assert_one_line_refusal(code, err, names, out)
+
+
+def test_an_older_checkpoint_with_namespace_hyper_parameters_resumes(world, trained, tmp_path):
+    # Older Lightning checkpoints keep their hyper-parameters as a Namespace; the checker and
+    # Lightning's own reader both read it as data (the README's promise), so the run continues.
+    import argparse
+
+    checkpoint = torch.load(trained, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"] = argparse.Namespace(**checkpoint["hyper_parameters"])
+    path = tmp_path / "older.ckpt"
+    torch.save(checkpoint, path)
+    result = main_script.main([*main_args(world, str(tmp_path / "out")), "--resume", str(path), "--max-steps", "4",
+                               "--visualize-interval", "0"])
+    assert torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)["global_step"] == 4

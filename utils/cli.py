@@ -22,12 +22,15 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+MAX_SIDE = 8192  # pixels per side of an input size: 4x Cityscapes' 2048; beyond it memory runs out, not the method
+
+
 def input_size(text):
     """Parse ``WIDTHxHEIGHT`` (e.g. ``1024x512``) into ``(width, height)``; an argparse ``type``."""
     parts = str(text).lower().split("x")
-    if len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    if len(parts) == 2 and all(p.strip().isdigit() and 0 < int(p) <= MAX_SIDE for p in parts):
         return int(parts[0]), int(parts[1])
-    raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1024x512, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1024x512, each side 1 to {MAX_SIDE}, got {text!r}")
 
 
 def grid_size(text):
@@ -70,6 +73,7 @@ def _float_type(name, accepts, requirement):
 
 finite_float = _float_type("finite number", lambda v: True, "a finite number")
 positive_float = _float_type("positive number", lambda v: v > 0, "a finite number above 0")
+learning_rate = _float_type("learning rate", lambda v: 0 < v <= 1, "a rate above 0 and at most 1 (published: 1e-4, 1e-5)")
 non_negative_float = _float_type("non-negative number", lambda v: v >= 0, "a finite number, 0 or more")
 probability = _float_type("probability", lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 

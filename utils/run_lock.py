@@ -151,7 +151,13 @@ class Lock:
         fd = None
         try:
             while True:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                try:  # never through a link: a planted one would have us overwrite the file it points to
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+                except OSError as err:
+                    if err.errno == errno.ELOOP:
+                        raise UserError(f"{self.path} is a symbolic link, not a lock file this toolkit wrote; "
+                                        "remove it") from None
+                    raise
                 refusal = _try_lock(fd, self.path)
                 if refusal is not None:
                     raise FolderInUse(f"{self.folder} is in use by another run: {describe(self._holder(fd))}; "

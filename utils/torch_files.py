@@ -10,6 +10,7 @@ the type, and nothing in it runs. There is no switch to lift this.
 """
 import os
 import pickle
+import warnings
 
 import torch
 
@@ -41,6 +42,12 @@ _STAND_INS = [(HyperParameters, name) for name in (
 )]
 
 
+def reading_as_data():
+    """A context in which ``torch.load(..., weights_only=True)`` elsewhere (Lightning's resume) reads
+    the same hyper-parameter containers as :func:`load_torch_file` does, as plain data."""
+    return torch.serialization.safe_globals(_STAND_INS)
+
+
 def _unsafe_types(path):
     """The Python types ``path``'s pickle names that the restricted unpickler refuses (found by
     reading its opcodes, not by running them)."""
@@ -57,10 +64,15 @@ def load_torch_file(path, what="weight file", mmap=False):
     ``what`` names the file in errors (``"weight file"``, ``"--resume checkpoint"``). ``mmap``
     maps tensors from the file instead of reading them (cheap inspection of a large checkpoint).
     """
+    if os.path.isdir(path):
+        raise TorchFileError(f"{what} is a folder, not a file: {path}")
     if not os.path.isfile(path):
-        raise TorchFileError(f"{what} not found: {path}")
+        raise TorchFileError(f"{what} {'is not a regular file' if os.path.exists(path) else 'not found'}: {path}")
     try:
-        with torch.serialization.safe_globals(_STAND_INS):
+        # torch warns about some foreign files (TorchScript archives) before refusing them: the refusal
+        # below is the one line the user reads.
+        with torch.serialization.safe_globals(_STAND_INS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         unsafe = _unsafe_types(path)

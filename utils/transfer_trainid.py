@@ -28,7 +28,7 @@ from tqdm import tqdm  # noqa: E402
 
 from utils.cli import ArgumentParser, UserError, at_least, run  # noqa: E402
 from utils.io import read_label, write_png  # noqa: E402
-from utils.labels import label_ids_to_train_ids, read_synthia_label_ids  # noqa: E402
+from utils.labels import NUM_CLASSES, label_ids_to_train_ids, read_synthia_label_ids  # noqa: E402
 
 PATTERNS = {"cityscapes": "*_gtFine_labelIds.png", "gta5": "*.png", "synthia": "*.png"}
 def parse_args(argv=None):
@@ -66,6 +66,24 @@ def read_label_ids(path, dataset):
     return read_synthia_label_ids(path) if dataset == "synthia" else read_label(path)
 
 
+def check_not_train_ids(paths, dataset, samples=8):
+    """Refuse files that hold train ids already, before anything is written. One with a value that is
+    no label id (255 = ignored) is refused by the conversion itself; train ids without ignored pixels
+    are told by their range: a street scene in Cityscapes or GTA5 label ids has values above 18 (pole
+    17 is the last below; sky, vegetation, cars, people lie above), so when none of up to ``samples``
+    files spread over the folder has one, it holds the 19 train ids. SYNTHIA's ids overlap both."""
+    picked = [paths[round(i * (len(paths) - 1) / max(1, samples - 1))] for i in range(min(samples, len(paths)))]
+    largest = []
+    for path in dict.fromkeys(picked):
+        label_ids = read_label_ids(path, dataset)
+        label_ids_to_train_ids(label_ids, dataset, path)
+        largest.append(int(label_ids.max()) if label_ids.size else 0)
+    if dataset in ("cityscapes", "gta5") and max(largest) < NUM_CLASSES:
+        raise UserError(f"{picked[0]} and the other {len(largest) - 1} files checked hold only values 0..{max(largest)}, "
+                        f"within the {NUM_CLASSES} train ids and without the label ids of sky, vegetation, cars or "
+                        "people: are they converted already?")
+
+
 def _convert_job(job):
     src, dst, dataset, overwrite = job
     if not overwrite and os.path.isfile(dst):
@@ -90,7 +108,7 @@ def main(argv=None):
             for rel in files]
     pending = [src for src, dst, _, _ in jobs if args.overwrite or not os.path.isfile(dst)]
     if pending:  # a folder of another kind (train ids already) is refused before anything is written
-        label_ids_to_train_ids(read_label_ids(pending[0], args.dataset), args.dataset, pending[0])
+        check_not_train_ids(pending, args.dataset)
     progress = dict(total=len(jobs), unit="file", desc=f"{args.dataset} label ids -> train ids")
     if args.workers == 1 or len(jobs) == 1:
         done = [_convert_job(job) for job in tqdm(jobs, **progress)]
