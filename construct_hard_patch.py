@@ -66,10 +66,10 @@ def report(summary, skipped, counts, cells_per_image):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from modules.hard_patches import construct
+    from modules.hard_patches import MiningRun, construct
+    from utils.config import build
 
-    result = construct(args)
+    result = construct(build(MiningRun, build_parser().parse_args(argv)))
     if result is None:  # a secondary process of a multi-device run: the first one mines and reports
         return 0
     summary = result["summary"]

@@ -50,18 +50,21 @@ def report(result, summary, scores, truth_note):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from modules.pseudo_labels import generate, write_report
+    from datasets.cityscapes import label_folder
+    from modules.pseudo_labels import PseudoLabelRun, generate, write_report
+    from utils.config import build
     from utils.run_lock import folder_lock
 
-    label_root = args.label_root or os.path.join(args.data_dir, "gtFine2")
-    if args.label_root and not os.path.isdir(os.path.join(label_root, args.split)):
-        raise UserError(f"--label-root: folder not found: {os.path.join(label_root, args.split)}")
-    with folder_lock(args.save, "--save"):  # from reading the resume state to the last report file
-        result = generate(args, args.save)
+    config = build(PseudoLabelRun, build_parser().parse_args(argv))
+    split = config.target.split
+    label_root = label_folder(config.target.data_dir, config.label_root)
+    if config.label_root and not os.path.isdir(os.path.join(label_root, split)):
+        raise UserError(f"--label-root: folder not found: {os.path.join(label_root, split)}")
+    with folder_lock(config.save, "--save"):  # from reading the resume state to the last report file
+        result = generate(config, config.save)
         if result is None:  # a secondary process of a multi-device run: the first one reports
             return 0
-        summary, scores, truth_note = write_report(args.save, args.split, result, args, label_root)
+        summary, scores, truth_note = write_report(config.save, split, result, config, label_root)
     report(result, summary, scores, truth_note)
     return 0
 

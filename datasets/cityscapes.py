@@ -18,6 +18,32 @@ from utils.cli import UserError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
+DEFAULT_DATA_DIR = "./data/Cityscapes"
+DEFAULT_LIST_ROOT = "./datasets/list/cityscapes"
+
+
+def add_data_dir_args(group, labels=True):
+    """Where the target lies, in the words every entry point uses: ``--data-dir`` (the Cityscapes
+    root), with ``--image-root`` (and ``--label-root``, when ``labels``) for one folder elsewhere."""
+    group.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                       help="Cityscapes root: images in <data-dir>/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png"
+                            + (", train-id ground truth in <data-dir>/gtFine2 (made by utils/transfer_trainid.py)"
+                               if labels else "") + " (default: %(default)s)")
+    group.add_argument("--image-root", default=None,
+                       help="the image folder, <image-root>/<split>/<city>/<stem>_leftImg8bit.png, when it is not "
+                            "<data-dir>/leftImg8bit")
+    if labels:
+        group.add_argument("--label-root", default=None,
+                           help="the train-id ground truth, <label-root>/<split>/<city>/<stem>_gtFine_labelIds.png, "
+                                "when it is not <data-dir>/gtFine2")
+
+
+def image_folder(data_dir, image_root=None):
+    return image_root or os.path.join(data_dir, "leftImg8bit")
+
+
+def label_folder(data_dir, label_root=None):
+    return label_root or os.path.join(data_dir, "gtFine2")
 
 
 def list_images(image_root, split, list_root=None):

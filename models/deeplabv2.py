@@ -175,12 +175,11 @@ class DeepLabV2(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
-    """The values of :func:`add_network_args` (and ``--freeze-bn-stats`` of training)."""
+    """The values of :func:`add_network_args`."""
     arch: str = "deeplabv2_r101"
     num_classes: int = 19
     head_branches: int = 2
     input_size: tuple = (1024, 512)
-    freeze_bn_stats: bool = False
 
 
 def add_network_args(parser, title="network"):

@@ -32,6 +32,18 @@ CONFIG_FILE = "config.json"  # the resolved configuration, in every experiment f
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainingNetwork(NetworkConfig):
+    freeze_bn_stats: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingHardware(HardwareConfig):
+    sync_batchnorm: Optional[bool] = None  # None: on for training on GPUs
+    channels_last: str = "auto"
+    compile: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimConfig:
     lr: float
     optimizer: str = "adam"
@@ -61,10 +73,10 @@ class RunConfig:
     log_tb_dir: str
     rounds: Optional[int]
     resume: Optional[str]
-    network: NetworkConfig
+    network: TrainingNetwork
     optim: OptimConfig
     evaluation: EvalConfig
-    hardware: HardwareConfig
+    hardware: TrainingHardware
     data: DataConfig
     stage: Any = None
 

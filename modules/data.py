@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets.base import collate
-from datasets.cityscapes import CityscapesDataset, resolve_pseudo_label_root
+from datasets.cityscapes import (DEFAULT_DATA_DIR, DEFAULT_LIST_ROOT, CityscapesDataset, add_data_dir_args,
+                                 image_folder, label_folder, resolve_pseudo_label_root)
 from datasets.patches import HardPatchDataset
 from datasets.samplers import CyclingSampler, ShardSampler, SkipSampler
 from datasets.source import GTA5Dataset, SynthiaDataset
@@ -24,7 +25,6 @@ from utils.image_cache import ResizedImageCache
 from modules.stage_output import check_hard_patches_finished, check_pseudo_labels_finished
 
 SOURCE_DATASETS = {"gta5": GTA5Dataset, "synthia": SynthiaDataset}
-DEFAULT_LIST_ROOT = "./datasets/list/cityscapes"
 
 
 class ResumableLoader(DataLoader):
@@ -48,8 +48,9 @@ class ResumableLoader(DataLoader):
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """The values of :func:`add_data_args`."""
-    image_root: str
-    label_root: str
+    data_dir: str = DEFAULT_DATA_DIR
+    image_root: str = None  # as typed; None: <data-dir>/leftImg8bit
+    label_root: str = None  # as typed; None: <data-dir>/gtFine2
     list_root: str = None  # as typed; None: the default folder, which may be absent
     val_split: str = "val"
     num_workers: int = 4
@@ -60,6 +61,14 @@ class DataConfig:
     test_batch_size: int = 2
 
     @property
+    def images(self):
+        return image_folder(self.data_dir, self.image_root)
+
+    @property
+    def labels(self):
+        return label_folder(self.data_dir, self.label_root)
+
+    @property
     def lists(self):
         """The folder of ``<split>.txt`` image lists to look in (``--list-root`` or its default)."""
         return self.list_root or DEFAULT_LIST_ROOT
@@ -67,11 +76,7 @@ class DataConfig:
 
 def add_data_args(parser):
     group = parser.add_argument_group("data")
-    group.add_argument("--image-root", default="./data/Cityscapes/leftImg8bit",
-                       help="target images, <image-root>/<split>/<city>/<stem>_leftImg8bit.png (default: %(default)s)")
-    group.add_argument("--label-root", default="./data/Cityscapes/gtFine2",
-                       help="target ground truth in train ids (made by utils/transfer_trainid.py), "
-                            "<label-root>/<split>/<city>/<stem>_gtFine_labelIds.png (default: %(default)s)")
+    add_data_dir_args(group)
     group.add_argument("--list-root", default=None, metavar="DIR",
                        help="folder with <split>.txt image lists; a split whose list is not in it is found by "
                             "scanning its image folder; a folder you name must exist (default: "
@@ -130,15 +135,15 @@ class SegmentationDataModule(pl.LightningDataModule):
             return SOURCE_DATASETS[o.source_dataset](o.source_root, **common)
         kwargs = dict(list_root=d.lists, **common)
         if self.train_source == "labels":
-            kwargs["label_root"] = d.label_root
+            kwargs["label_root"] = d.labels
         elif self.train_source == "pseudo_labels":
             check_pseudo_labels_finished(o.pseudo_label_root, "train")
             kwargs["pseudo_label_root"] = resolve_pseudo_label_root(o.pseudo_label_root, "train")
-        return CityscapesDataset(d.image_root, "train", **kwargs)
+        return CityscapesDataset(d.images, "train", **kwargs)
 
     def _build_eval(self):
         d = self.data
-        return CityscapesDataset(d.image_root, d.val_split, input_size=self.input_size, label_root=d.label_root,
+        return CityscapesDataset(d.images, d.val_split, input_size=self.input_size, label_root=d.labels,
                                  list_root=d.lists, resize_label=False, num_classes=self.num_classes,
                                  resize_backend=d.resize_backend)
 

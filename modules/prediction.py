@@ -12,6 +12,7 @@ image. What they share lives here:
   (flushed and synced), so that an interrupted run resumes where it stopped.
 - :func:`run_predict`: the ``Trainer`` (devices, nodes, precision, progress bar) around them.
 """
+import dataclasses
 import glob
 import json
 import os
@@ -30,6 +31,13 @@ from utils.inference import entropy_map, predict_logits
 from utils.io import TEMP_PREFIX, atomic_write_text
 from utils.lightning import add_hardware_args, interruptible, make_trainer
 from utils.run_lock import launched_as_first_process
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionConfig:
+    """The batch and loader values of :func:`add_prediction_args`."""
+    batch_size: int = 1
+    num_workers: int = 4
 
 
 def add_prediction_args(parser):
@@ -297,11 +305,11 @@ def claim_folder(folder, settings, overwrite, outputs=()):
         atomic_write_text(path, text)
 
 
-def run_predict(module, data, writer, args):
-    """Predict ``data`` with ``module`` on the devices of ``args`` (see :func:`add_prediction_args`),
+def run_predict(module, data, writer, hardware):
+    """Predict ``data`` with ``module`` on the devices of ``hardware`` (``utils.lightning.HardwareConfig``),
     ``writer`` writing the files. Returns ``True`` in the first process (the one that should report),
     ``False`` in the others."""
-    trainer = make_trainer(args, callbacks=[writer], logger=False, enable_checkpointing=False,
+    trainer = make_trainer(hardware, callbacks=[writer], logger=False, enable_checkpointing=False,
                            enable_model_summary=False, enable_progress_bar=True, use_distributed_sampler=False)
     with interruptible(trainer, "finished files are kept; rerun the same command to resume"):
         trainer.predict(module, datamodule=data, return_predictions=False)

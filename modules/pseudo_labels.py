@@ -19,38 +19,56 @@ image is recorded (its entropy in full precision and its class pixel counts) in
 ``.state/<split>/<rank>.tsv`` after its files were written atomically, so the resumed run
 predicts only what is missing and its result is identical, byte for byte, to an uninterrupted run.
 """
+import dataclasses
 import json
 import os
+from typing import Optional
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datasets.cityscapes import LABEL_SUFFIX, CityscapesDataset
+from datasets.cityscapes import (DEFAULT_LIST_ROOT, LABEL_SUFFIX, CityscapesDataset, add_data_dir_args,
+                                 image_folder)
 from datasets.pixels import add_resize_backend_arg, resize_label
-from models.deeplabv2 import add_network_args, get_deeplabv2
+from models.deeplabv2 import NetworkConfig, add_network_args, get_deeplabv2
+from modules.prediction import (ErrorsAsItems, PredictionConfig, PredictionData, PredictionModule, RecordWriter,
+                                check_item, claim_folder, read_records, run_predict)
 from utils.cli import UserError, float_list, positive_float
 from utils.fingerprint import fingerprint
 from utils.io import atomic_write_text, json_number, read_label, write_png, write_rgb_png
 from utils.labels import IGNORE_INDEX, class_names, colorize
+from utils.lightning import HardwareConfig
 from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
-from modules.prediction import (ErrorsAsItems, PredictionData, PredictionModule, RecordWriter,
-                              check_item, claim_folder, read_records, run_predict)
 
 
 
 # -- flags shared by the data-stage scripts ---------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class TargetImages:
+    """The values of :func:`add_target_args`."""
+    data_dir: str = "./data/Cityscapes"
+    image_root: Optional[str] = None  # as typed; None: <data-dir>/leftImg8bit
+    list_root: Optional[str] = None
+    data_list: Optional[str] = None
+    split: str = "train"
+    resize_backend: str = "pil"
+
+
 def add_target_args(parser, data_list_help=""):
-    """``--data-dir``, ``--data-list``, ``--split``, ``--resize-backend``: the target images to label."""
+    """The target images a data stage reads, in the words ``main.py`` uses too: ``--data-dir`` (the
+    Cityscapes root), or ``--image-root`` for the image folder alone; ``--list-root`` (a folder of
+    ``<split>.txt`` lists) or ``--data-list`` (one list file, as published); ``--split``;
+    ``--resize-backend``."""
     group = parser.add_argument_group("target images")
-    group.add_argument("--data-dir", default="./data/Cityscapes",
-                       help="Cityscapes root containing leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png "
-                            "(default: %(default)s)")
+    add_data_dir_args(group, labels=False)
+    group.add_argument("--list-root", default=None, metavar="DIR",
+                       help="folder with <split>.txt image lists, as for main.py; a folder you name must exist "
+                            "(default: ./datasets/list/cityscapes, which may be absent: the image folder is scanned)")
     group.add_argument("--data-list", default=None, metavar="FILE",
-                       help="image list, one <city>/<stem>_leftImg8bit.png per line (default: "
-                            "./datasets/list/cityscapes/<split>.txt; the image folder is scanned when it is absent)"
+                       help="or one image list, one <city>/<stem>_leftImg8bit.png per line, named <split>.txt"
                             + data_list_help)
     group.add_argument("--split", default="train", help="split to label (default: %(default)s)")
     add_resize_backend_arg(group)
@@ -58,6 +76,19 @@ def add_target_args(parser, data_list_help=""):
 
 
 scales = float_list(positive_float)  # --scales: positive finite factors, at least one
+
+
+@dataclasses.dataclass(frozen=True)
+class LabellingConfig:
+    """How the provider predicts (:func:`add_labelling_args`, besides the network's flags)."""
+    flip: bool = True
+    multiscale: bool = False
+    scales: tuple = (0.75, 1.0, 1.25)
+
+
+def scales_of(labelling):
+    """The input scales the provider predicts at: ``--scales`` with ``--multiscale``, else one."""
+    return list(labelling.scales) if labelling.multiscale else [1.0]
 
 
 def add_labelling_args(parser):
@@ -72,37 +103,60 @@ def add_labelling_args(parser):
     return group
 
 
+@dataclasses.dataclass(frozen=True)
+class PseudoLabelRun:
+    """Everything ``generate_pseudo_labels.py`` is told, built once from its flags."""
+    restore_from: str
+    save: str
+    label_root: Optional[str]
+    overwrite: bool
+    target: TargetImages
+    network: NetworkConfig
+    labelling: LabellingConfig
+    prediction: PredictionConfig
+    hardware: HardwareConfig
+
+
 # -- inputs ---------------------------------------------------------------------------------------------
 
-def image_root_of(args):
-    """``<data-dir>/leftImg8bit``, checked to contain the split."""
-    if not os.path.isdir(args.data_dir):
-        raise UserError(f"--data-dir: folder not found: {args.data_dir}")
-    image_root = os.path.join(args.data_dir, "leftImg8bit")
-    if not os.path.isdir(os.path.join(image_root, args.split)):
-        raise UserError(f"--data-dir: no images of split {args.split!r}: folder not found: "
-                        f"{os.path.join(image_root, args.split)}")
+def image_root_of(target):
+    """``--image-root``, or ``<data-dir>/leftImg8bit``, checked to contain the split."""
+    flag = "--image-root" if target.image_root else "--data-dir"
+    if not target.image_root and not os.path.isdir(target.data_dir):
+        raise UserError(f"--data-dir: folder not found: {target.data_dir}")
+    image_root = image_folder(target.data_dir, target.image_root)
+    if not os.path.isdir(os.path.join(image_root, target.split)):
+        raise UserError(f"{flag}: no images of split {target.split!r}: folder not found: "
+                        f"{os.path.join(image_root, target.split)}")
     return image_root
 
 
-def list_root_of(args):
-    """The folder holding ``<split>.txt`` for the dataset classes, from ``--data-list``."""
-    if args.data_list is None:
-        return os.path.join(".", "datasets", "list", "cityscapes")
-    if not os.path.isfile(args.data_list):
-        raise UserError(f"--data-list: file not found: {args.data_list}")
-    if os.path.basename(args.data_list) != f"{args.split}.txt":
-        raise UserError(f"--data-list: the list of split {args.split!r} must be named {args.split}.txt, "
-                        f"got {args.data_list}")
-    return os.path.dirname(args.data_list) or "."
+def list_root_of(target):
+    """The folder holding ``<split>.txt`` for the dataset classes, from ``--data-list`` or ``--list-root``."""
+    if target.data_list is not None and target.list_root is not None:
+        raise UserError("--data-list and --list-root both name the image list: give one of them")
+    if target.list_root is not None:
+        if not os.path.isdir(target.list_root):
+            raise UserError(f"--list-root: folder not found: {target.list_root} (leave the flag out to scan the "
+                            "image folder)")
+        return target.list_root
+    if target.data_list is None:
+        return DEFAULT_LIST_ROOT
+    if not os.path.isfile(target.data_list):
+        raise UserError(f"--data-list: file not found: {target.data_list}")
+    if os.path.basename(target.data_list) != f"{target.split}.txt":
+        raise UserError(f"--data-list: the list of split {target.split!r} must be named {target.split}.txt, "
+                        f"got {target.data_list}")
+    return os.path.dirname(target.data_list) or "."
 
 
-def target_dataset(args, pseudo_label_root=None):
+def target_dataset(config, pseudo_label_root=None):
     """The split's images at the input size (and the pseudo-labels of ``pseudo_label_root``)."""
-    image_root = image_root_of(args)
-    dataset = CityscapesDataset(image_root, args.split, input_size=args.input_size, list_root=list_root_of(args),
-                                pseudo_label_root=pseudo_label_root, num_classes=args.num_classes,
-                                resize_backend=args.resize_backend)
+    image_root = image_root_of(config.target)
+    dataset = CityscapesDataset(image_root, config.target.split, input_size=config.network.input_size,
+                                list_root=list_root_of(config.target),
+                                pseudo_label_root=pseudo_label_root, num_classes=config.network.num_classes,
+                                resize_backend=config.target.resize_backend)
     # Only the file signatures are read here (cheap): a file that is no image at all fails before
     # anything is written; a damaged image stops the run when it is reached.
     for image_path, _, _ in dataset.samples:
@@ -111,14 +165,15 @@ def target_dataset(args, pseudo_label_root=None):
     return dataset
 
 
-def load_network(args):
+def load_network(config):
     """The provider network with ``--restore-from`` loaded (errors name the file and the keys)."""
-    if not args.restore_from:
+    if not config.restore_from:
         raise UserError("--restore-from: the provider's weight file is needed")
-    if not os.path.isfile(args.restore_from):
-        raise UserError(f"--restore-from: weight file not found: {args.restore_from}")
-    return get_deeplabv2(num_classes=args.num_classes, restore_from=args.restore_from, arch=args.arch,
-                         head_branches=args.head_branches)
+    if not os.path.isfile(config.restore_from):
+        raise UserError(f"--restore-from: weight file not found: {config.restore_from}")
+    n = config.network
+    return get_deeplabv2(num_classes=n.num_classes, restore_from=config.restore_from, arch=n.arch,
+                         head_branches=n.head_branches)
 
 
 # -- outputs --------------------------------------------------------------------------------------------
@@ -138,24 +193,24 @@ def state_dir(save, split):
     return os.path.join(save, ".state", split)
 
 
-def settings_of(args):
+def settings_of(config):
     """How the labels are computed: a rerun into the same folder must use the same (and the same
     inputs, :func:`inputs_of`)."""
-    return {"arch": args.arch, "num_classes": args.num_classes,
-            "head_branches": args.head_branches, "input_size": list(args.input_size),
-            "resize_backend": args.resize_backend, "flip": args.flip,
-            "scales": list(args.scales) if args.multiscale else [1.0], "precision": args.precision}
+    return {"arch": config.network.arch, "num_classes": config.network.num_classes,
+            "head_branches": config.network.head_branches, "input_size": list(config.network.input_size),
+            "resize_backend": config.target.resize_backend, "flip": config.labelling.flip,
+            "scales": scales_of(config.labelling), "precision": config.hardware.precision}
 
 
 IMAGE_SAMPLE_BYTES = 1 << 16  # per end of each image: a few hundred MB over Cityscapes train, not all 6 GB
 
 
-def inputs_of(args, dataset):
+def inputs_of(config, dataset):
     """What the labels are computed from, identified by content (``utils/fingerprint.py``), not by
     path: the weight file (moved or renamed, it is the same) and the images in list order (under
     their names, wherever the data folder lies)."""
     images = [image_path for image_path, _, _ in dataset.samples]
-    return {"weights": fingerprint([args.restore_from], names=[""]),
+    return {"weights": fingerprint([config.restore_from], names=[""]),
             "images": fingerprint(images, dataset.names, sample=IMAGE_SAMPLE_BYTES)}
 
 
@@ -190,30 +245,31 @@ def finished(save, split, names, write_color=True):
     return done
 
 
-def generate(args, save, write_color=True):
-    """Label every image of ``args.split`` into ``save`` (resuming a previous run).
+def generate(config, save, write_color=True):
+    """Label every image of ``config.target.split`` into ``save`` (resuming a previous run).
 
     Inputs are checked first; nothing is written when they are wrong. Returns ``None`` in every
     process but the first, which gets ``{"names", "records", "skipped"}``: the listed images, their
     records (``[entropy, counts]`` as strings) and how many were already done before this run.
     """
-    dataset = target_dataset(args)
+    dataset = target_dataset(config)
     names = dataset.names
-    net = load_network(args)
-    claim_folder(state_dir(save, args.split), {**settings_of(args), **inputs_of(args, dataset)}, args.overwrite,
-                 outputs=[os.path.join(save, kind, args.split) for kind in ("label_ids", "label_color")]
-                 + list(report_names(save, args.split).values()))
+    net = load_network(config)
+    claim_folder(state_dir(save, config.target.split), {**settings_of(config), **inputs_of(config, dataset)},
+                 config.overwrite,
+                 outputs=[os.path.join(save, kind, config.target.split) for kind in ("label_ids", "label_color")]
+                 + list(report_names(save, config.target.split).values()))
     # With --overwrite nothing counts as done, even where the first process has not yet removed it.
-    done = frozenset() if args.overwrite else finished(save, args.split, names, write_color)
+    done = frozenset() if config.overwrite else finished(save, config.target.split, names, write_color)
     first = True
     if len(done) < len(names):
-        module = PredictionModule(net, flip=args.flip, scales=args.scales if args.multiscale else (1.0,))
-        data = PredictionData(dataset, names, args.batch_size, args.num_workers, done)
-        writer = PseudoLabelWriter(save, args.split, args.num_classes, write_color)
-        first = run_predict(module, data, writer, args)
+        module = PredictionModule(net, flip=config.labelling.flip, scales=scales_of(config.labelling))
+        data = PredictionData(dataset, names, config.prediction.batch_size, config.prediction.num_workers, done)
+        writer = PseudoLabelWriter(save, config.target.split, config.network.num_classes, write_color)
+        first = run_predict(module, data, writer, config.hardware)
     if not first:
         return None
-    records = read_records(state_dir(save, args.split))
+    records = read_records(state_dir(save, config.target.split))
     missing = [name for name in names if name not in records]
     if missing:
         raise RuntimeError(f"{len(missing)} images have no pseudo-label (first: {missing[0]}); rerun to complete them")
@@ -272,7 +328,7 @@ def ground_truth_scores(save, split, names, label_root, num_classes, num_workers
     return scores_from_confusion(confusion.compute()), truth_dir
 
 
-def write_report(save, split, result, args, label_root):
+def write_report(save, split, result, config, label_root):
     """easy/hard lists and the summary; returns the summary (a dict) and the ground-truth scores."""
     records, names = result["records"], result["names"]
     files = report_names(save, split)
@@ -280,16 +336,17 @@ def write_report(save, split, result, args, label_root):
     for key, rows in (("easy", easy), ("hard", hard)):
         atomic_write_text(files[key], "".join(f"{name} {entropy}\n" for name, entropy in rows))
 
-    counts = class_pixels(records, args.num_classes)
-    names_of_classes = class_names(args.num_classes)
+    counts = class_pixels(records, config.network.num_classes)
+    names_of_classes = class_names(config.network.num_classes)
     share = counts / max(1, counts.sum())
-    scores, truth_note = ground_truth_scores(save, split, names, label_root, args.num_classes, args.num_workers,
-                                             args.resize_backend)
+    scores, truth_note = ground_truth_scores(save, split, names, label_root, config.network.num_classes,
+                                             config.prediction.num_workers,
+                                             config.target.resize_backend)
     summary = {
-        "split": split, "images": len(names), "input_size": "x".join(map(str, args.input_size)),
-        "resize_backend": args.resize_backend,
-        "restore_from": args.restore_from, "flip": args.flip,
-        "scales": list(args.scales) if args.multiscale else [1.0],
+        "split": split, "images": len(names), "input_size": "x".join(map(str, config.network.input_size)),
+        "resize_backend": config.target.resize_backend,
+        "restore_from": config.restore_from, "flip": config.labelling.flip,
+        "scales": scales_of(config.labelling),
         "easy": len(easy), "hard": len(hard),
         "median_entropy": float(hard[0][1]) if hard else None,
         "class_pixel_share": {n: round(float(s), 6) for n, s in zip(names_of_classes, share)},

@@ -99,3 +99,42 @@ def test_config_file_values_are_checked_as_flags(finished_run, tmp_path):
         parse_args(["--config", str(tmp_path / "text.json")])
     with pytest.raises(UserError, match="--config: file not found"):
         parse_args(["--config", str(tmp_path / "absent.json")])
+
+
+@pytest.mark.parametrize("script, run_config", [("generate_pseudo_labels", "PseudoLabelRun"),
+                                                ("construct_hard_patch", "MiningRun")])
+def test_data_scripts_build_one_typed_configuration_from_every_flag(script, run_config):
+    import importlib
+
+    from modules import hard_patches, pseudo_labels
+    from utils.config import build
+
+    parser = importlib.import_module(script).build_parser()
+    cls = getattr(pseudo_labels if run_config == "PseudoLabelRun" else hard_patches, run_config)
+    dests = {a.dest for a in parser._actions if a.option_strings} - {"help"}
+    config = build(cls, parser.parse_args([]))
+    assert set(flat(config)) == dests
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.target.split = "val"
+
+
+def test_one_vocabulary_for_the_target_in_every_entry_point(tmp_path):
+    import construct_hard_patch
+    import generate_pseudo_labels
+    from modules.pseudo_labels import image_root_of, list_root_of
+    from utils.config import build
+    from modules.pseudo_labels import PseudoLabelRun
+
+    words = ["--data-dir", "D", "--image-root", str(tmp_path), "--list-root", str(tmp_path)]
+    config = parse_args(words)
+    assert (config.data.data_dir, config.data.images, config.data.lists) == ("D", str(tmp_path), str(tmp_path))
+    assert parse_args(["--data-dir", "D"]).data.images == "D/leftImg8bit"
+    assert parse_args(["--data-dir", "D"]).data.labels == "D/gtFine2"
+    for script in (generate_pseudo_labels, construct_hard_patch):
+        parsed = script.build_parser().parse_args(words)
+        assert (parsed.data_dir, parsed.image_root, parsed.list_root) == ("D", str(tmp_path), str(tmp_path))
+    (tmp_path / "train").mkdir()
+    target = build(PseudoLabelRun, generate_pseudo_labels.build_parser().parse_args(words)).target
+    assert image_root_of(target) == str(tmp_path) and list_root_of(target) == str(tmp_path)
+    with pytest.raises(UserError, match="give one of them"):
+        list_root_of(dataclasses.replace(target, data_list=str(tmp_path / "train.txt")))

@@ -25,7 +25,7 @@ def test_published_commands_parse_with_published_defaults():
     args = parse_args(PUBLISHED_BASELINE)
     assert (args.module_name, args.data.train_batch_size, args.optim.lr, args.evaluation.val_interval) == ("baseline", 4, 1e-4, 1.0)
     assert args.stage.pseudo_label_root == "./experiments/gta5_pseudo_label/"
-    assert args.data.image_root == "./data/Cityscapes/leftImg8bit" and args.data.label_root == "./data/Cityscapes/gtFine2"
+    assert args.data.images == "./data/Cityscapes/leftImg8bit" and args.data.labels == "./data/Cityscapes/gtFine2"
     assert args.data.list_root is None and args.data.lists == "./datasets/list/cityscapes"
     assert args.network.input_size == (1024, 512)
     assert args.network.arch == "deeplabv2_r101" and args.optim.max_steps > 0

@@ -18,8 +18,9 @@ from main import parse_args
 from modules.data import SegmentationDataModule
 from tests.fixtures import make_cityscapes, make_gta5, make_pseudo_labels, pil_resized_bgr, pil_resized_label
 from utils.cli import run
-from modules.hard_patches import class_pixel_counts
-from modules.pseudo_labels import settings_of, target_dataset
+from modules.hard_patches import MiningRun, class_pixel_counts
+from modules.pseudo_labels import PseudoLabelRun, settings_of, target_dataset
+from utils.config import build
 
 INPUT = (32, 16)  # from 64x32 files
 
@@ -92,8 +93,10 @@ def test_main_source_dataset_resizes_with_the_flag(data, backend):
 @pytest.mark.parametrize("backend", [None, "cv2"])
 def test_data_scripts_resize_target_images_and_labels_with_the_flag(data, script, backend):
     argv, backend = flag(backend)
-    args = script.build_parser().parse_args(["--data-dir", data["root"], "--input-size", "x".join(map(str, INPUT)),
-                                             "--restore-from", "w.pth", *argv])
+    run_config = {generate_pseudo_labels: PseudoLabelRun, construct_hard_patch: MiningRun}[script]
+    args = build(run_config, script.build_parser().parse_args(["--data-dir", data["root"], "--input-size",
+                                                               "x".join(map(str, INPUT)), "--restore-from", "w.pth",
+                                                               *argv]))
     assert settings_of(args)["resize_backend"] == backend  # a resumed run must use the same backend
     dataset = target_dataset(args)
     assert dataset.resize_backend == backend

@@ -11,15 +11,12 @@ from utils.cli import UserError, at_least, devices
 
 @dataclasses.dataclass(frozen=True)
 class HardwareConfig:
-    """The values of :func:`add_hardware_args`, and the speed flags of training."""
+    """The values of :func:`add_hardware_args`."""
     accelerator: str = "auto"
     devices: object = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
-    sync_batchnorm: object = None  # None: on for training on GPUs
-    channels_last: str = "auto"
-    compile: bool = False
 
 
 def add_hardware_args(parser):
