@@ -22,7 +22,7 @@ import time
 
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run, seed
 from utils.io import atomic_write_text, json_number
-from utils.run_lock import LOCK_NAME, folder_lock
+from utils.run_folder import LOCK_NAME, folder_lock, has_checkpoints
 
 # The demo schedule; its measured results and timing are in docs/demo.md. Rare classes "auto": the
 # provider hardly ever predicts most of the published GTA5 rare classes on this benchmark, so the
@@ -89,7 +89,6 @@ class Demo:
         """Train a stage (resuming an interrupted run) and extract its best network to weights/<name>.pth."""
         from extract_model_state_dict import main as extract
         from main import main as train_main
-        from modules import runner
 
         target = os.path.join(self.weights, f"{name}.pth")
         if os.path.isfile(target):
@@ -97,7 +96,7 @@ class Demo:
             return target
         argv = ["--module-name", module, "--mode", "train", *self.common_training(), "--experiment-name", name,
                 "--max-steps", str(steps), "--lr", str(lr), "--val-interval", str(max(1, steps // 4)), *extra]
-        if runner.has_checkpoints(os.path.join(self.runs, module, name)):
+        if has_checkpoints(os.path.join(self.runs, module, name)):
             argv += ["--resume", "last"]
         best = self.step(f"{name}: train", "main.py", argv, train_main)["best_checkpoint"]
         if not best:
@@ -241,7 +240,7 @@ class Demo:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     demo = Demo(args)
-    with folder_lock(demo.out, "--out"):  # one demo at a time in a folder (utils/run_lock.py)
+    with folder_lock(demo.out, "--out"):  # one demo at a time in a folder (utils/run_folder.py)
         demo.run()
     return 0
 

@@ -53,7 +53,7 @@ def main(argv=None):
     from datasets.cityscapes import label_folder
     from modules.pseudo_labels import PseudoLabelRun, generate, write_report
     from utils.config import build
-    from utils.run_lock import folder_lock
+    from utils.run_folder import folder_lock
 
     config = build(PseudoLabelRun, build_parser().parse_args(argv))
     split = config.target.split

@@ -26,8 +26,7 @@ from tqdm import tqdm
 from datasets.cityscapes import LABEL_SUFFIX, resolve_pseudo_label_root
 from datasets.pixels import resize_label, to_bgr_uint8
 from models.deeplabv2 import NetworkConfig
-from modules.prediction import (ErrorsAsItems, PredictionConfig, RecordFile, check_item, claim_folder,
-                                read_records)
+from modules.prediction import ErrorsAsItems, PredictionConfig, RecordFile, check_item, read_records
 from modules.pseudo_labels import IMAGE_SAMPLE_BYTES, LabellingConfig, TargetImages, generate, target_dataset
 from modules.stage_output import check_pseudo_labels_finished
 from utils.cli import UserError
@@ -35,7 +34,7 @@ from utils.fingerprint import fingerprint
 from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
 from utils.labels import class_names, colorize, parse_rare_classes
 from utils.lightning import HardwareConfig
-from utils.run_lock import folder_lock
+from utils.run_folder import claim_folder, folder_lock
 
 OUTPUT_FOLDERS = ("patches", "labels", "color_labels")
 
@@ -220,7 +219,7 @@ class MiningRun:
 
 def construct(config):
     """Stage 5 from the flags of ``construct_hard_patch.py``, holding ``--save`` for the whole run
-    (``utils/run_lock.py``): see :func:`_construct`."""
+    (``utils/run_folder.py``): see :func:`_construct`."""
     with folder_lock(config.save, "--save"):
         return _construct(config)
 

@@ -14,9 +14,7 @@ image. What they share lives here:
 """
 import dataclasses
 import glob
-import json
 import os
-import shutil
 
 import pytorch_lightning as pl
 import torch
@@ -28,9 +26,7 @@ from datasets.base import collate
 from datasets.samplers import ShardSampler
 from utils.cli import UserError, at_least
 from utils.inference import entropy_map, predict_logits
-from utils.io import TEMP_PREFIX, atomic_write_text
 from utils.lightning import add_hardware_args, interruptible, make_trainer
-from utils.run_lock import launched_as_first_process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,77 +228,6 @@ class RecordWriter(BasePredictionWriter):
     def teardown(self, trainer, pl_module, stage):
         if self.records is not None:
             self.records.close()
-
-
-def _remove_temporary_files(folder):
-    # A run killed while writing leaves the temporary file of an atomic write behind.
-    for dirpath, _, filenames in os.walk(folder):
-        for name in filenames:
-            if name.startswith(TEMP_PREFIX):
-                os.remove(os.path.join(dirpath, name))
-
-
-def _holds_results(target):
-    """Whether ``target`` is a file, or a folder with a file other than an unfinished atomic write."""
-    if os.path.isfile(target):
-        return True
-    return any(not name.startswith(TEMP_PREFIX) for _, _, names in os.walk(target) for name in names)
-
-
-def _changed(previous_text, settings):
-    """The names of the settings that differ from the recorded ones (all, when those are unreadable)."""
-    try:
-        previous = json.loads(previous_text)
-    except ValueError:
-        previous = None
-    if not isinstance(previous, dict):
-        return sorted(settings)
-    current = json.loads(json.dumps(settings))  # tuples as the lists they were written as
-    return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-
-
-def claim_folder(folder, settings, overwrite, outputs=()):
-    """Start or continue a run whose state lives in ``folder`` and whose results are ``outputs``.
-
-    A rerun must use the same ``settings`` (a JSON-able dict of what decides the results), else old
-    and new outputs would mix; ``overwrite`` first removes the outputs and the state. A run with
-    other settings that left no output (one stopped by a flag mistake) is replaced as if by
-    ``overwrite``. Only the first process removes and writes: the others may start while it does.
-    The caller holds the output folder's lock (``utils/run_lock.py``) from before this claim until
-    its last file is written, so that no other run reads or changes the state meanwhile.
-    """
-    path = os.path.join(folder, "settings.json")
-    text = json.dumps(settings, indent=1, sort_keys=True) + "\n"
-    first = launched_as_first_process()
-    # What is written or removed stays inside the output folder: a symbolic link in it (planted, or
-    # copied along) would lead --overwrite to delete, and the run to write, somewhere else.
-    root = os.path.realpath(os.path.commonpath([os.path.abspath(p) for p in (folder, *outputs)]))
-    for target in (folder, *outputs):
-        if not os.path.realpath(target).startswith(root + os.sep):
-            raise UserError(f"{target} leads outside {root} through a symbolic link; remove the link, or choose "
-                            "another --save")
-    if not overwrite and os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            previous = f.read()
-        if previous != text:
-            if any(_holds_results(target) for target in outputs):
-                raise UserError(f"--save holds results made with other settings or inputs (changed: "
-                                f"{', '.join(_changed(previous, settings))}; {path}); add --overwrite to replace "
-                                "them, or choose another --save")
-            overwrite = True
-    if overwrite:
-        if not first:
-            return
-        for target in (*outputs, folder):
-            if os.path.isdir(target):
-                shutil.rmtree(target)
-            elif os.path.isfile(target):
-                os.remove(target)
-    if first:
-        for target in outputs:
-            if os.path.isdir(target):
-                _remove_temporary_files(target)
-        atomic_write_text(path, text)
 
 
 def run_predict(module, data, writer, hardware):

@@ -34,13 +34,14 @@ from datasets.cityscapes import (DEFAULT_LIST_ROOT, LABEL_SUFFIX, CityscapesData
 from datasets.pixels import add_resize_backend_arg, resize_label
 from models.deeplabv2 import NetworkConfig, add_network_args, get_deeplabv2
 from modules.prediction import (ErrorsAsItems, PredictionConfig, PredictionData, PredictionModule, RecordWriter,
-                                check_item, claim_folder, read_records, run_predict)
+                                check_item, read_records, run_predict)
 from utils.cli import UserError, float_list, positive_float
 from utils.fingerprint import fingerprint
 from utils.io import atomic_write_text, json_number, read_label, write_png, write_rgb_png
 from utils.labels import IGNORE_INDEX, class_names, colorize
 from utils.lightning import HardwareConfig
 from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
+from utils.run_folder import claim_folder
 
 
 

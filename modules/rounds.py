@@ -19,7 +19,7 @@ from models.deeplabv2 import extract_state_dict
 from modules import runner
 from utils.cli import UserError
 from utils.io import atomic_write_bytes, atomic_write_text
-from utils.run_lock import folder_lock
+from utils.run_folder import folder_lock, has_checkpoints, read_record
 
 
 def _save_state_dict(state, path):
@@ -37,7 +37,7 @@ def train_rounds(config, rounds):
                         "each unfinished round continues from its own last checkpoint")
     folders = [_round_config(config, k).experiment_dir for k in range(1, rounds + 1)]
     with contextlib.ExitStack() as stack:
-        # Every round folder is held for the whole command (utils/run_lock.py): a second command
+        # Every round folder is held for the whole command (utils/run_folder.py): a second command
         # with this name stops at once, instead of slipping in between two rounds.
         for folder in folders:
             stack.enter_context(folder_lock(folder, "--experiment-name"))
@@ -59,34 +59,20 @@ def _in_folder(path, folder):
     return os.path.join(folder, os.path.basename(path))
 
 
-def _read_marker(path):
-    """A finished round's ``round.json``; one that is damaged or edited is a user error naming it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            result = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError):
-        result = None
-    valid = isinstance(result, dict) and all(isinstance(result.get(k), str) for k in ("student", "best_checkpoint")) \
-        and isinstance(result.get("best_miou"), (int, float)) and not isinstance(result.get("best_miou"), bool)
-    if not valid:
-        raise UserError(f"{path} is damaged (it records a finished round: student, best_checkpoint, best_miou); "
-                        "delete it to train that round again")
-    return result
-
-
 def _train_rounds(config, folders):
     results, restore_from = [], config.restore_from
     for k, folder in enumerate(folders, 1):
         marker = os.path.join(folder, "round.json")
         if os.path.isfile(marker):
-            result = _read_marker(marker)
+            result = read_record(marker, {"student": str, "best_checkpoint": str, "best_miou": (int, float)},
+                                 "a finished round")
             result["student"] = _in_folder(result["student"], folder)
             result["best_checkpoint"] = _in_folder(result["best_checkpoint"], folder)
             print(f"round {k}: already finished (best val mIoU {result['best_miou']:.2f}), skipped")
         else:
             # Each round resumes on its own (an interrupted one from its last checkpoint, a new one
             # from the start), also when the command says --resume last.
-            resume = "last" if runner.has_checkpoints(folder) else None
+            resume = "last" if has_checkpoints(folder) else None
             print(f"round {k}/{len(folders)}: {config.module_name} from {restore_from}")
             trained = runner.train(_round_config(config, k, restore_from=restore_from, resume=resume))
             if not trained["best_checkpoint"]:

@@ -2,12 +2,9 @@
 stage module and the data module. ``main.py`` parses flags and calls :func:`train` or
 :func:`test`; the round automation calls them in a loop."""
 import contextlib
-import glob
 import os
-import re
 import warnings
 
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -19,13 +16,8 @@ from modules.data import SegmentationDataModule
 from utils.cli import UserError
 from utils.config import write_config
 from utils.lightning import interruptible, make_trainer
-from utils.run_lock import folder_lock
+from utils.run_folder import folder_lock, has_checkpoints, latest_checkpoint
 from utils.torch_files import load_torch_file, reading_as_data
-
-
-def has_checkpoints(folder):
-    """Whether a training run in ``folder`` saved a checkpoint (``--resume last`` continues it)."""
-    return bool(glob.glob(os.path.join(folder, "*.ckpt")))
 
 
 def _check_experiment_dir(config):
@@ -37,19 +29,10 @@ def _check_experiment_dir(config):
                         "--resume last, or choose another --experiment-name")
 
 
-def _latest_checkpoint(folder):
-    """``last.ckpt``; without it (a run stopped between the best checkpoint and ``last.ckpt`` of its
-    first validation) the saved checkpoint of the latest step."""
-    last = os.path.join(folder, "last.ckpt")
-    steps = {int(m.group(1)): path for path in glob.glob(os.path.join(folder, "checkpoint-step_*.ckpt"))
-             if (m := re.match(r"checkpoint-step_(\d+)-", os.path.basename(path)))}
-    return last if os.path.isfile(last) or not steps else steps[max(steps)]
-
-
 def _resolve_resume(config):
     if not config.resume:
         return None
-    path = _latest_checkpoint(config.experiment_dir) if config.resume == "last" else config.resume
+    path = latest_checkpoint(config.experiment_dir) if config.resume == "last" else config.resume
     if not os.path.isfile(path):
         raise UserError(f"--resume: checkpoint not found: {path}")
     return path
@@ -115,7 +98,7 @@ def build(config):
 
 @contextlib.contextmanager
 def holding_outputs(config):
-    """Hold the folders the run writes (``utils/run_lock.py``): the experiment folder (checkpoints,
+    """Hold the folders the run writes (``utils/run_folder.py``): the experiment folder (checkpoints,
     logs and the record, also of test mode) and the ``--save-predictions`` folder of test mode."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(folder_lock(config.experiment_dir, "--experiment-name"))

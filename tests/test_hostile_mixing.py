@@ -1,6 +1,6 @@
 """Nothing is silently mixed: a catalogue of hostile "mixing" cases, each once refused or isolated.
 
-Two runs, one folder (``utils/run_lock.py``):
+Two runs, one folder (``utils/run_folder.py``):
   - two trainings started at once with the same ``--experiment-name``: one runs, the other stops
     with one line naming the folder and the holder; one record, one best checkpoint;
   - every command that writes an output folder (training, test mode's record and
@@ -39,9 +39,9 @@ import generate_pseudo_labels
 import main
 from tests.fixtures import make_cityscapes, make_patches, make_pseudo_labels
 from tests.test_generate_pseudo_labels import make_weights
-from tests.test_run_lock import ROOT, held_by_another_process, killed_holder
+from tests.test_run_folder import ROOT, held_by_another_process, killed_holder
 from utils.cli import run
-from utils.run_lock import LOCK_NAME
+from utils.run_folder import LOCK_NAME
 
 
 @pytest.fixture(scope="module")

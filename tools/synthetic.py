@@ -34,6 +34,7 @@ from tqdm import tqdm
 from utils.cli import ArgumentParser, UserError, at_least, input_size, probability, run, seed
 from utils.io import atomic_write_text, read_label, write_png
 from utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, cityscapes_label_id_lut
+from utils.run_folder import folder_lock
 
 DEFAULT_SIZE = (256, 128)
 DEFAULT_NUM_SOURCE = 200
@@ -875,9 +876,12 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    manifest = generate_benchmark(args.root, seed=args.seed, num_source=args.num_source, num_train=args.num_train,
-                                  num_val=args.num_val, size=args.size, domain_gap=args.domain_gap, workers=args.workers,
-                                  overwrite=args.overwrite)
+    if os.path.isfile(args.root):
+        raise UserError(f"--root {args.root} is a file, not a folder")
+    with folder_lock(args.root, "--root"):  # one generator per folder (utils/run_folder.py)
+        manifest = generate_benchmark(args.root, seed=args.seed, num_source=args.num_source, num_train=args.num_train,
+                                      num_val=args.num_val, size=args.size, domain_gap=args.domain_gap,
+                                      workers=args.workers, overwrite=args.overwrite)
     s = manifest["settings"]
     print(f"synthetic benchmark in {args.root} (seed {s['seed']}, {s['size'][0]}x{s['size'][1]}, "
           f"domain gap {s['domain_gap']}):")

@@ -1,7 +1,7 @@
 """Which files a resumable stage was started with: identified by content, not by path.
 
 A data stage resumes only with the inputs it started with (its ``settings.json``, see
-``modules/prediction.py``'s ``claim_folder``). A path says nothing about what is there now: a weight
+``utils/run_folder.py``'s ``claim_folder``). A path says nothing about what is there now: a weight
 file retrained and saved under the same name, labels made again in place, images replaced would
 mix results of two inputs in one folder. So each input is recorded by a fingerprint.
 """

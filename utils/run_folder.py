@@ -1,4 +1,14 @@
-"""One run per output folder: an exclusive lock on the folder for the whole run.
+"""The run-folder protocol: every output folder of the toolkit is held, claimed and looked up here.
+
+- :func:`folder_lock`: one run per folder, an exclusive lock for the whole run (below).
+- :func:`claim_folder`: a folder belongs to one set of settings; a rerun with the same ones
+  resumes, other ones are refused unless ``--overwrite`` (the data stages' ``--save``).
+- :func:`has_checkpoints`, :func:`latest_checkpoint`: a training run's checkpoints, by step
+  number, not by file name order (``--resume last``, the rounds).
+- :func:`read_record`: a small JSON file that records finished work (a round's ``round.json``),
+  refused with one line when it is damaged.
+
+One run per output folder: an exclusive lock on the folder for the whole run.
 
 Two commands writing one folder at once would interleave their records, keep two best
 checkpoints, or remove each other's resume state, and both would report success. So every command
@@ -24,14 +34,18 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import glob
 import json
 import os
+import re
 import shlex
+import shutil
 import socket
 import sys
 import time
 
 from utils.cli import UserError
+from utils.io import TEMP_PREFIX, atomic_write_text
 
 LOCK_NAME = ".run.lock"
 _NO_FLOCK = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
@@ -235,3 +249,113 @@ def folder_lock(folder, choose_another):
     finally:
         del _held[key]
         lock.release()
+
+
+# -- claiming a folder for one set of settings ---------------------------------------------------------
+
+def _remove_temporary_files(folder):
+    # A run killed while writing leaves the temporary file of an atomic write behind.
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            if name.startswith(TEMP_PREFIX):
+                os.remove(os.path.join(dirpath, name))
+
+
+def _holds_results(target):
+    """Whether ``target`` is a file, or a folder with a file other than an unfinished atomic write."""
+    if os.path.isfile(target):
+        return True
+    return any(not name.startswith(TEMP_PREFIX) for _, _, names in os.walk(target) for name in names)
+
+
+def _changed(previous_text, settings):
+    """The names of the settings that differ from the recorded ones (all, when those are unreadable)."""
+    try:
+        previous = json.loads(previous_text)
+    except ValueError:
+        previous = None
+    if not isinstance(previous, dict):
+        return sorted(settings)
+    current = json.loads(json.dumps(settings))  # tuples as the lists they were written as
+    return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+
+
+def claim_folder(folder, settings, overwrite, outputs=()):
+    """Start or continue a run whose state lives in ``folder`` and whose results are ``outputs``.
+
+    A rerun must use the same ``settings`` (a JSON-able dict of what decides the results), else old
+    and new outputs would mix; ``overwrite`` first removes the outputs and the state. A run with
+    other settings that left no output (one stopped by a flag mistake) is replaced as if by
+    ``overwrite``. Only the first process removes and writes: the others may start while it does.
+    The caller holds the output folder's lock (:func:`folder_lock`) from before this claim until
+    its last file is written, so that no other run reads or changes the state meanwhile.
+    """
+    path = os.path.join(folder, "settings.json")
+    text = json.dumps(settings, indent=1, sort_keys=True) + "\n"
+    first = launched_as_first_process()
+    # What is written or removed stays inside the output folder: a symbolic link in it (planted, or
+    # copied along) would lead --overwrite to delete, and the run to write, somewhere else.
+    root = os.path.realpath(os.path.commonpath([os.path.abspath(p) for p in (folder, *outputs)]))
+    for target in (folder, *outputs):
+        if not os.path.realpath(target).startswith(root + os.sep):
+            raise UserError(f"{target} leads outside {root} through a symbolic link; remove the link, or choose "
+                            "another --save")
+    if not overwrite and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            previous = f.read()
+        if previous != text:
+            if any(_holds_results(target) for target in outputs):
+                raise UserError(f"--save holds results made with other settings or inputs (changed: "
+                                f"{', '.join(_changed(previous, settings))}; {path}); add --overwrite to replace "
+                                "them, or choose another --save")
+            overwrite = True
+    if overwrite:
+        if not first:
+            return
+        for target in (*outputs, folder):
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.isfile(target):
+                os.remove(target)
+    if first:
+        for target in outputs:
+            if os.path.isdir(target):
+                _remove_temporary_files(target)
+        atomic_write_text(path, text)
+
+
+# -- a training run's checkpoints -----------------------------------------------------------------------
+
+def has_checkpoints(folder):
+    """Whether a training run in ``folder`` saved a checkpoint (``--resume last`` continues it)."""
+    return bool(glob.glob(os.path.join(folder, "*.ckpt")))
+
+
+def latest_checkpoint(folder):
+    """``last.ckpt``; without it (a run stopped between the best checkpoint and ``last.ckpt`` of its
+    first validation) the saved checkpoint of the latest step, by step number."""
+    last = os.path.join(folder, "last.ckpt")
+    steps = {int(m.group(1)): path for path in glob.glob(os.path.join(folder, "checkpoint-step_*.ckpt"))
+             if (m := re.match(r"checkpoint-step_(\d+)-", os.path.basename(path)))}
+    return last if os.path.isfile(last) or not steps else steps[max(steps)]
+
+
+# -- records of finished work ---------------------------------------------------------------------------
+
+def read_record(path, fields, what):
+    """The JSON object in ``path`` whose ``fields`` ({name: type or tuple of types}) hold values of
+    those types; a damaged or edited one is a user error naming it and ``what`` it records."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        record = None
+
+    def fits(value, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+
+    if not isinstance(record, dict) or not all(fits(record.get(n), k) for n, k in fields.items()):
+        raise UserError(f"{path} is damaged (it records {what}: {', '.join(fields)}); delete it to do that work "
+                        "again")
+    return record

@@ -1,4 +1,4 @@
-"""The output-folder lock (utils/run_lock.py) on its own: held against a real second process,
+"""The output-folder lock (utils/run_folder.py) on its own: held against a real second process,
 released however the holder ends (normally, by an exception, Ctrl-C, killed), taken over when its
 holder is gone, shared by the processes of one multi-process run, re-entered by its own process,
 and the record-based fall-back of file systems without ``flock``."""
@@ -13,14 +13,15 @@ import sys
 
 import pytest
 
-from utils import run_lock
-from utils.run_lock import LOCK_NAME, FolderInUse, folder_lock
+from utils import run_folder
+from utils.cli import UserError
+from utils.run_folder import LOCK_NAME, FolderInUse, folder_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HOLDER = """
 import sys
-from utils.run_lock import folder_lock
+from utils.run_folder import folder_lock
 with folder_lock(sys.argv[1], "--save"):
     print("held", flush=True)
     sys.stdin.read()  # until the test closes our stdin
@@ -44,7 +45,7 @@ def held_by_another_process(folder):
 TAKER = """
 import sys
 from utils.cli import run
-from utils.run_lock import folder_lock
+from utils.run_folder import folder_lock
 def main(argv):
     with folder_lock(argv[0], "--save"):
         return 0
@@ -137,7 +138,7 @@ def test_the_other_processes_of_a_run_do_not_take_it(tmp_path, clean_env, monkey
         for variable, value in (("LOCAL_RANK", "1"), ("RANK", "3"), ("SLURM_PROCID", "1"), ("NODE_RANK", "1")):
             with monkeypatch.context() as env:
                 env.setenv(variable, value)
-                assert not run_lock.launched_as_first_process()
+                assert not run_folder.launched_as_first_process()
                 with folder_lock(str(folder), "--save"):
                     assert json.loads((folder / LOCK_NAME).read_text())["pid"] == process.pid
         monkeypatch.setenv("RANK", "0")  # torchrun's first process takes it like a single one
@@ -161,7 +162,7 @@ def test_a_forked_child_does_not_release_its_parents_lock(tmp_path, clean_env):
     with folder_lock(str(folder), "--save"):
         pid = os.fork()
         if pid == 0:  # a data loader worker, say: it inherits the Lock object
-            run_lock._held[os.path.realpath(folder)].release()
+            run_folder._held[os.path.realpath(folder)].release()
             os._exit(0)
         os.waitpid(pid, 0)
         assert (folder / LOCK_NAME).exists()
@@ -175,7 +176,7 @@ def test_without_flock_the_record_decides(tmp_path, clean_env, monkeypatch, hold
     def no_flock(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(run_lock.fcntl, "flock", no_flock)
+    monkeypatch.setattr(run_folder.fcntl, "flock", no_flock)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     record = {"live": {"pid": os.getppid(), "host": socket.gethostname()},
@@ -203,3 +204,27 @@ def test_a_holder_killed_by_sigterm_frees_the_folder(tmp_path, clean_env):
         process.send_signal(signal.SIGTERM)
         process.wait()
     assert another_process_takes(folder)
+
+
+# -- the rest of the protocol: checkpoints of a run, records of finished work ------------------------------
+
+def test_latest_checkpoint_goes_by_step_number_not_file_name(tmp_path):
+    assert not run_folder.has_checkpoints(str(tmp_path))
+    for step in (9, 10, 100):  # as strings "checkpoint-step_9-..." sorts after "..._100-..."
+        (tmp_path / f"checkpoint-step_{step}-miou_1.00.ckpt").write_bytes(b"")
+    assert run_folder.has_checkpoints(str(tmp_path))
+    assert run_folder.latest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-step_100-miou_1.00.ckpt")
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    assert run_folder.latest_checkpoint(str(tmp_path)) == str(tmp_path / "last.ckpt")
+
+
+def test_read_record_checks_every_field(tmp_path):
+    fields = {"student": str, "best_miou": (int, float)}
+    path = tmp_path / "round.json"
+    path.write_text(json.dumps({"student": "a.pth", "best_miou": 3}))
+    assert run_folder.read_record(str(path), fields, "a round")["best_miou"] == 3
+    for content in ('{"student": "a.pth", "best_miou": true}', '{"student": 1, "best_miou": 2.0}', "[1]", "{",
+                    '{"best_miou": 1.0}'):
+        path.write_text(content)
+        with pytest.raises(UserError, match="round.json is damaged .*a round: student, best_miou"):
+            run_folder.read_record(str(path), fields, "a round")
