@@ -61,27 +61,30 @@ def check_resize_backend(backend):
         raise ValueError(f"resize backend must be one of {', '.join(RESIZE_BACKENDS)}, got {backend!r}")
 
 
+# (OpenCV interpolation, PIL filter) of each kind of array
+_FILTERS = {"image": (cv2.INTER_CUBIC, Image.BICUBIC), "label": (cv2.INTER_NEAREST, Image.NEAREST)}
+
+
+def _resize(array, size, backend, kind):
+    check_resize_backend(backend)
+    width, height = size
+    if array.shape[1] == width and array.shape[0] == height:
+        return array
+    opencv, pil = _FILTERS[kind]
+    if backend == "cv2":
+        return cv2.resize(array, (width, height), interpolation=opencv)
+    return np.array(Image.fromarray(array).resize((width, height), pil))  # a copy: PIL's is read-only
+
+
 def resize_image(image, size, backend="pil"):
     """Bicubic resize of a ``uint8`` image to ``size=(width, height)``; the same array when it already has
     that size. ``pil`` equals the published ``Image.BICUBIC`` on the RGB image: PIL filters every channel
     alike, so the BGR array is resized as it is, without converting it to RGB and back."""
-    check_resize_backend(backend)
-    width, height = size
-    if image.shape[1] == width and image.shape[0] == height:
-        return image
-    if backend == "cv2":
-        return cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC)
-    return np.array(Image.fromarray(image).resize((width, height), Image.BICUBIC))  # a copy: PIL's is read-only
+    return _resize(image, size, backend, "image")
 
 
 def resize_label(label, size, backend="pil"):
     """Nearest-neighbour resize of a label map to ``size=(width, height)`` (no new values). PIL takes the
     source pixel under each output pixel's centre, OpenCV's INTER_NEAREST the one under its corner, so the
     two differ by up to one source pixel; ``pil`` is the published ``Image.NEAREST``."""
-    check_resize_backend(backend)
-    width, height = size
-    if label.shape[1] == width and label.shape[0] == height:
-        return label
-    if backend == "cv2":
-        return cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
-    return np.array(Image.fromarray(label).resize((width, height), Image.NEAREST))
+    return _resize(label, size, backend, "label")

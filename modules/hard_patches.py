@@ -25,15 +25,13 @@ from tqdm import tqdm
 
 from datasets.cityscapes import LABEL_SUFFIX, resolve_pseudo_label_root
 from datasets.pixels import resize_label, to_bgr_uint8
-from models.deeplabv2 import NetworkConfig
-from modules.prediction import ErrorsAsItems, PredictionConfig, RecordFile, check_item, read_records
-from modules.pseudo_labels import IMAGE_SAMPLE_BYTES, LabellingConfig, TargetImages, generate, target_dataset
+from modules.prediction import ErrorsAsItems, RecordFile, check_item, read_records
+from modules.pseudo_labels import IMAGE_SAMPLE_BYTES, ProviderRun, generate, target_dataset
 from modules.stage_output import check_pseudo_labels_finished
 from utils.cli import UserError
 from utils.fingerprint import fingerprint
 from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
 from utils.labels import class_names, colorize, parse_rare_classes
-from utils.lightning import HardwareConfig
 from utils.run_folder import claim_folder, folder_lock
 
 OUTPUT_FOLDERS = ("patches", "labels", "color_labels")
@@ -201,20 +199,12 @@ def write_summary(save, summary):
 
 
 @dataclasses.dataclass(frozen=True)
-class MiningRun:
+class MiningRun(ProviderRun):
     """Everything ``construct_hard_patch.py`` is told, built once from its flags."""
-    pseudo_label_root: Optional[str]
-    restore_from: Optional[str]
-    save: str
-    rare_classes: str
-    num_rare: int
-    grid: tuple
-    overwrite: bool
-    target: TargetImages
-    network: NetworkConfig
-    labelling: LabellingConfig
-    prediction: PredictionConfig
-    hardware: HardwareConfig
+    pseudo_label_root: Optional[str] = None
+    rare_classes: str = "gta5"
+    num_rare: int = 6
+    grid: tuple = (4, 4)
 
 
 def construct(config):

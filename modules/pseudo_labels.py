@@ -105,17 +105,22 @@ def add_labelling_args(parser):
 
 
 @dataclasses.dataclass(frozen=True)
-class PseudoLabelRun:
-    """Everything ``generate_pseudo_labels.py`` is told, built once from its flags."""
-    restore_from: str
+class ProviderRun:
+    """What both data stages are told: the provider, the target images, how to predict, where to."""
+    restore_from: Optional[str]
     save: str
-    label_root: Optional[str]
     overwrite: bool
     target: TargetImages
     network: NetworkConfig
     labelling: LabellingConfig
     prediction: PredictionConfig
     hardware: HardwareConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class PseudoLabelRun(ProviderRun):
+    """Everything ``generate_pseudo_labels.py`` is told, built once from its flags."""
+    label_root: Optional[str] = None
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
