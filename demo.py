@@ -163,10 +163,12 @@ class Demo:
         print(f"\npicture: {path} (image | ground truth | {' | '.join(columns)})")
 
     def table(self, results, total):
-        print(f"\n{'stage':<16} {'mIoU-19':>8} {'mIoU-16':>8} {'mIoU-13':>8}")
+        # The last column is the published code's 13-class mean (without fence, pole, traffic light).
+        print(f"\n{'stage':<16} {'mIoU-19':>8} {'mIoU-16':>8} {'mIoU-13':>8} {'13 (pub.)':>9}")
         for stage, r in results.items():
-            print(f"{stage:<16} " + " ".join(f"{r[k] if r[k] is not None else float('nan'):8.2f}"
-                                              for k in ("miou", "miou16", "miou13")))
+            print(f"{stage:<16} " + " ".join(f"{r[k] if r[k] is not None else float('nan'):{w}.2f}"
+                                              for k, w in (("miou", 8), ("miou16", 8), ("miou13", 8),
+                                                           ("miou13_published", 9))))
         print(f"\ntotal {total:.0f} s; per-class IoU in {os.path.join(self.out, 'results.json')}")
 
     # -- the stages -----------------------------------------------------------------------------------

@@ -58,7 +58,6 @@ import warnings
 
 import cv2
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pytorch_lightning.callbacks import Callback
@@ -74,6 +73,7 @@ from modules.data import SegmentationDataModule
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run
 from utils.io import atomic_write_bytes, atomic_write_text, encode_png
 from utils.labels import IGNORE_INDEX, NUM_CLASSES
+from utils.lightning import HardwareConfig, make_trainer
 from modules.prediction import PredictionData, PredictionModule
 from modules.pseudo_labels import PseudoLabelWriter
 
@@ -389,11 +389,11 @@ class Bench:
         logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-        trainer = pl.Trainer(accelerator="gpu" if self.device.type == "cuda" else "cpu", devices=1,
-                             precision="bf16-mixed" if cfg.autocast else "32-true", max_steps=steps,
-                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                             benchmark=cfg.cudnn_benchmark, callbacks=list(callbacks))
+        hardware = HardwareConfig(accelerator="gpu" if self.device.type == "cuda" else "cpu", devices=1,
+                                  precision="bf16-mixed" if cfg.autocast else "32-true")
+        trainer = make_trainer(hardware, max_steps=steps, logger=False, enable_checkpointing=False,
+                               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                               limit_val_batches=0, benchmark=cfg.cudnn_benchmark, callbacks=list(callbacks))
         trainer.fit(module, train_dataloaders=DataLoader(RepeatedBatch(batch, steps), batch_size=None))
 
     def autocast(self, cfg):
