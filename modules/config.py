@@ -210,7 +210,8 @@ def parse_args(argv=None):
     parser = build_parser(module_name)
     if saved:
         # The file's settings come first, as if typed; what the command line says wins.
-        argv = config_argv(parser, saved, known.config, ignore=("config",)) + argv
+        # --resume is an instruction to one run, not a setting: a run again starts anew unless told.
+        argv = config_argv(parser, saved, known.config, ignore=("config", "resume")) + argv
     args = parser.parse_args(argv)
     # Checks that need several flags, or what the user typed as opposed to a default: still parsing,
     # so a mistake stops the command before anything is read or written.

@@ -138,3 +138,13 @@ def test_one_vocabulary_for_the_target_in_every_entry_point(tmp_path):
     assert image_root_of(target) == str(tmp_path) and list_root_of(target) == str(tmp_path)
     with pytest.raises(UserError, match="give one of them"):
         list_root_of(dataclasses.replace(target, data_list=str(tmp_path / "train.txt")))
+
+
+def test_a_saved_resume_is_not_replayed(finished_run, tmp_path):
+    _, path = finished_run
+    saved = json.loads(path.read_text())
+    saved["resume"] = "last"
+    resumed = tmp_path / "resumed.json"
+    resumed.write_text(json.dumps(saved))
+    assert parse_args(["--config", str(resumed)]).resume is None
+    assert parse_args(["--config", str(resumed), "--resume", "last"]).resume == "last"
