@@ -3,6 +3,7 @@
     python generate_pseudo_labels.py            # published defaults: ./pretrained/gta5_only.pth on
                                                 # ./data/Cityscapes train -> ./experiments/gta5_pseudo_label/
     python generate_pseudo_labels.py --restore-from W --save DIR [--multiscale] [--accelerator gpu --devices 4]
+    python generate_pseudo_labels.py --target-dataset acdc --data-dir ./data/ACDC --restore-from W --save DIR
 
 Writes ``label_ids/<split>/…`` (train ids), ``label_color/<split>/…``, ``easy.txt``, ``hard.txt`` and
 ``summary.json`` under ``--save`` (see ``modules/pseudo_labels.py``). Rerunning the same command after
@@ -23,11 +24,14 @@ def build_parser():
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target_args(parser)
     parser.add_argument("--restore-from", default="./pretrained/gta5_only.pth",
-                        help="the provider's weights: a state dict or a Lightning checkpoint (default: %(default)s)")
+                        help="the provider: DeepLabv2 weights (a state dict or a Lightning checkpoint), or a "
+                             "provider file that is only run, an ONNX model (.onnx) or a PyTorch exported program "
+                             "(.pt2), see README 'Provider files' (default: %(default)s)")
     parser.add_argument("--save", default="./experiments/gta5_pseudo_label/", help="output folder (default: %(default)s)")
-    parser.add_argument("--label-root", default=None,
+    parser.add_argument("--label-root", "--label-dir", dest="label_root", default=None,
                         help="ground truth in train ids, <label-root>/<split>/<city>/<stem>_gtFine_labelIds.png, to "
-                             "score the pseudo-labels when it exists (default: <data-dir>/gtFine2)")
+                             "score the pseudo-labels when it exists (default: <data-dir>/gtFine2; <data-dir>/gt for "
+                             "acdc and darkzurich; for folder: <relative path>/<stem>.png mirroring the images)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier run in --save instead of resuming it")
     add_labelling_args(parser)
@@ -50,21 +54,22 @@ def report(result, summary, scores, truth_note):
 
 
 def main(argv=None):
-    from datasets.cityscapes import label_folder
-    from modules.pseudo_labels import PseudoLabelRun, generate, write_report
+    from modules.pseudo_labels import PseudoLabelRun, generate, layout_of, write_report
     from utils.config import build
     from utils.run_folder import folder_lock
 
     config = build(PseudoLabelRun, build_parser().parse_args(argv))
     split = config.target.split
-    label_root = label_folder(config.target.data_dir, config.label_root)
-    if config.label_root and not os.path.isdir(os.path.join(label_root, split)):
-        raise UserError(f"--label-root: folder not found: {os.path.join(label_root, split)}")
+    layout = layout_of(config.target, config.label_root)  # the ground truth, to score the pseudo-labels
+    if config.label_root:
+        absent = next((folder for folder, _ in layout.label_dirs(split) if not os.path.isdir(folder)), None)
+        if absent:
+            raise UserError(f"--label-root: folder not found: {absent}")
     with folder_lock(config.save, "--save"):  # from reading the resume state to the last report file
-        result = generate(config, config.save)
+        result = generate(config, config.save, truth=layout)
         if result is None:  # a secondary process of a multi-device run: the first one reports
             return 0
-        summary, scores, truth_note = write_report(config.save, split, result, config, label_root)
+        summary, scores, truth_note = write_report(config.save, split, result, config, layout)
     report(result, summary, scores, truth_note)
     return 0
 

@@ -1,7 +1,10 @@
 """The reading step every dataset shares: ``LabelledImages`` turns a list of (image path, label
-path, name) into items ``dict(image, label, name, index)``; the Cityscapes, source-domain and
-hard-patch datasets are thin subclasses that only say where their files are and how a label file
-becomes train ids. Pixel conventions and resizing are ``datasets/pixels.py``.
+path, name) into items ``dict(image, label, name, index)``; the source-domain and hard-patch
+datasets are thin subclasses that only say where their files are and how a label file becomes
+train ids. A target domain is a :class:`Target` (where its images and labels lie, how they are
+named: ``datasets/cityscapes.py``, ``acdc.py``, ``darkzurich.py``, ``folder.py``, chosen by name in
+``datasets/targets.py``) read by :class:`TargetDataset`. Pixel conventions and resizing are
+``datasets/pixels.py``.
 """
 import os
 
@@ -38,6 +41,34 @@ def check_files_exist(paths, what):
 
 def _size_text(shape):
     return f"{shape[1]}x{shape[0]}"
+
+
+def check_size_on_disk(image_path, label_path, check=None):
+    """Refuse a label whose stored size is not its image's (``check(label_shape, image_shape,
+    label_path)`` for another rule), from the headers alone; unreadable headers are let through."""
+    image_shape, label_shape = stored_shape(image_path), stored_shape(label_path)
+    if image_shape is None or label_shape is None:
+        return
+    if check is not None:
+        check(label_shape, image_shape, label_path)
+    elif label_shape != image_shape:
+        raise UserError(f"label size {_size_text(label_shape)} does not match its image "
+                        f"({_size_text(image_shape)}): {label_path}")
+
+
+def stored_shape(path):
+    """``(height, width)`` of an image file as OpenCV reads it, from its header alone; ``None`` when
+    the header cannot be read. (A JPEG's EXIF orientation turns it, as OpenCV does.)"""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.format == "JPEG" and image.getexif().get(0x0112) in (5, 6, 7, 8):
+                width, height = height, width
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    return height, width
 
 
 class LabelledImages(Dataset):
@@ -77,15 +108,25 @@ class LabelledImages(Dataset):
         return read_label(path)
 
     def _check_label_size(self, label, image_shape, path):
+        self._check_label_shape(label.shape, image_shape, path)
+
+    def _check_label_shape(self, label_shape, image_shape, path):
         sizes = [image_shape[:2]]
         if self.accept_input_size_labels and self.input_size is not None:
             sizes.append((self.input_size[1], self.input_size[0]))
         tol = self.label_size_tolerance
         for h, w in sizes:
-            if abs(label.shape[0] - h) <= tol * h and abs(label.shape[1] - w) <= tol * w:
+            if abs(label_shape[0] - h) <= tol * h and abs(label_shape[1] - w) <= tol * w:
                 return
         expected = " or ".join(_size_text(s) for s in sizes)
-        raise UserError(f"label size {_size_text(label.shape)} does not match its image ({expected}): {path}")
+        raise UserError(f"label size {_size_text(label_shape)} does not match its image ({expected}): {path}")
+
+    def check_label_sizes(self):
+        """Compare every label's size with its image's from the file headers (no pixels decoded),
+        so that a label of another size stops a run before it writes anything; a file whose header
+        cannot be read is left to the reading step, which names it."""
+        for image_path, label_path, _ in self.samples:
+            check_size_on_disk(image_path, label_path, self._check_label_shape)
 
     # An optional ``utils.image_cache.ResizedImageCache`` (``--image-cache``), used when images are resized.
     image_cache = None
@@ -113,6 +154,214 @@ class LabelledImages(Dataset):
                 label = resize_label(label, (image.shape[1], image.shape[0]), self.resize_backend)
             item["label"] = torch.from_numpy(label.astype(np.int64))
         return item
+
+
+# -- target domains -------------------------------------------------------------------------------------
+
+class Target:
+    """Where a target domain's images and train-id labels lie and how they are named: one subclass
+    per layout, chosen by its ``key`` (``--target-dataset``) in ``datasets/targets.py``.
+
+    An item is named by its image's path inside the split, without the image suffix (``<city>/<stem>``
+    for Cityscapes, ``<condition>/<sequence>/<file stem>`` for ACDC): pseudo-labels are written to
+    ``label_ids/<split>/<name><pseudo_label_suffix>`` and predictions to ``<name>.png``, so both
+    mirror the images. A target with conditions (``all_conditions``: ACDC's weather, Dark Zurich's
+    times of day) names its items ``<condition>/...``. Subclasses say where the folders are
+    (:meth:`image_dirs`, :meth:`label_dirs`), find a split's images (:meth:`scan`) and place an
+    image and its label (:meth:`image_path`, :meth:`label_path`); the rest is shared.
+    """
+    key = None                    # the --target-dataset name
+    title = None                  # the name in messages
+    default_data_dir = None       # None: --data-dir must be given
+    image_folder = ""             # the images, under --data-dir
+    label_folder = None           # the train-id labels, under --data-dir; None: only with --label-dir
+    layout_hint = ""              # where the images are expected, for messages
+    image_suffix = ".png"         # taken off an image's relative path to name its item
+    pseudo_label_suffix = ".png"  # added to an item's name for its pseudo-label file
+    default_list_root = None      # folder of <split>.txt image lists read when --list-root is not given
+    all_conditions = ()           # what --conditions chooses from
+    condition_word = "condition"
+    per_condition_scores = False  # evaluation also scores every condition on its own
+
+    def __init__(self, data_dir=None, image_root=None, label_root=None, conditions=None):
+        conditions = tuple(conditions) if conditions else None
+        if conditions and not self.all_conditions:
+            raise UserError(f"--conditions: the {self.key} target has no conditions (acdc and darkzurich have)")
+        for condition in conditions or ():
+            if condition not in self.all_conditions:
+                raise UserError(f"--conditions: {condition!r} is no {self.title} {self.condition_word} (choose from "
+                                f"{', '.join(self.all_conditions)})")
+        self.data_dir = data_dir or self.default_data_dir
+        if self.data_dir is None and image_root is None:
+            raise UserError(f"--target-dataset {self.key} needs --data-dir: the folder of the images "
+                            f"({self.layout_hint})")
+        self.images = image_root or (os.path.join(self.data_dir, self.image_folder) if self.image_folder
+                                     else self.data_dir)
+        self.labels = label_root or (os.path.join(self.data_dir, self.label_folder)
+                                     if self.label_folder and self.data_dir else None)
+        self.conditions = conditions
+
+    @classmethod
+    def default_conditions(cls, split):
+        return cls.all_conditions
+
+    def conditions_of(self, split):
+        """The conditions a split is read in: ``--conditions``, else the target's default."""
+        return self.conditions or self.default_conditions(split)
+
+    def condition(self, name):
+        """The condition of an item (``None`` for a target without conditions)."""
+        return name.split("/", 1)[0] if self.all_conditions else None
+
+    # -- the layout, said by each target -------------------------------------------------------------
+    def image_dirs(self, split):
+        """``[(folder, message), ...]``: the folders a split's images need, in the order they are
+        checked, each with the one-line message for its absence."""
+        folder = os.path.join(self.images, split)
+        return [(folder, f"no images of split {split!r}: folder not found: {folder}")]
+
+    def scan(self, split):
+        """The split's images: sorted paths relative to the split (what image lists hold)."""
+        raise NotImplementedError
+
+    def scan_hint(self, split):
+        """What :meth:`scan` looks for, for the message when it finds nothing."""
+        return self.layout_hint
+
+    def image_path(self, split, relative):
+        return os.path.join(self.images, split, relative)
+
+    def name(self, relative):
+        if relative.endswith(self.image_suffix):
+            return relative[:-len(self.image_suffix)]
+        return os.path.splitext(relative)[0]
+
+    def label_dirs(self, split):
+        """Like :meth:`image_dirs`, for the train-id labels."""
+        folder = os.path.join(self.labels, split)
+        return [(folder, f"label folder not found: {folder} (train-id labels of split {split!r})")]
+
+    def label_path(self, split, name):
+        raise NotImplementedError
+
+    def no_labels(self):
+        raise UserError(f"--target-dataset {self.key}: no label folder: give --label-dir")
+
+    # -- shared ---------------------------------------------------------------------------------------
+    def check_images(self, split):
+        if not os.path.isdir(self.images):
+            raise UserError(f"image folder not found: {self.images} ({self.layout_hint})")
+        for folder, message in self.image_dirs(split):
+            if not os.path.isdir(folder):
+                raise UserError(message)
+
+    def missing_label_dir(self, split):
+        """The message for the first absent label folder of ``split``, or ``None`` when all exist."""
+        if self.labels is None:
+            return f"no labels given (--label-dir) for --target-dataset {self.key}"
+        return next((message for folder, message in self.label_dirs(split) if not os.path.isdir(folder)), None)
+
+    def check_labels(self, split):
+        if self.labels is None:
+            self.no_labels()
+        message = self.missing_label_dir(split)
+        if message:
+            raise UserError(message)
+
+    def list_images(self, split, list_root=None):
+        """Relative image paths of ``split``: ``<list_root>/<split>.txt`` when that file exists (first
+        token per line, blank lines ignored; a leading ``<split>/`` is dropped; for a target with
+        conditions, only the chosen ones), otherwise :meth:`scan`."""
+        if list_root is not None:
+            list_file = os.path.join(list_root, f"{split}.txt")
+            if os.path.isfile(list_file):
+                with open(list_file) as f:
+                    entries = [line.split()[0] for line in f if line.strip()]
+                # Some published lists carry the split folder in front of the city.
+                entries = [e[len(split) + 1:] if e.startswith(split + "/") else e for e in entries]
+                if self.all_conditions:
+                    chosen = set(self.conditions_of(split))
+                    entries = [e for e in entries if e.split("/", 1)[0] in chosen]
+                return entries
+        return self.scan(split)
+
+
+def resolve_pseudo_label_root(root, split="train", depth=1):
+    """The folder holding the pseudo-labels of a split (``<city>/<stem>_gtFine_labelIds.png`` for
+    Cityscapes; ``<name><suffix>`` for any target, ``depth`` folders deep at most).
+
+    Accepts the pseudo-labelling ``--save`` folder itself, its ``label_ids`` folder or the split
+    folder: tries ``<root>/label_ids/<split>``, ``<root>/<split>``, then ``<root>``.
+    """
+    if not os.path.isdir(root):
+        raise UserError(f"pseudo-label folder not found: {root}")
+    candidates = [os.path.join(root, "label_ids", split), os.path.join(root, split), root]
+    for folder in candidates:
+        if os.path.isdir(folder) and _holds_labels(folder, max(1, depth)):
+            return folder
+    where = "<city>/*.png" if depth <= 1 else "PNG files"
+    raise UserError(f"no pseudo-labels in {root}: looked for {where} under " + ", ".join(candidates))
+
+
+def _holds_labels(folder, depth):
+    """True when ``folder`` has PNG files directly or at most ``depth`` subfolders below."""
+    subfolders = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_file() and entry.name.endswith(".png"):
+                return True
+            if entry.is_dir():
+                subfolders.append(entry.path)
+    return depth > 0 and any(_holds_labels(sub, depth - 1) for sub in subfolders)
+
+
+class TargetDataset(LabelledImages):
+    """The images of one split of a :class:`Target`, with its train-id ground truth (``labels``),
+    pseudo-labels (``pseudo_label_root``, which takes precedence) or no labels.
+
+    ``images`` are the paths relative to the split; ``names`` the items' names. Every listed file
+    is checked at construction, and ground truth's sizes against the images' (from the headers),
+    so a wrong path or a label of another size fails at once, before a run writes anything.
+    """
+
+    def __init__(self, target, split, input_size=(1024, 512), labels=False, list_root=None, pseudo_label_root=None,
+                 resize_label=True, num_classes=19, resize_backend="pil"):
+        self.target, self.split = target, split
+        target.check_images(split)
+        self.images = target.list_images(split, list_root)
+        if not self.images:
+            list_file = os.path.join(list_root, f"{split}.txt") if list_root is not None else None
+            where = f"the image list {list_file} is empty" if list_file and os.path.isfile(list_file) \
+                else f"found no {target.scan_hint(split)}"
+            raise UserError(f"no images of split {split!r}: {where}")
+        image_paths = [target.image_path(split, rel) for rel in self.images]
+        check_files_exist(image_paths, "listed image")
+        names = [target.name(rel) for rel in self.images]
+        seen = {}
+        for name, rel in zip(names, self.images):
+            if name in seen:
+                raise UserError(f"two images have the name {name}: {seen[name]} and {rel} (their labels and outputs "
+                                "would be one file); rename one")
+            seen[name] = rel
+
+        self.pseudo_label_dir = None
+        if pseudo_label_root is not None:
+            depth = max(name.count("/") for name in names)
+            self.pseudo_label_dir = resolve_pseudo_label_root(pseudo_label_root, split, depth)
+            label_paths = [os.path.join(self.pseudo_label_dir, name + target.pseudo_label_suffix) for name in names]
+            check_files_exist(label_paths, "pseudo-label")
+            # Pseudo-labels are written at the input size of the labelling run.
+            self.accept_input_size_labels = True
+        elif labels:
+            target.check_labels(split)
+            label_paths = [target.label_path(split, name) for name in names]
+            check_files_exist(label_paths, "label")
+        else:
+            label_paths = [None] * len(names)
+        super().__init__(zip(image_paths, label_paths, names), input_size=input_size,
+                         resize_label=resize_label, num_classes=num_classes, resize_backend=resize_backend)
+        if labels and pseudo_label_root is None:
+            self.check_label_sizes()
 
 
 def collate(samples):

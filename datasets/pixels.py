@@ -5,7 +5,8 @@ standard deviation, as the published DeepLabv2 checkpoints expect. Images are re
 and labels with nearest neighbour, so that no label value is invented: by default with PIL, bit for
 bit as the published loaders did (``--resize-backend cv2``: OpenCV, faster, other pixels).
 Self-distillation (stage 6) augments colours in RGB [0, 1]; ``denormalize_to_rgb01`` /
-``normalize_rgb01`` go there and back.
+``normalize_rgb01`` go there and back; provider files take RGB 0-255 (``network_input_to_rgb255``,
+``rgb255_to_network_input``).
 """
 import cv2
 import numpy as np
@@ -42,6 +43,18 @@ def denormalize_to_rgb01(images):
 def normalize_rgb01(images):
     """RGB in [0, 1] (…×3×H×W, any device) -> network input (BGR, 0-255 minus mean)."""
     return images.flip(-3) * 255.0 - _mean_like(images)
+
+
+def network_input_to_rgb255(images):
+    """Network input (…×3×H×W, BGR minus mean) -> RGB 0-255 float, not rounded or clipped: what a
+    provider file takes (``modules/providers.py``)."""
+    return (images + _mean_like(images)).flip(-3)
+
+
+def rgb255_to_network_input(images):
+    """RGB 0-255 (…×3×H×W, any device) -> network input: the normalisation an exported provider
+    carries inside (``tools/export_provider.py``)."""
+    return images.flip(-3) - _mean_like(images)
 
 
 # How images and labels are resized: "pil" (the default) as the published loaders did, "cv2" faster.

@@ -5,9 +5,10 @@ self-distillation variants) is a subclass that says what it trains on (``train_s
 where it differs from pixel-wise cross-entropy on labelled images, how one training step goes.
 Validation and testing are identical for all stages: predict the target val split at the input
 size, upsample logits to the ground-truth resolution, accumulate one confusion matrix (synchronised
-across processes) and compute per-class IoU and the means (utils/metrics.py). The module computes
-and logs numbers; what is written from them (table, record, pictures, PNGs) is the job of
-``modules/callbacks.py``.
+across processes) and compute per-class IoU and the means (utils/metrics.py); a target scored per
+condition (ACDC) also gets one matrix per condition, its scores under ``scores["conditions"]``.
+The module computes and logs numbers; what is written from them (table, record, pictures, PNGs)
+is the job of ``modules/callbacks.py``.
 """
 import numpy as np
 import pytorch_lightning as pl
@@ -55,6 +56,9 @@ class SegmentationModule(pl.LightningModule):
                                  head_branches=n.head_branches, freeze_bn_stats=n.freeze_bn_stats)
         self.val_confusion = ConfusionMatrix(n.num_classes, IGNORE_INDEX)
         self.test_confusion = ConfusionMatrix(n.num_classes, IGNORE_INDEX)
+        # One more matrix per condition (items named <condition>/...), for validation and test alike.
+        self.condition_confusion = torch.nn.ModuleDict(
+            {c: ConfusionMatrix(n.num_classes, IGNORE_INDEX) for c in config.data.scored_conditions()})
         self.last_scores = None
 
     def forward(self, images, size=None):
@@ -120,10 +124,14 @@ class SegmentationModule(pl.LightningModule):
         logits = predict_logits(self.net, images, size=None, flip=self.evaluation.flip_when_test)
         predictions = []
         for i, label in enumerate(labels):
-            # Logits are upsampled to the ground truth's own resolution (2048x1024 for Cityscapes).
+            # Logits are upsampled to the ground truth's own resolution (2048x1024 for Cityscapes,
+            # 1920x1080 for ACDC and Dark Zurich).
             full = F.interpolate(logits[i:i + 1].float(), size=label.shape[-2:], mode="bilinear", align_corners=True)
             prediction = full.argmax(1)[0]
             confusion.update(prediction, label)
+            condition = batch["name"][i].split("/", 1)[0]
+            if condition in self.condition_confusion:
+                self.condition_confusion[condition].update(prediction, label)
             predictions.append(prediction)
         return predictions
 
@@ -137,18 +145,29 @@ class SegmentationModule(pl.LightningModule):
         # compute() sums the matrices of all processes, so every rank sees the same scores.
         scores = scores_from_confusion(confusion.compute().cpu().numpy())
         confusion.reset()
+        if len(self.condition_confusion):
+            scores["conditions"] = {c: scores_from_confusion(m.compute().cpu().numpy())
+                                    for c, m in self.condition_confusion.items()}
+            for m in self.condition_confusion.values():
+                m.reset()
         self.last_scores = scores  # the table and the record are written by modules.callbacks.ScoreRecord
         return scores
 
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:
             self.val_confusion.reset()
+            for m in self.condition_confusion.values():
+                m.reset()
             return
         scores = self._scores(self.val_confusion)
         miou = scores["miou"] if np.isfinite(scores["miou"]) else 0.0
         self.log("val_miou", float(miou), prog_bar=True, sync_dist=False)
+        for condition, condition_scores in scores.get("conditions", {}).items():
+            self.log(f"val/miou_{condition}", float(condition_scores["miou"]), sync_dist=False)
 
     def on_test_epoch_end(self):
         scores = self._scores(self.test_confusion)
         for key in MEAN_KEYS:  # miou, miou16, miou13 and miou13_published
             self.log(f"test/{key}", float(scores[key]), sync_dist=False)
+        for condition, condition_scores in scores.get("conditions", {}).items():
+            self.log(f"test/miou_{condition}", float(condition_scores["miou"]), sync_dist=False)

@@ -1,6 +1,7 @@
 """What a run writes besides checkpoints, kept out of the stage modules: the score table and the
-``miou_record.csv`` row after every evaluation, the training pictures in TensorBoard, and the
-predicted PNGs of ``--save-predictions``. The stage modules compute and log numbers and return
+``miou_record.csv`` row after every evaluation (and, for a target scored per condition, a line per
+condition after the table and a row in ``miou_record_<condition>.csv``), the training pictures in
+TensorBoard, and the predicted PNGs of ``--save-predictions``. The stage modules compute and log numbers and return
 what these callbacks turn into files; the runner attaches them."""
 import os
 
@@ -13,13 +14,15 @@ from pytorch_lightning.utilities import rank_zero_info
 from datasets.pixels import to_bgr_uint8
 from utils.io import write_png, write_rgb_png
 from utils.labels import colorize
-from utils.metrics import append_record, format_table
+from utils.metrics import append_record, condition_record_path, format_condition_table, format_table
 from utils.visualize import label_panel
 
 
 class ScoreRecord(Callback):
     """Print the per-class table and append a row to the record after each validation and test
-    (first process only; every process holds the same scores, summed over all of them)."""
+    (first process only; every process holds the same scores, summed over all of them). Scores per
+    condition (ACDC) add their means after the table and a row to each condition's own record,
+    ``<record>_<condition>.csv``, in the format of the main one, which stays as it is."""
 
     def __init__(self, record_path, test_title):
         self.record_path = record_path
@@ -27,8 +30,12 @@ class ScoreRecord(Callback):
 
     def _write(self, trainer, scores, title):
         if trainer.is_global_zero and scores is not None:
-            rank_zero_info(format_table(scores, title=title))
+            conditions = scores.get("conditions") or {}
+            table = format_table(scores, title=title)
+            rank_zero_info(table + ("\n" + format_condition_table(conditions) if conditions else ""))
             append_record(self.record_path, scores)
+            for condition, condition_scores in conditions.items():
+                append_record(condition_record_path(self.record_path, condition), condition_scores)
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
@@ -61,7 +68,8 @@ class TrainingPictures(Callback):
 
 class PredictionPNGs(Callback):
     """Test mode's ``--save-predictions``: each prediction at ground-truth resolution as a train-id
-    PNG (``train_ids/``) and a colour PNG (``color/``), mirroring ``<city>/<stem>``."""
+    PNG (``train_ids/``) and a colour PNG (``color/``), mirroring the item names (``<city>/<stem>``;
+    the image's path inside its split for the other targets)."""
 
     def __init__(self, save_dir):
         self.save_dir = save_dir

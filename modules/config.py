@@ -163,7 +163,8 @@ def add_run_args(parser):
     ev.add_argument("--flip-when-test", action="store_true", help="add horizontal-flip test-time augmentation")
     ev.add_argument("--save-predictions", default=None, metavar="DIR",
                     help="test mode: write predicted train-id PNGs (train_ids/) and colour PNGs (color/) at "
-                         "ground-truth resolution, mirroring <city>/<stem>")
+                         "ground-truth resolution, mirroring the images' paths inside the split (<city>/<stem> "
+                         "for Cityscapes)")
     ev.add_argument("--log-interval", type=at_least(1), default=50, help="log scalars every N steps (default: %(default)s)")
     ev.add_argument("--visualize-interval", type=at_least(0), default=500,
                     help="log an input | target | prediction picture every N steps; 0 = never (default: %(default)s)")

@@ -2,24 +2,26 @@
 
 Each training stage names what it learns from (``train_source``): ground-truth labels of the
 target (``labels``, the oracle), the provider's pseudo-labels (``pseudo_labels``), bare target
-images for self-distillation (``images``) or a labelled source domain (``source``). Validation and
-testing always use the target val split with full-resolution ground truth. Samplers are built
+images for self-distillation (``images``) or a labelled source domain (``source``). The target is
+any of ``datasets/targets.py`` (``--target-dataset``). Validation and testing always use the
+target val split with full-resolution ground truth. Samplers are built
 here, per rank, so that evaluation counts every image once and hard patches differ across ranks.
 """
 import dataclasses
 import os
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from datasets.base import collate
-from datasets.cityscapes import (DEFAULT_DATA_DIR, DEFAULT_LIST_ROOT, CityscapesDataset, add_data_dir_args,
-                                 image_folder, label_folder, resolve_pseudo_label_root)
+from datasets.base import TargetDataset, collate
+from datasets.cityscapes import DEFAULT_LIST_ROOT
 from datasets.patches import HardPatchDataset
 from datasets.samplers import CyclingSampler, ShardSampler, SkipSampler
 from datasets.source import GTA5Dataset, SynthiaDataset
 from datasets.pixels import add_resize_backend_arg
+from datasets.targets import TARGETS, add_target_dataset_args, make_target
 from utils.cli import UserError, at_least
 from utils.image_cache import ResizedImageCache
 from modules.stage_output import check_hard_patches_finished, check_pseudo_labels_finished
@@ -48,9 +50,11 @@ class ResumableLoader(DataLoader):
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """The values of :func:`add_data_args`."""
-    data_dir: str = DEFAULT_DATA_DIR
+    target_dataset: str = "cityscapes"
+    data_dir: str = None  # as typed; None: the target's default (./data/Cityscapes)
     image_root: str = None  # as typed; None: <data-dir>/leftImg8bit
     label_root: str = None  # as typed; None: <data-dir>/gtFine2
+    conditions: Optional[tuple] = None  # as typed; None: the target's default
     list_root: str = None  # as typed; None: the default folder, which may be absent
     val_split: str = "val"
     num_workers: int = 4
@@ -60,27 +64,39 @@ class DataConfig:
     val_batch_size: int = 2
     test_batch_size: int = 2
 
+    def target(self):
+        """The target's layout (``datasets.base.Target``); a flag that does not fit it is a ``UserError``."""
+        return make_target(self.target_dataset, self.data_dir, self.image_root, self.label_root, self.conditions)
+
     @property
     def images(self):
-        return image_folder(self.data_dir, self.image_root)
+        return self.target().images
 
     @property
     def labels(self):
-        return label_folder(self.data_dir, self.label_root)
+        return self.target().labels
 
     @property
     def lists(self):
-        """The folder of ``<split>.txt`` image lists to look in (``--list-root`` or its default)."""
-        return self.list_root or DEFAULT_LIST_ROOT
+        """The folder of ``<split>.txt`` image lists to look in (``--list-root`` or the target's default)."""
+        return self.list_root or TARGETS[self.target_dataset].default_list_root
+
+    def scored_conditions(self):
+        """The conditions evaluation scores one by one besides the whole split (ACDC's), else ``()``."""
+        target = TARGETS[self.target_dataset]
+        if not target.per_condition_scores:
+            return ()
+        return tuple(self.conditions) if self.conditions else target.default_conditions(self.val_split)
 
 
 def add_data_args(parser):
     group = parser.add_argument_group("data")
-    add_data_dir_args(group)
+    add_target_dataset_args(group)
     group.add_argument("--list-root", default=None, metavar="DIR",
-                       help="folder with <split>.txt image lists; a split whose list is not in it is found by "
-                            "scanning its image folder; a folder you name must exist (default: "
-                            f"{DEFAULT_LIST_ROOT}, which may be absent)")
+                       help="folder with <split>.txt image lists (lines: image paths inside the split, as "
+                            "<city>/<stem>_leftImg8bit.png); a split whose list is not in it is found by scanning its "
+                            "image folder; a folder you name must exist (default: "
+                            f"{DEFAULT_LIST_ROOT} for cityscapes, which may be absent; none for the other targets)")
     group.add_argument("--val-split", default="val", help="split used for validation and testing (default: %(default)s)")
     group.add_argument("--num-workers", type=at_least(0), default=4, help="data loader processes per device (default: %(default)s)")
     group.add_argument("--image-cache", default=None, metavar="DIR",
@@ -97,7 +113,9 @@ def add_data_args(parser):
 
 def resolve_data_args(args):
     """After parsing: ``--list-root`` left out means the default folder, which need not exist (the
-    image folders are scanned); a folder the user named must exist, else it is a typo."""
+    image folders are scanned); a folder the user named must exist, else it is a typo. The target's
+    flags must fit it (``--conditions`` of a target that has them, ``--data-dir`` for a folder)."""
+    make_target(args.target_dataset, args.data_dir, args.image_root, args.label_root, args.conditions)
     if args.image_cache is not None and os.path.exists(args.image_cache) and not os.path.isdir(args.image_cache):
         raise UserError(f"--image-cache {args.image_cache} is a file; the cache is a folder")
     if args.list_root is not None and not os.path.isdir(args.list_root):
@@ -135,17 +153,16 @@ class SegmentationDataModule(pl.LightningDataModule):
             return SOURCE_DATASETS[o.source_dataset](o.source_root, **common)
         kwargs = dict(list_root=d.lists, **common)
         if self.train_source == "labels":
-            kwargs["label_root"] = d.labels
+            kwargs["labels"] = True
         elif self.train_source == "pseudo_labels":
             check_pseudo_labels_finished(o.pseudo_label_root, "train")
-            kwargs["pseudo_label_root"] = resolve_pseudo_label_root(o.pseudo_label_root, "train")
-        return CityscapesDataset(d.images, "train", **kwargs)
+            kwargs["pseudo_label_root"] = o.pseudo_label_root
+        return TargetDataset(d.target(), "train", **kwargs)
 
     def _build_eval(self):
         d = self.data
-        return CityscapesDataset(d.images, d.val_split, input_size=self.input_size, label_root=d.labels,
-                                 list_root=d.lists, resize_label=False, num_classes=self.num_classes,
-                                 resize_backend=d.resize_backend)
+        return TargetDataset(d.target(), d.val_split, input_size=self.input_size, labels=True, list_root=d.lists,
+                             resize_label=False, num_classes=self.num_classes, resize_backend=d.resize_backend)
 
     def _build_patches(self):
         root = self.options.hard_patches_root

@@ -4,7 +4,9 @@ Every target image (resized to the input size, 1024x512 by default) is cut into 
 (4x4 by default: 256x128 each), numbered ``k = 1..cols*rows`` in row-major order. A patch is kept
 iff its label, the provider's pseudo-label, contains at least one *rare class*. Under ``--save``:
 
-- ``patches/<stem>_<k>.png``: the image patch (the resized image, BGR as read);
+- ``patches/<stem>_<k>.png``: the image patch (the resized image, BGR as read); ``<stem>`` is the
+  image's file stem, or its whole name with ``/`` written ``__`` when two images of the split share
+  a stem (a folder target's sub-folders);
 - ``labels/<stem>_<k>.png``: its train ids (uint8);
 - ``color_labels/<stem>_<k>.png``: the same in the Cityscapes colours;
 - ``summary.json``: the rare classes used and the number of kept patches containing each.
@@ -23,7 +25,6 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from datasets.cityscapes import LABEL_SUFFIX, resolve_pseudo_label_root
 from datasets.pixels import resize_label, to_bgr_uint8
 from modules.prediction import ErrorsAsItems, RecordFile, check_item, read_records
 from modules.pseudo_labels import IMAGE_SAMPLE_BYTES, ProviderRun, generate, target_dataset
@@ -110,8 +111,21 @@ def choose_rare_classes(counts, num_rare):
 
 # -- mining ------------------------------------------------------------------------------------------------
 
-def patch_name(name, k):
-    return f"{os.path.basename(name)}_{k}.png"
+def patch_name(name, k, stems=None):
+    """The file name of patch ``k`` of image ``name``; ``stems`` (:func:`patch_stems`) names images
+    whose file stems repeat."""
+    stem = stems[name] if stems is not None else os.path.basename(name)
+    return f"{stem}_{k}.png"
+
+
+def patch_stems(names):
+    """``{name: stem}`` of the patch files: the file stem of each image, or, when two images share a
+    stem (sub-folders of a folder target), every name with its ``/`` written ``__``, so that no
+    two images' patches are one file."""
+    stems = [os.path.basename(name) for name in names]
+    if len(set(stems)) < len(stems):
+        stems = [name.replace("/", "__") for name in names]
+    return dict(zip(names, stems))
 
 
 def _encode(kept):
@@ -137,8 +151,9 @@ def mined_records(save):
     return records
 
 
-def _files_exist(save, name, kept):
-    return all(os.path.isfile(os.path.join(save, folder, patch_name(name, k))) for k, _ in kept for folder in OUTPUT_FOLDERS)
+def _files_exist(save, name, kept, stems=None):
+    return all(os.path.isfile(os.path.join(save, folder, patch_name(name, k, stems)))
+               for k, _ in kept for folder in OUTPUT_FOLDERS)
 
 
 def mine(dataset, names, save, boxes, rare, num_workers=0):
@@ -146,7 +161,8 @@ def mine(dataset, names, save, boxes, rare, num_workers=0):
     ``label`` at the input size), skipping images finished earlier. Returns ``(records, skipped)``:
     ``{name: [(k, rare classes present), ...]}`` for every image, and the count already done."""
     previous = mined_records(save)
-    done = {name for name in names if name in previous and _files_exist(save, name, previous[name])}
+    stems = patch_stems(names)
+    done = {name for name in names if name in previous and _files_exist(save, name, previous[name], stems)}
     pending = [i for i, name in enumerate(names) if name not in done]
     records = RecordFile(os.path.join(save, ".state", "mined.tsv"))
     try:
@@ -159,7 +175,7 @@ def mine(dataset, names, save, boxes, rare, num_workers=0):
                 image = to_bgr_uint8(item["image"])
                 for k, _ in kept:
                     _, x0, y0, x1, y1 = boxes[k - 1]
-                    file_name = patch_name(item["name"], k)
+                    file_name = patch_name(item["name"], k, stems)
                     write_png(os.path.join(save, "patches", file_name), image[y0:y1, x0:x1])
                     write_png(os.path.join(save, "labels", file_name), label[y0:y1, x0:x1])
                     write_rgb_png(os.path.join(save, "color_labels", file_name), colorize(label[y0:y1, x0:x1]))
@@ -244,11 +260,11 @@ def _construct(config):
             raise UserError(f"--pseudo-label-root: folder not found: {pseudo_root}")
         check_pseudo_labels_finished(pseudo_root, config.target.split)
         label_source = {"pseudo_label_root": os.path.abspath(pseudo_root)}
-    label_dir = resolve_pseudo_label_root(pseudo_root, config.target.split)
-    dataset = target_dataset(config, pseudo_label_root=label_dir)
-    names = dataset.names
+    dataset = target_dataset(config, pseudo_label_root=pseudo_root)
+    names, label_dir = dataset.names, dataset.pseudo_label_dir
+    label_paths = [label for _, label, _ in dataset.samples]
     if config.restore_from is None:  # labels made again in place are other labels: their patches must go
-        label_source["version"] = fingerprint([os.path.join(label_dir, name + LABEL_SUFFIX) for name in names], names)
+        label_source["version"] = fingerprint(label_paths, names)
     # The inputs by content, not by path (utils/fingerprint.py): a rerun resumes only with the same ones.
     kind = "model" if config.restore_from is not None else "pseudo_labels"
     images = fingerprint([image_path for image_path, _, _ in dataset.samples], names, sample=IMAGE_SAMPLE_BYTES)
@@ -256,8 +272,7 @@ def _construct(config):
 
     counts, absent, rare_source = None, (), config.rare_classes
     if rare is None:
-        paths = [os.path.join(label_dir, name + LABEL_SUFFIX) for name in names]
-        counts = class_pixel_counts(paths, config.network.input_size, config.network.num_classes,
+        counts = class_pixel_counts(label_paths, config.network.input_size, config.network.num_classes,
                                     config.prediction.num_workers, config.target.resize_backend)
         rare, absent = choose_rare_classes(counts, config.num_rare)
         rare_source = f"auto: the {config.num_rare} classes with the smallest pixel share"

@@ -7,6 +7,9 @@ size. For each image ``<city>/<stem>`` the run writes, under ``--save``:
 - ``label_ids/<split>/<city>/<stem>_gtFine_labelIds.png``: the argmax, uint8 train ids;
 - ``label_color/<split>/<city>/<stem>_gtFine_labelIds.png``: the same in the Cityscapes colours;
 
+(for the other targets of ``--target-dataset``, ``<name>.png`` with ``<name>`` the image's path
+inside its split without the extension, e.g. ``fog/<sequence>/<sequence>_frame_<n>_rgb_anon.png``),
+
 and at the end ``easy.txt`` / ``hard.txt``: the images ranked by the mean per-pixel entropy of the
 softmax of those logits, lines ``<city>/<stem> <entropy>`` in ascending entropy; the lower half
 (``n // 2`` images) is easy, the rest hard. ``summary.json`` holds the pixel share of every class
@@ -29,12 +32,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datasets.cityscapes import (DEFAULT_LIST_ROOT, LABEL_SUFFIX, CityscapesDataset, add_data_dir_args,
-                                 image_folder)
+from datasets.base import TargetDataset, check_size_on_disk
+from datasets.cityscapes import LABEL_SUFFIX
+from datasets.targets import TARGETS, add_target_dataset_args, make_target
 from datasets.pixels import add_resize_backend_arg, resize_label
-from models.deeplabv2 import NetworkConfig, add_network_args, get_deeplabv2
+from models.deeplabv2 import NetworkConfig, add_network_args
 from modules.prediction import (ErrorsAsItems, PredictionConfig, PredictionData, PredictionModule, RecordWriter,
                                 check_item, read_records, run_predict)
+from modules.providers import add_provider_output_arg, load_provider
 from utils.cli import UserError, float_list, positive_float
 from utils.fingerprint import fingerprint
 from utils.io import atomic_write_text, json_number, read_label, write_png, write_rgb_png
@@ -50,8 +55,10 @@ from utils.run_folder import claim_folder
 @dataclasses.dataclass(frozen=True)
 class TargetImages:
     """The values of :func:`add_target_args`."""
-    data_dir: str = "./data/Cityscapes"
+    target_dataset: str = "cityscapes"
+    data_dir: Optional[str] = None  # as typed; None: the target's default (./data/Cityscapes)
     image_root: Optional[str] = None  # as typed; None: <data-dir>/leftImg8bit
+    conditions: Optional[tuple] = None  # as typed; None: the target's default
     list_root: Optional[str] = None
     data_list: Optional[str] = None
     split: str = "train"
@@ -59,15 +66,16 @@ class TargetImages:
 
 
 def add_target_args(parser, data_list_help=""):
-    """The target images a data stage reads, in the words ``main.py`` uses too: ``--data-dir`` (the
-    Cityscapes root), or ``--image-root`` for the image folder alone; ``--list-root`` (a folder of
-    ``<split>.txt`` lists) or ``--data-list`` (one list file, as published); ``--split``;
-    ``--resize-backend``."""
+    """The target images a data stage reads, in the words ``main.py`` uses too: ``--target-dataset``
+    and ``--data-dir`` (its root), or ``--image-root`` for the image folder alone; ``--conditions``;
+    ``--list-root`` (a folder of ``<split>.txt`` lists) or ``--data-list`` (one list file, as
+    published); ``--split``; ``--resize-backend``."""
     group = parser.add_argument_group("target images")
-    add_data_dir_args(group, labels=False)
+    add_target_dataset_args(group, labels=False)
     group.add_argument("--list-root", default=None, metavar="DIR",
                        help="folder with <split>.txt image lists, as for main.py; a folder you name must exist "
-                            "(default: ./datasets/list/cityscapes, which may be absent: the image folder is scanned)")
+                            "(default: ./datasets/list/cityscapes for cityscapes, which may be absent: the image "
+                            "folder is scanned)")
     group.add_argument("--data-list", default=None, metavar="FILE",
                        help="or one image list, one <city>/<stem>_leftImg8bit.png per line, named <split>.txt"
                             + data_list_help)
@@ -85,6 +93,7 @@ class LabellingConfig:
     flip: bool = True
     multiscale: bool = False
     scales: tuple = (0.75, 1.0, 1.25)
+    provider_output: str = "logits"  # what a provider file's first output holds (modules/providers.py)
 
 
 def scales_of(labelling):
@@ -101,6 +110,7 @@ def add_labelling_args(parser):
                        help="average the flip-augmented logits over the input scales of --scales")
     group.add_argument("--scales", type=scales, default=(0.75, 1.0, 1.25), metavar="S,S,...",
                        help="input scale factors of --multiscale (default: 0.75,1.0,1.25)")
+    add_provider_output_arg(group)
     return group
 
 
@@ -125,16 +135,22 @@ class PseudoLabelRun(ProviderRun):
 
 # -- inputs ---------------------------------------------------------------------------------------------
 
+def layout_of(target, label_root=None):
+    """The ``datasets.base.Target`` of the flags (``--label-root``: the ground truth, if any)."""
+    return make_target(target.target_dataset, target.data_dir, target.image_root, label_root, target.conditions)
+
+
 def image_root_of(target):
-    """``--image-root``, or ``<data-dir>/leftImg8bit``, checked to contain the split."""
+    """``--image-root``, or the target's image folder under ``--data-dir``, checked to hold the split."""
+    layout = layout_of(target)
     flag = "--image-root" if target.image_root else "--data-dir"
-    if not target.image_root and not os.path.isdir(target.data_dir):
-        raise UserError(f"--data-dir: folder not found: {target.data_dir}")
-    image_root = image_folder(target.data_dir, target.image_root)
-    if not os.path.isdir(os.path.join(image_root, target.split)):
-        raise UserError(f"{flag}: no images of split {target.split!r}: folder not found: "
-                        f"{os.path.join(image_root, target.split)}")
-    return image_root
+    if not target.image_root and not os.path.isdir(layout.data_dir):
+        raise UserError(f"--data-dir: folder not found: {layout.data_dir}")
+    try:
+        layout.check_images(target.split)
+    except UserError as err:
+        raise UserError(f"{flag}: {err}") from None
+    return layout.images
 
 
 def list_root_of(target):
@@ -147,7 +163,7 @@ def list_root_of(target):
                             "image folder)")
         return target.list_root
     if target.data_list is None:
-        return DEFAULT_LIST_ROOT
+        return TARGETS[target.target_dataset].default_list_root
     if not os.path.isfile(target.data_list):
         raise UserError(f"--data-list: file not found: {target.data_list}")
     if os.path.basename(target.data_list) != f"{target.split}.txt":
@@ -158,11 +174,11 @@ def list_root_of(target):
 
 def target_dataset(config, pseudo_label_root=None):
     """The split's images at the input size (and the pseudo-labels of ``pseudo_label_root``)."""
-    image_root = image_root_of(config.target)
-    dataset = CityscapesDataset(image_root, config.target.split, input_size=config.network.input_size,
-                                list_root=list_root_of(config.target),
-                                pseudo_label_root=pseudo_label_root, num_classes=config.network.num_classes,
-                                resize_backend=config.target.resize_backend)
+    image_root_of(config.target)
+    dataset = TargetDataset(layout_of(config.target), config.target.split, input_size=config.network.input_size,
+                            list_root=list_root_of(config.target),
+                            pseudo_label_root=pseudo_label_root, num_classes=config.network.num_classes,
+                            resize_backend=config.target.resize_backend)
     # Only the file signatures are read here (cheap): a file that is no image at all fails before
     # anything is written; a damaged image stops the run when it is reached.
     for image_path, _, _ in dataset.samples:
@@ -172,21 +188,22 @@ def target_dataset(config, pseudo_label_root=None):
 
 
 def load_network(config):
-    """The provider network with ``--restore-from`` loaded (errors name the file and the keys)."""
+    """The provider of ``--restore-from``: DeepLabv2 weights, or a provider file (``.onnx``, ``.pt2``)
+    checked on one image (``modules/providers.py``); errors name the file and what is wrong."""
     if not config.restore_from:
         raise UserError("--restore-from: the provider's weight file is needed")
     if not os.path.isfile(config.restore_from):
         raise UserError(f"--restore-from: weight file not found: {config.restore_from}")
-    n = config.network
-    return get_deeplabv2(num_classes=n.num_classes, restore_from=config.restore_from, arch=n.arch,
-                         head_branches=n.head_branches)
+    return load_provider(config.restore_from, config.network, config.labelling.provider_output,
+                         scales_of(config.labelling))
 
 
 # -- outputs --------------------------------------------------------------------------------------------
 
-def label_path(save, kind, split, name):
-    """``<save>/<kind>/<split>/<city>/<stem>_gtFine_labelIds.png`` (kind: label_ids or label_color)."""
-    return os.path.join(save, kind, split, name + LABEL_SUFFIX)
+def label_path(save, kind, split, name, suffix=LABEL_SUFFIX):
+    """``<save>/<kind>/<split>/<city>/<stem>_gtFine_labelIds.png`` (kind: label_ids or label_color);
+    ``<name><suffix>`` for a target whose ``pseudo_label_suffix`` is another."""
+    return os.path.join(save, kind, split, name + suffix)
 
 
 def report_names(save, split):
@@ -205,7 +222,10 @@ def settings_of(config):
     return {"arch": config.network.arch, "num_classes": config.network.num_classes,
             "head_branches": config.network.head_branches, "input_size": list(config.network.input_size),
             "resize_backend": config.target.resize_backend, "flip": config.labelling.flip,
-            "scales": scales_of(config.labelling), "precision": config.hardware.precision}
+            "scales": scales_of(config.labelling), "precision": config.hardware.precision,
+            # only when given, so that the folders of earlier runs resume as they are
+            **({"provider_output": config.labelling.provider_output}
+               if config.labelling.provider_output != "logits" else {})}
 
 
 IMAGE_SAMPLE_BYTES = 1 << 16  # per end of each image: a few hundred MB over Cityscapes train, not all 6 GB
@@ -223,55 +243,69 @@ def inputs_of(config, dataset):
 class PseudoLabelWriter(RecordWriter):
     """Writes label_ids (and label_color) PNGs; records ``name, entropy, class pixel counts``."""
 
-    def __init__(self, save, split, num_classes, write_color=True):
+    def __init__(self, save, split, num_classes, write_color=True, suffix=LABEL_SUFFIX):
         super().__init__(state_dir(save, split))
         self.save, self.split, self.num_classes, self.write_color = save, split, num_classes, write_color
+        self.suffix = suffix
 
     def write_batch(self, prediction, batch):
         rows = []
         for name, label, entropy in zip(prediction["name"], prediction["label"], prediction["entropy"]):
             label = label.numpy()
-            write_png(label_path(self.save, "label_ids", self.split, name), label)
+            write_png(label_path(self.save, "label_ids", self.split, name, self.suffix), label)
             if self.write_color:
-                write_rgb_png(label_path(self.save, "label_color", self.split, name), colorize(label))
+                write_rgb_png(label_path(self.save, "label_color", self.split, name, self.suffix), colorize(label))
             counts = np.bincount(label.ravel(), minlength=self.num_classes)[:self.num_classes]
             # repr keeps every digit: the ranking read back after a resume is the same ranking.
             rows.append((name, repr(float(entropy)), ",".join(str(int(c)) for c in counts)))
         return rows
 
 
-def finished(save, split, names, write_color=True):
+def finished(save, split, names, write_color=True, suffix=LABEL_SUFFIX):
     """Images whose files exist and whose record is complete."""
     records = read_records(state_dir(save, split))
     done = set()
     for name in names:
-        if name in records and os.path.isfile(label_path(save, "label_ids", split, name)) and (
-                not write_color or os.path.isfile(label_path(save, "label_color", split, name))):
+        if name in records and os.path.isfile(label_path(save, "label_ids", split, name, suffix)) and (
+                not write_color or os.path.isfile(label_path(save, "label_color", split, name, suffix))):
             done.add(name)
     return done
 
 
-def generate(config, save, write_color=True):
+def check_truth_sizes(dataset, truth):
+    """The ground truth the report will score against (``truth``, a ``datasets.base.Target``), where
+    it exists, must have its images' sizes: checked from the headers before anything is written."""
+    if truth is None or truth.missing_label_dir(dataset.split):
+        return
+    for image_path, _, name in dataset.samples:
+        label = truth.label_path(dataset.split, name)
+        if os.path.isfile(label):
+            check_size_on_disk(image_path, label)
+
+
+def generate(config, save, write_color=True, truth=None):
     """Label every image of ``config.target.split`` into ``save`` (resuming a previous run).
 
-    Inputs are checked first; nothing is written when they are wrong. Returns ``None`` in every
+    Inputs are checked first (with the sizes of the ground truth ``truth``, a
+    ``datasets.base.Target``, where it exists); nothing is written when they are wrong. Returns ``None`` in every
     process but the first, which gets ``{"names", "records", "skipped"}``: the listed images, their
     records (``[entropy, counts]`` as strings) and how many were already done before this run.
     """
     dataset = target_dataset(config)
-    names = dataset.names
+    names, suffix = dataset.names, dataset.target.pseudo_label_suffix
+    check_truth_sizes(dataset, truth)
     net = load_network(config)
     claim_folder(state_dir(save, config.target.split), {**settings_of(config), **inputs_of(config, dataset)},
                  config.overwrite,
                  outputs=[os.path.join(save, kind, config.target.split) for kind in ("label_ids", "label_color")]
                  + list(report_names(save, config.target.split).values()))
     # With --overwrite nothing counts as done, even where the first process has not yet removed it.
-    done = frozenset() if config.overwrite else finished(save, config.target.split, names, write_color)
+    done = frozenset() if config.overwrite else finished(save, config.target.split, names, write_color, suffix)
     first = True
     if len(done) < len(names):
         module = PredictionModule(net, flip=config.labelling.flip, scales=scales_of(config.labelling))
         data = PredictionData(dataset, names, config.prediction.batch_size, config.prediction.num_workers, done)
-        writer = PseudoLabelWriter(save, config.target.split, config.network.num_classes, write_color)
+        writer = PseudoLabelWriter(save, config.target.split, config.network.num_classes, write_color, suffix)
         first = run_predict(module, data, writer, config.hardware)
     if not first:
         return None
@@ -314,13 +348,16 @@ class _LabelPairs(Dataset):
         return torch.from_numpy(prediction), torch.from_numpy(truth)
 
 
-def ground_truth_scores(save, split, names, label_root, num_classes, num_workers=0, resize_backend="pil"):
-    """IoU of the pseudo-labels against the ground-truth train ids of ``label_root``; ``None`` when
-    that ground truth is absent or incomplete (the second value says why)."""
-    truth_dir = os.path.join(label_root, split)
-    if not os.path.isdir(truth_dir):
-        return None, f"no ground truth at {truth_dir}"
-    pairs = [(label_path(save, "label_ids", split, name), os.path.join(truth_dir, name + LABEL_SUFFIX))
+def ground_truth_scores(save, split, names, layout, num_classes, num_workers=0, resize_backend="pil"):
+    """IoU of the pseudo-labels against the ground-truth train ids of ``layout`` (a
+    ``datasets.base.Target``); ``None`` when that ground truth is absent or incomplete (the second
+    value says why)."""
+    absent_folder = layout.missing_label_dir(split)
+    if absent_folder:
+        return None, absent_folder
+    folders = [folder for folder, _ in layout.label_dirs(split)]
+    truth_dir = folders[0] if len(folders) == 1 else layout.labels
+    pairs = [(label_path(save, "label_ids", split, name, layout.pseudo_label_suffix), layout.label_path(split, name))
              for name in names]
     absent = [truth for _, truth in pairs if not os.path.isfile(truth)]
     if absent:
@@ -334,7 +371,7 @@ def ground_truth_scores(save, split, names, label_root, num_classes, num_workers
     return scores_from_confusion(confusion.compute()), truth_dir
 
 
-def write_report(save, split, result, config, label_root):
+def write_report(save, split, result, config, layout):
     """easy/hard lists and the summary; returns the summary (a dict) and the ground-truth scores."""
     records, names = result["records"], result["names"]
     files = report_names(save, split)
@@ -345,7 +382,7 @@ def write_report(save, split, result, config, label_root):
     counts = class_pixels(records, config.network.num_classes)
     names_of_classes = class_names(config.network.num_classes)
     share = counts / max(1, counts.sum())
-    scores, truth_note = ground_truth_scores(save, split, names, label_root, config.network.num_classes,
+    scores, truth_note = ground_truth_scores(save, split, names, layout, config.network.num_classes,
                                              config.prediction.num_workers,
                                              config.target.resize_backend)
     summary = {

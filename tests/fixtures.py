@@ -49,6 +49,54 @@ def make_cityscapes(root, train=4, val=3, size=(64, 32), seed=0):
     return {"image_root": f"{root}/leftImg8bit", "label_root": f"{root}/gtFine2", "label_id_root": f"{root}/gtFine"}
 
 
+def make_acdc(root, conditions=("fog", "night", "rain", "snow"), train=1, val=1, size=(64, 32), seed=0):
+    """``<root>/rgb_anon/<condition>/<split>/<sequence>/<sequence>_frame_<n>_rgb_anon.png`` and the
+    train ids in ``gt/.../<sequence>_frame_<n>_gt_labelTrainIds.png``, as ACDC ships them. Returns
+    ``{name: label path}`` of the val images (names ``<condition>/<sequence>/<stem>_rgb_anon``)."""
+    rng = np.random.default_rng(seed)
+    val_labels = {}
+    for c, condition in enumerate(conditions):
+        for split, count in (("train", train), ("val", val)):
+            sequence = f"GOPR{c:02d}{0 if split == 'train' else 5}{c}"
+            for k in range(count):
+                stem = f"{sequence}_frame_{k:06d}"
+                label, image = _scene(rng, *size)
+                _write(f"{root}/rgb_anon/{condition}/{split}/{sequence}/{stem}_rgb_anon.png", image)
+                path = f"{root}/gt/{condition}/{split}/{sequence}/{stem}_gt_labelTrainIds.png"
+                _write(path, label)
+                if split == "val":
+                    val_labels[f"{condition}/{sequence}/{stem}_rgb_anon"] = path
+    return val_labels
+
+
+def make_darkzurich(root, train=1, val=2, size=(64, 32), seed=0):
+    """``<root>/rgb_anon/<split>/<time of day>/<sequence>/<name>_rgb_anon.png`` (train: day,
+    twilight, night; val: night) and ``gt/val/night/<sequence>/<name>_gt_labelTrainIds.png``."""
+    rng = np.random.default_rng(seed)
+    for split, times, count in (("train", ("day", "twilight", "night"), train), ("val", ("night",), val)):
+        for t, time in enumerate(times):
+            sequence = f"GOPR03{t}{0 if split == 'train' else 5}"
+            for k in range(count):
+                stem = f"{sequence}_frame_{k:06d}"
+                label, image = _scene(rng, *size)
+                _write(f"{root}/rgb_anon/{split}/{time}/{sequence}/{stem}_rgb_anon.png", image)
+                if split == "val":
+                    _write(f"{root}/gt/{split}/{time}/{sequence}/{stem}_gt_labelTrainIds.png", label)
+    return root
+
+
+def make_image_folder(root, label_root, sizes=((64, 32), (64, 32), (96, 48), (64, 32)), seed=0):
+    """Images of several sizes and formats in sub-folders (two share a stem), with train-id labels
+    mirroring them under ``label_root``. Returns the images' relative paths."""
+    rng = np.random.default_rng(seed)
+    relative = ["street/0001.jpg", "street/0002.png", "park/0001.png", "park/deep/0003.jpeg"]
+    for rel, size in zip(relative, sizes):
+        label, image = _scene(rng, *size)
+        _write(os.path.join(root, rel), image)
+        _write(os.path.join(label_root, os.path.splitext(rel)[0] + ".png"), label)
+    return relative
+
+
 def make_pseudo_labels(root, label_root, split="train"):
     """A generator-style ``--save`` folder whose pseudo-labels are the ground truth itself."""
     for dirpath, _, files in os.walk(os.path.join(label_root, split)):
@@ -93,3 +141,23 @@ def pil_resized_label(label, size):
     from PIL import Image
 
     return np.array(Image.fromarray(label).resize(size, Image.NEAREST))
+
+
+def run_refused(capsys, main, argv):
+    """Run an entry point's ``main`` as the shell would (``utils.cli.run``); returns its exit code and stderr."""
+    import pytest
+
+    from utils.cli import run
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(main, [str(a) for a in argv])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def assert_one_line_refusal(code, err, names, out):
+    """A user mistake: exit 2, one ``error:`` line naming ``names``, nothing written under ``out``."""
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert names in err, err
+    assert not os.path.exists(out), f"a refused run wrote {sorted(os.listdir(out))} under {out}"

@@ -140,8 +140,13 @@ def test_batches_are_the_same_for_any_number_of_processes():
 
 
 def test_published_defaults():
+    from modules.pseudo_labels import PseudoLabelRun, layout_of
+    from utils.config import build
+
     args = generate_pseudo_labels.build_parser().parse_args([])
-    assert args.data_dir == "./data/Cityscapes" and args.restore_from == "./pretrained/gta5_only.pth"
+    layout = layout_of(build(PseudoLabelRun, args).target)  # --data-dir left out: the target's default
+    assert args.target_dataset == "cityscapes" and layout.images == "./data/Cityscapes/leftImg8bit"
+    assert args.data_dir is None and args.restore_from == "./pretrained/gta5_only.pth"
     assert args.save == "./experiments/gta5_pseudo_label/" and args.num_classes == 19
     assert args.split == "train" and args.input_size == (1024, 512) and args.arch == "deeplabv2_r101"
     assert args.flip and not args.multiscale and args.precision == "32-true" and args.resize_backend == "pil"

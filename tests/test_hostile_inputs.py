@@ -35,7 +35,7 @@ import demo
 import extract_model_state_dict
 import generate_pseudo_labels
 import main as main_script
-from tests.fixtures import make_cityscapes, make_patches, make_pseudo_labels
+from tests.fixtures import assert_one_line_refusal, make_cityscapes, make_patches, make_pseudo_labels, run_refused
 from tools import benchmark, synthetic
 from utils import transfer_trainid
 from utils.cli import run
@@ -73,17 +73,7 @@ def world(tmp_path_factory):
 
 def refused(capsys, entry, argv):
     """Run ``entry`` as the shell would; returns its exit code and stderr."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run(ENTRY_POINTS[entry], [str(a) for a in argv])
-    return exit_info.value.code, capsys.readouterr().err
-
-
-def assert_one_line_refusal(code, err, names, out):
-    assert code == 2, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert names in err, err
-    assert not os.path.exists(out), f"a refused run wrote {sorted(os.listdir(out))} under {out}"
+    return run_refused(capsys, ENTRY_POINTS[entry], argv)
 
 
 def main_args(world, out):

@@ -10,6 +10,7 @@ import demo
 import extract_model_state_dict
 import generate_pseudo_labels
 import main
+from tools import export_provider
 from utils import transfer_trainid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +21,7 @@ PARSERS = {
     "extract_model_state_dict.py": extract_model_state_dict.parse_args,
     "utils/transfer_trainid.py": transfer_trainid.parse_args,
     "demo.py": lambda argv: demo.build_parser().parse_args(argv),
+    "-m tools.export_provider": lambda argv: export_provider.build_parser().parse_args(argv),
 }
 
 
@@ -46,6 +48,6 @@ def test_readme_has_the_published_and_the_recommended_blocks():
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_parses(command):
     argv = shlex.split(command.replace("<S>", "100").replace("<M>", "50.00"))
-    script = argv[1]
+    script, args = (f"-m {argv[2]}", argv[3:]) if argv[1] == "-m" else (argv[1], argv[2:])
     assert script in PARSERS, f"README runs {script}, which this test does not know"
-    PARSERS[script](argv[2:])
+    PARSERS[script](args)

@@ -113,6 +113,24 @@ def format_table(scores, title=None):
     return "\n".join(lines)
 
 
+def format_condition_table(conditions):
+    """The means of every condition (``{condition: scores}``), one line each, for the lines after
+    :func:`format_table` of a target scored per condition."""
+    width = max(len("condition"), *(len(c) for c in conditions))
+    columns = [label for _, label, _, _ in MEANS[:3]]
+    lines = ["per condition: " + ", ".join(f"{c} (%)" for c in columns),
+             f"{'condition':<{width}}  " + "  ".join(f"{c:>7}" for c in columns)]
+    for condition, scores in conditions.items():
+        lines.append(f"{condition:<{width}}  " + "  ".join(f"{scores[key]:7.2f}" for key, _, _, _ in MEANS[:3]))
+    return "\n".join(lines)
+
+
+def condition_record_path(csv_path, condition):
+    """The record of one condition beside ``csv_path``: ``miou_record.csv`` -> ``miou_record_fog.csv``."""
+    stem, ext = os.path.splitext(csv_path)
+    return f"{stem}_{condition}{ext}"
+
+
 def record_header(num_classes=NUM_CLASSES):
     return list(class_names(num_classes)) + list(MEAN_COLUMNS)
 

@@ -1,0 +1,177 @@
+"""Make your own black box: export a trained provider to a file that is only run, so you can hand the
+model to someone without its weight file and without this toolkit's network code. (The weights are
+inside the exported file, as in any model file: exporting is no protection of them.)
+
+    python -m tools.export_provider --restore-from ./pretrained/gta5_only.pth --onnx ./gta5_only.onnx
+    python -m tools.export_provider --restore-from W --arch deeplabv2_tiny --num-classes 19 \\
+        --input-size 1024x512 --onnx OUT.onnx --pt2 OUT.pt2
+
+The files follow the provider contract that ``generate_pseudo_labels.py --restore-from`` and
+``construct_hard_patch.py --restore-from`` accept (README, "Provider files"): one input, RGB images
+as float32 in 0..255, N×3×H×W; the first output is logits N×C×h×w (DeepLabv2's, at 1/8 of the
+input; the stages upsample them). The input normalisation (RGB to BGR, minus the Caffe mean) is
+inside the file. The batch size is free; so are the height and width unless ``--fixed-size``.
+``--input-size`` is the size of the example image the network is traced with and checked on.
+
+After writing, each file is read back the way the stages read it and run on a test image: the
+tool prints the share of pixels whose label equals the weight file's and the largest logit
+difference. Files are written atomically (a complete file or none).
+"""
+import argparse
+import io
+import os
+import sys
+
+from utils.cli import ArgumentParser, UserError, run
+
+ONNX_OPSET = 18
+
+
+def build_parser():
+    from models.deeplabv2 import add_network_args
+
+    parser = ArgumentParser(prog="python -m tools.export_provider", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--restore-from", required=True, metavar="W",
+                        help="the provider's weights: a state dict or a Lightning checkpoint, as for "
+                             "generate_pseudo_labels.py (read as data, nothing in it runs)")
+    out = parser.add_argument_group("outputs (at least one)")
+    out.add_argument("--onnx", default=None, metavar="OUT.onnx",
+                     help="write an ONNX model (opset %d) here, run by onnxruntime" % ONNX_OPSET)
+    out.add_argument("--pt2", default=None, metavar="OUT.pt2",
+                     help="write a PyTorch exported program (torch.export.save) here; the stages read it "
+                          "without torch.export.load, as data")
+    out.add_argument("--fixed-size", action="store_true",
+                     help="export for --input-size images only (for runtimes that need fixed shapes); by default "
+                          "the height and width are free, as the batch size always is")
+    group = add_network_args(parser, "provider network (as it was trained)")
+    for action in group._group_actions:
+        if action.dest == "input_size":
+            action.help = ("WIDTHxHEIGHT of the test image the network is traced with and checked on, and the only "
+                           "size the file takes with --fixed-size (default: 1024x512)")
+    return parser
+
+
+def exported_provider(net):
+    """``net`` (a DeepLabv2 taking BGR minus the Caffe mean) behind the provider contract's input:
+    RGB float32 in 0..255, converted inside the exported graph by ``datasets/pixels.py``."""
+    import torch.nn as nn
+
+    from datasets.pixels import rgb255_to_network_input
+
+    class Provider(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, rgb):
+            return self.net(rgb255_to_network_input(rgb))
+
+    return Provider(net).eval()
+
+
+def _check_path(flag, path, ending, restore_from):
+    if path is None:
+        return
+    if not path.lower().endswith(ending):
+        raise UserError(f"{flag} {path}: the name must end in {ending} (the stages tell a provider file by its ending)")
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a folder: the file to write cannot replace it")
+    if os.path.abspath(path) == os.path.abspath(restore_from):
+        raise UserError(f"{flag} {path} would overwrite the weight file it reads")
+
+
+def export_program(provider, input_size, fixed_size):
+    """``torch.export`` of ``provider`` traced on a batch of two images at ``input_size=(W, H)``, with a
+    free batch size (and free height and width unless ``fixed_size``)."""
+    import torch
+
+    width, height = input_size
+    example = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0)) * 255
+    dims = {0: torch.export.Dim("batch", min=1)}
+    if not fixed_size:
+        dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})
+    try:
+        with torch.no_grad():
+            return torch.export.export(provider, (example,), dynamic_shapes=(dims,)), example
+    except Exception as err:  # torch.export's own errors name what it could not trace
+        raise UserError(f"torch.export could not trace the network ({type(err).__name__}: "
+                        f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})") from None
+
+
+def onnx_bytes(program, num_classes, arch):
+    """The exported program as ONNX (one file, weights inside), with the contract in its metadata."""
+    import contextlib
+
+    import torch
+
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError:
+        raise UserError("--onnx needs onnx and onnxscript: pip install -r requirements.txt") from None
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter reports its progress on stdout
+        onnx_program = torch.onnx.export(program, dynamo=True, verbose=False, input_names=["images"],
+                                         output_names=["scores"], opset_version=ONNX_OPSET, external_data=False)
+    model = onnx_program.model_proto
+    for key, value in (("provider_input", "RGB images, float32 in 0..255, N×3×H×W"),
+                       ("provider_output", f"logits N×{num_classes}×h×w (1/8 of the input)"),
+                       ("num_classes", str(num_classes)), ("arch", arch)):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model.SerializeToString()
+
+
+def check_file(path, net, example, num_classes):
+    """Read ``path`` back as the stages do, run it on ``example`` and compare with ``net``: ``(share
+    of equal argmax labels, largest logit difference, largest logit)`` at the network's output
+    resolution."""
+    import torch
+
+    from datasets.pixels import rgb255_to_network_input
+    from modules.providers import ProviderNetwork
+    from models.provider_files import open_provider_file
+
+    provider = ProviderNetwork(open_provider_file(path), num_classes)
+    with torch.no_grad():
+        expected = net(rgb255_to_network_input(example))
+        got = provider(rgb255_to_network_input(example))
+    same = (got.argmax(1) == expected.argmax(1)).double().mean().item()
+    return same, (got - expected).abs().max().item(), expected.abs().max().item()
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.onnx is None and args.pt2 is None:
+        raise UserError("give --onnx OUT.onnx, --pt2 OUT.pt2 or both: there is nothing to write")
+    if not os.path.isfile(args.restore_from):
+        raise UserError(f"--restore-from: weight file not found: {args.restore_from}")
+    _check_path("--onnx", args.onnx, ".onnx", args.restore_from)
+    _check_path("--pt2", args.pt2, ".pt2", args.restore_from)
+
+    import torch
+
+    from models.deeplabv2 import get_deeplabv2
+    from utils.io import atomic_write_bytes
+
+    net = get_deeplabv2(num_classes=args.num_classes, restore_from=args.restore_from, arch=args.arch,
+                        head_branches=args.head_branches).eval()
+    program, example = export_program(exported_provider(net), args.input_size, args.fixed_size)
+    outputs = []
+    if args.onnx is not None:
+        outputs.append(("ONNX model", args.onnx, onnx_bytes(program, args.num_classes, args.arch)))
+    if args.pt2 is not None:
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        outputs.append(("PyTorch exported program", args.pt2, buffer.getvalue()))
+    size = "N×3×H×W" if not args.fixed_size else f"N×3×{args.input_size[1]}×{args.input_size[0]}"
+    for what, path, data in outputs:
+        atomic_write_bytes(path, data)
+        same, diff, largest = check_file(path, net, example[:1], args.num_classes)
+        print(f"wrote {path}: {what}, {len(data) / 2 ** 20:.1f} MiB; input RGB float32 0..255 {size}, output logits "
+              f"N×{args.num_classes}×h×w; checked on a test image: {100 * same:.2f}% of pixels labelled as by "
+              f"{args.restore_from}, largest logit difference {diff:.2g} (logits up to {largest:.3g})")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main, sys.argv[1:])
