@@ -134,14 +134,15 @@ class Demo:
         return results
 
     def picture(self, stages, columns, count=4):
-        """Rows of image | ground truth | one prediction per column, for the first val images."""
+        """Rows of image | ground truth | one prediction per column, for the first val images, under
+        column titles and with a legend of the classes in them."""
         import torch
 
         from datasets.cityscapes import CityscapesDataset
         from datasets.pixels import to_bgr_uint8
         from models.deeplabv2 import get_deeplabv2
         from utils.io import write_rgb_png
-        from utils.visualize import label_panel, stack_rows
+        from utils.visualize import labelled_picture
 
         c = self.cfg
         data = CityscapesDataset(os.path.join(self.cityscapes, "leftImg8bit"), "val",
@@ -154,12 +155,10 @@ class Demo:
             with torch.no_grad():
                 predictions.append([net(item["image"][None], size=item["label"].shape)[0].argmax(0).numpy()
                                     for item in items])
-        rows = []
-        for i, item in enumerate(items):
-            image = to_bgr_uint8(item["image"])[:, :, ::-1]
-            rows.append(label_panel(image, [item["label"].numpy()] + [p[i] for p in predictions]))
+        rows = [(to_bgr_uint8(item["image"])[:, :, ::-1], [item["label"].numpy()] + [p[i] for p in predictions])
+                for i, item in enumerate(items)]
         path = os.path.join(self.out, "predictions.png")
-        write_rgb_png(path, stack_rows(rows))
+        write_rgb_png(path, labelled_picture(rows, ["image", "ground truth", *columns]))
         print(f"\npicture: {path} (image | ground truth | {' | '.join(columns)})")
 
     def table(self, results, total):

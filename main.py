@@ -3,6 +3,7 @@
     python main.py --module-name baseline --mode train --restore-from ./pretrained/gta5_only.pth ...
     python main.py --module-name smhm --mode train --restore-from ./pretrained/basic.pth ...
     python main.py --mode test --restore-from W [--flip-when-test] [--save-predictions DIR]
+    python main.py --mode predict --restore-from W --target-dataset folder --data-dir DIR --save-predictions OUT
     python main.py --config experiments/baseline/NAME/config.json [flags that change it]
 
 ``python main.py --module-name NAME --help`` lists the flags of stage NAME; ``modules/config.py``
@@ -25,6 +26,10 @@ def main(argv=None):
     pl.seed_everything(config.optim.seed, workers=True, verbose=False)
     if config.mode == "test":
         return runner.test(config)
+    if config.mode == "predict":
+        from modules.predict import predict
+
+        return predict(config)
     if config.rounds is not None:
         from modules.rounds import train_rounds
 

@@ -184,12 +184,14 @@ class NetworkConfig:
 
 def add_network_args(parser, title="network"):
     """The flags that choose the network and its input size, shared by every entry point."""
+    from models.networks import ARCH_NAMES  # the registry of every network (DeepLabv2 and the students)
     from utils.cli import at_least, input_size
 
     group = parser.add_argument_group(title)
-    group.add_argument("--arch", default="deeplabv2_r101", choices=tuple(ARCHS),
-                       help="deeplabv2_r101 (published), deeplabv2_r50, or deeplabv2_tiny for CPU trials "
-                            "(default: %(default)s)")
+    group.add_argument("--arch", default="deeplabv2_r101", choices=ARCH_NAMES,
+                       help="deeplabv2_r101 (published), deeplabv2_r50, deeplabv2_tiny for CPU trials, or a student "
+                            "from segmentation-models-pytorch: segformer_b0..segformer_b5, deeplabv3plus_r50, "
+                            "deeplabv3plus_r101 (README: students) (default: %(default)s)")
     group.add_argument("--num-classes", type=at_least(1, 255), default=19,
                        help="number of train ids, at most 255 (255 is the ignore label) (default: %(default)s)")
     group.add_argument("--head-branches", type=int, choices=(2, 4), default=2,
@@ -280,6 +282,23 @@ def _listing(keys, limit=10):
     return f"({len(keys)}) {shown}{more}"
 
 
+def key_mismatch(state, expected):
+    """What keeps ``state`` from loading into a network whose state dict is ``expected``: the
+    mis-shaped, missing and unexpected keys, each listed (empty when it fits)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    if misshaped:
+        problems.append("mis-shaped " + _listing(
+            f"{k} (file {list(state[k].shape)}, network {list(expected[k].shape)})" for k in misshaped))
+    if missing:
+        problems.append("missing " + _listing(missing))
+    if unexpected:
+        problems.append("unexpected " + _listing(unexpected))
+    return problems
+
+
 def load_weights(net, path, prefix=None):
     """Load ``path`` into ``net`` with a strict match; ``WeightFileError`` names every key that does not fit."""
     state, fresh_head = _read(path, prefix)
@@ -293,20 +312,11 @@ def load_weights(net, path, prefix=None):
         if key not in state and (key.endswith("num_batches_tracked") or (fresh_head and key.startswith("layer5."))):
             state[key] = value
 
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or misshaped:
-        problems = []
-        if misshaped:
-            problems.append("mis-shaped " + _listing(
-                f"{k} (file {list(state[k].shape)}, network {list(expected[k].shape)})" for k in misshaped))
-        if missing:
-            problems.append("missing " + _listing(missing))
-        if unexpected:
-            problems.append("unexpected " + _listing(unexpected))
+    problems = key_mismatch(state, expected)
+    if problems:
         head = "layer5.conv2d_list.0.weight"
-        if head in misshaped and state[head].shape[1:] == expected[head].shape[1:]:
+        if head in expected and head in state and state[head].shape != expected[head].shape \
+                and state[head].shape[1:] == expected[head].shape[1:]:
             problems.append(f"the file's head has {state[head].shape[0]} classes, the network {net.num_classes}")
         raise WeightFileError(f"weights in {path} do not fit {net.arch} with {net.num_classes} classes: "
                               + "; ".join(problems))

@@ -15,13 +15,26 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from models.deeplabv2 import get_deeplabv2
+from models.networks import get_network
+from models.students import LibraryStudent
 from utils.inference import predict_logits
 from utils.config import flat
 from utils.labels import IGNORE_INDEX
 from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
 
 COSINE_PERIOD_EPOCHS = 10  # T_max of the published cosine schedule: half a period, in epochs
+ADAMW_WEIGHT_DECAY = 0.01  # the SegFormer / DAFormer recipe (none on norm layers: the network's param_groups)
+WARMUP_RATIO = 1e-6  # warm-up starts at this fraction of the rate (mmcv's linear warm-up, as DAFormer)
+
+
+def warmup_poly_factor(step, total, warmup, power=1.0, warmup_ratio=WARMUP_RATIO):
+    """Factor of the rate at optimiser step ``step`` (0-based) of ``total`` under ``warmup_poly``: the
+    poly decay ``(1 - step / total) ** power``, during the first ``warmup`` steps scaled by a linear ramp
+    from ``warmup_ratio`` to 1 (mmcv's ``warmup='linear'``, as SegFormer and DAFormer train)."""
+    poly = max(0.0, 1.0 - step / max(1, total)) ** power
+    if step < warmup:
+        return poly * (1.0 - (1.0 - step / warmup) * (1.0 - warmup_ratio))
+    return poly
 
 
 class SegmentationModule(pl.LightningModule):
@@ -52,8 +65,8 @@ class SegmentationModule(pl.LightningModule):
         self.network, self.optim, self.evaluation = config.network, config.optim, config.evaluation
         self.hardware, self.options = config.hardware, config.stage
         n = config.network
-        self.net = get_deeplabv2(num_classes=n.num_classes, restore_from=config.restore_from, arch=n.arch,
-                                 head_branches=n.head_branches, freeze_bn_stats=n.freeze_bn_stats)
+        self.net = get_network(num_classes=n.num_classes, restore_from=config.restore_from, arch=n.arch,
+                               head_branches=n.head_branches, freeze_bn_stats=n.freeze_bn_stats)
         self.val_confusion = ConfusionMatrix(n.num_classes, IGNORE_INDEX)
         self.test_confusion = ConfusionMatrix(n.num_classes, IGNORE_INDEX)
         # One more matrix per condition (items named <condition>/...), for validation and test alike.
@@ -94,13 +107,20 @@ class SegmentationModule(pl.LightningModule):
     def schedule(self):
         """The learning-rate schedule ``--lr-schedule`` resolves to (``auto``: as published)."""
         a = self.optim
-        return a.lr_schedule if a.lr_schedule != "auto" else ("poly" if a.optimizer == "sgd" else "cosine")
+        if a.lr_schedule != "auto":
+            return a.lr_schedule
+        return {"sgd": "poly", "adamw": "warmup_poly"}.get(a.optimizer, "cosine")
 
     def configure_optimizers(self):
         a = self.optim
         if a.optimizer == "sgd":
             # The classic DeepLab recipe: the freshly initialised head learns ten times faster.
             optimizer = torch.optim.SGD(self.net.param_groups(a.lr), lr=a.lr, momentum=0.9, weight_decay=5e-4)
+        elif a.optimizer == "adamw":
+            # The transformer recipe (SegFormer, DAFormer): decoder and head at 10x, no decay on norms.
+            groups = self.net.param_groups(a.lr, weight_decay=ADAMW_WEIGHT_DECAY) \
+                if isinstance(self.net, LibraryStudent) else self.net.param_groups(a.lr)
+            optimizer = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.999), weight_decay=ADAMW_WEIGHT_DECAY)
         else:
             # The published stages train every parameter with one Adam learning rate.
             optimizer = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=a.lr)
@@ -113,6 +133,10 @@ class SegmentationModule(pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=COSINE_PERIOD_EPOCHS)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
         total = self.trainer.estimated_stepping_batches
+        if schedule == "warmup_poly":
+            warmup = a.warmup_steps
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_poly_factor(step, total, warmup))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: max(0.0, 1.0 - step / max(1, total)) ** 0.9)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

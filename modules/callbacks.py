@@ -15,7 +15,7 @@ from datasets.pixels import to_bgr_uint8
 from utils.io import write_png, write_rgb_png
 from utils.labels import colorize
 from utils.metrics import append_record, condition_record_path, format_condition_table, format_table
-from utils.visualize import label_panel
+from utils.visualize import labelled_picture
 
 
 class ScoreRecord(Callback):
@@ -47,7 +47,8 @@ class ScoreRecord(Callback):
 
 class TrainingPictures(Callback):
     """``input | target | prediction`` of the first image of a training batch in TensorBoard, every
-    ``interval`` steps; the step returns them as ``picture`` (images, targets, logits)."""
+    ``interval`` steps, under column titles and with a legend of the classes shown; the step returns
+    them as ``picture`` (images, targets, logits)."""
 
     def __init__(self, interval):
         self.interval = interval
@@ -62,7 +63,8 @@ class TrainingPictures(Callback):
         image = to_bgr_uint8(images[0].detach().float().cpu())[:, :, ::-1]
         target = targets[0].detach().cpu().numpy()
         prediction = logits[0].detach().argmax(0).cpu().numpy()
-        panel = label_panel(np.ascontiguousarray(image), [target, prediction])
+        panel = labelled_picture([(np.ascontiguousarray(image), [target, prediction])],
+                                 ["input", "target", "prediction"], num_classes=logits.shape[1])
         trainer.logger.experiment.add_image("train/input_target_prediction", panel, step, dataformats="HWC")
 
 

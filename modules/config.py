@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from models.deeplabv2 import NetworkConfig
 from modules.data import DataConfig
-from utils.cli import ArgumentParser, at_least, learning_rate, seed
+from utils.cli import ArgumentParser, UserError, at_least, float_list, learning_rate, positive_float, seed
 from utils.config import build, config_argv, read_config_values
 from utils.lightning import HardwareConfig
 
@@ -48,6 +48,7 @@ class OptimConfig:
     lr: float
     optimizer: str = "adam"
     lr_schedule: str = "auto"
+    warmup_steps: int = 1500
     max_steps: int = 20000
     max_epochs: Optional[int] = None
     seed: int = 0
@@ -58,6 +59,8 @@ class EvalConfig:
     val_interval: Any = 1.0
     flip_when_test: bool = False
     save_predictions: Optional[str] = None
+    overwrite: bool = False
+    scales: tuple = (1.0,)
     log_interval: int = 50
     visualize_interval: int = 500
 
@@ -118,8 +121,10 @@ def add_run_args(parser):
     parser.add_argument("--config", default=None, metavar="FILE",
                         help=f"run again with the settings of an earlier run: its {CONFIG_FILE} (in every experiment "
                              "folder); flags given as well override the file's")
-    parser.add_argument("--mode", choices=("train", "test"), default="train",
-                        help="train the stage, or evaluate --restore-from on the val split (default: %(default)s)")
+    parser.add_argument("--mode", choices=("train", "test", "predict"), default="train",
+                        help="train the stage, evaluate --restore-from on the val split, or predict every image of "
+                             "the --val-split split with it into --save-predictions, no labels needed "
+                             "(modules/predict.py) (default: %(default)s)")
     parser.add_argument("--restore-from", default=None,
                         help="initial weights: a state dict, a Lightning checkpoint, or the ImageNet DeepLab "
                              "init (head left fresh); in test mode, the weights to evaluate")
@@ -145,12 +150,18 @@ def add_run_args(parser):
     opt.add_argument("--lr", type=learning_rate, default=1e-4,
                      help="learning rate (default: %(default)s; as published, 1e-4 for the baseline and 1e-5 for "
                           "spatial_mix and smhm)")
-    opt.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
-                     help="adam as published, or sgd (momentum 0.9, weight decay 5e-4, head at 10x lr) (default: %(default)s)")
-    opt.add_argument("--lr-schedule", choices=("auto", "cosine", "constant", "poly"), default="auto",
+    opt.add_argument("--optimizer", choices=("adam", "sgd", "adamw"), default="adam",
+                     help="adam as published; sgd (momentum 0.9, weight decay 5e-4, head at 10x lr); or adamw, the "
+                          "transformer recipe of SegFormer / DAFormer for the students (with --lr 6e-5: weight decay "
+                          "0.01, none on norm layers, decoder and head at 10x lr) (default: %(default)s)")
+    opt.add_argument("--lr-schedule", choices=("auto", "cosine", "constant", "poly", "warmup_poly"), default="auto",
                      help="cosine: the published per-epoch cosine, lr(epoch e) = lr * (1 + cos(pi * e / 10)) / 2, "
-                          "periodic (0 at epoch 10, back to lr at epoch 20, ...); constant; or poly (power 0.9 to "
-                          "--max-steps); auto = cosine for adam, poly for sgd, as published (default: %(default)s)")
+                          "periodic (0 at epoch 10, back to lr at epoch 20, ...); constant; poly (power 0.9 to "
+                          "--max-steps); or warmup_poly: linear warm-up over --warmup-steps from 1e-6 of lr, then "
+                          "poly with power 1 to 0; auto = cosine for adam, poly for sgd, as published, warmup_poly "
+                          "for adamw (default: %(default)s)")
+    opt.add_argument("--warmup-steps", type=at_least(0), default=1500,
+                     help="steps of the linear warm-up of --lr-schedule warmup_poly (default: %(default)s)")
     opt.add_argument("--max-steps", type=at_least(1), default=20000,
                      help="training ends after this many optimiser steps (default: %(default)s)")
     opt.add_argument("--max-epochs", type=at_least(1), default=None, help="or after this many epochs, whichever comes first")
@@ -164,7 +175,15 @@ def add_run_args(parser):
     ev.add_argument("--save-predictions", default=None, metavar="DIR",
                     help="test mode: write predicted train-id PNGs (train_ids/) and colour PNGs (color/) at "
                          "ground-truth resolution, mirroring the images' paths inside the split (<city>/<stem> "
-                         "for Cityscapes)")
+                         "for Cityscapes); predict mode: train_ids/, color/ and pictures/ at each image's own "
+                         "resolution, resumed by rerunning the same command")
+    ev.add_argument("--scales", type=float_list(positive_float), default=(1.0,), metavar="S,S,...",
+                    help="predict mode: average the logits over these input scale factors, e.g. 0.75,1.0,1.25 "
+                         "(each resized back to the input size, flip-augmented with --flip-when-test), as the data "
+                         "stages' --multiscale (default: 1.0)")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="predict mode: replace the predictions in --save-predictions made with other settings or "
+                         "weights (a rerun with the same ones resumes)")
     ev.add_argument("--log-interval", type=at_least(1), default=50, help="log scalars every N steps (default: %(default)s)")
     ev.add_argument("--visualize-interval", type=at_least(0), default=500,
                     help="log an input | target | prediction picture every N steps; 0 = never (default: %(default)s)")
@@ -211,8 +230,8 @@ def parse_args(argv=None):
     parser = build_parser(module_name)
     if saved:
         # The file's settings come first, as if typed; what the command line says wins.
-        # --resume is an instruction to one run, not a setting: a run again starts anew unless told.
-        argv = config_argv(parser, saved, known.config, ignore=("config", "resume")) + argv
+        # --resume (and --overwrite) is an instruction to one run, not a setting: a run again starts anew unless told.
+        argv = config_argv(parser, saved, known.config, ignore=("config", "resume", "overwrite")) + argv
     args = parser.parse_args(argv)
     # Checks that need several flags, or what the user typed as opposed to a default: still parsing,
     # so a mistake stops the command before anything is read or written.
@@ -222,4 +241,6 @@ def parse_args(argv=None):
     if stage_class.Options is not None:
         config = dataclasses.replace(config, stage=build(stage_class.Options, args))
     stage_class.check_config(config)
+    if config.mode != "predict" and config.evaluation.scales != (1.0,):
+        raise UserError("--scales is for --mode predict (evaluation and training predict at the input size)")
     return config

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datasets.pixels import network_input_to_rgb255
-from models.deeplabv2 import get_deeplabv2
+from models.networks import get_network
 from models.provider_files import PROVIDER_FILE_KINDS, ProviderFileError, open_provider_file, provider_file_kind
 from utils.cli import UserError
 
@@ -102,7 +102,7 @@ def load_provider(restore_from, network, provider_output="logits", scales=(1.0,)
         if provider_output != "logits":
             raise UserError(f"--provider-output {provider_output} is for a provider file "
                             f"({', '.join(PROVIDER_FILE_KINDS)}); a DeepLabv2 weight file gives logits")
-        return get_deeplabv2(num_classes=network.num_classes, restore_from=restore_from, arch=network.arch,
-                             head_branches=network.head_branches)
+        return get_network(num_classes=network.num_classes, restore_from=restore_from, arch=network.arch,
+                           head_branches=network.head_branches)
     provider = ProviderNetwork(open_provider_file(restore_from), network.num_classes, provider_output)
     return provider.check(network.input_size, scales)

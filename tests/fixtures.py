@@ -161,3 +161,14 @@ def assert_one_line_refusal(code, err, names, out):
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert names in err, err
     assert not os.path.exists(out), f"a refused run wrote {sorted(os.listdir(out))} under {out}"
+
+
+def tiny_weights(path, seed=0):
+    """A ``deeplabv2_tiny`` state dict with 19 classes, saved to ``path``."""
+    import torch
+
+    from models.deeplabv2 import get_deeplabv2
+
+    torch.manual_seed(seed)
+    torch.save(get_deeplabv2(arch="deeplabv2_tiny").state_dict(), path)
+    return path

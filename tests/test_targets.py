@@ -14,7 +14,7 @@ import construct_hard_patch
 import generate_pseudo_labels
 import main as main_script
 from models.deeplabv2 import get_deeplabv2
-from tests.fixtures import assert_one_line_refusal, make_acdc, make_darkzurich, make_image_folder, run_refused
+from tests.fixtures import assert_one_line_refusal, make_acdc, make_darkzurich, make_image_folder, run_refused, tiny_weights
 
 COMMON = ["--arch", "deeplabv2_tiny", "--input-size", "64x32", "--num-workers", "0", "--accelerator", "cpu",
           "--devices", "1"]
@@ -24,10 +24,7 @@ ENTRY_POINTS = {"main.py": main_script.main, "generate_pseudo_labels.py": genera
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("weights") / "w.pth")
-    torch.manual_seed(0)
-    torch.save(get_deeplabv2(arch="deeplabv2_tiny").state_dict(), path)
-    return path
+    return tiny_weights(str(tmp_path_factory.mktemp("weights") / "w.pth"))
 
 
 @pytest.fixture(scope="module")

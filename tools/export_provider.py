@@ -150,11 +150,11 @@ def main(argv=None):
 
     import torch
 
-    from models.deeplabv2 import get_deeplabv2
+    from models.networks import get_network
     from utils.io import atomic_write_bytes
 
-    net = get_deeplabv2(num_classes=args.num_classes, restore_from=args.restore_from, arch=args.arch,
-                        head_branches=args.head_branches).eval()
+    net = get_network(num_classes=args.num_classes, restore_from=args.restore_from, arch=args.arch,
+                      head_branches=args.head_branches).eval()
     program, example = export_program(exported_provider(net), args.input_size, args.fixed_size)
     outputs = []
     if args.onnx is not None:

@@ -280,7 +280,7 @@ def _changed(previous_text, settings):
     return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
 
 
-def claim_folder(folder, settings, overwrite, outputs=()):
+def claim_folder(folder, settings, overwrite, outputs=(), flag="--save"):
     """Start or continue a run whose state lives in ``folder`` and whose results are ``outputs``.
 
     A rerun must use the same ``settings`` (a JSON-able dict of what decides the results), else old
@@ -288,7 +288,8 @@ def claim_folder(folder, settings, overwrite, outputs=()):
     other settings that left no output (one stopped by a flag mistake) is replaced as if by
     ``overwrite``. Only the first process removes and writes: the others may start while it does.
     The caller holds the output folder's lock (:func:`folder_lock`) from before this claim until
-    its last file is written, so that no other run reads or changes the state meanwhile.
+    its last file is written, so that no other run reads or changes the state meanwhile. ``flag``
+    names the output folder's flag in messages.
     """
     path = os.path.join(folder, "settings.json")
     text = json.dumps(settings, indent=1, sort_keys=True) + "\n"
@@ -299,15 +300,15 @@ def claim_folder(folder, settings, overwrite, outputs=()):
     for target in (folder, *outputs):
         if not os.path.realpath(target).startswith(root + os.sep):
             raise UserError(f"{target} leads outside {root} through a symbolic link; remove the link, or choose "
-                            "another --save")
+                            f"another {flag}")
     if not overwrite and os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             previous = f.read()
         if previous != text:
             if any(_holds_results(target) for target in outputs):
-                raise UserError(f"--save holds results made with other settings or inputs (changed: "
+                raise UserError(f"{flag} holds results made with other settings or inputs (changed: "
                                 f"{', '.join(_changed(previous, settings))}; {path}); add --overwrite to replace "
-                                "them, or choose another --save")
+                                f"them, or choose another {flag}")
             overwrite = True
     if overwrite:
         if not first:

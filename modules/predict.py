@@ -1,0 +1,160 @@
+"""``main.py --mode predict``: the predictions of ``--restore-from`` for every image of a target split,
+no labels needed (your own images: ``--target-dataset folder --data-dir DIR``).
+
+For each image, named ``<name>`` by its path inside the split without the extension, the run writes
+under ``--save-predictions OUT``, at the image's own resolution (the logits at the network's output
+are upsampled bilinearly to the image's original size, as evaluation upsamples them to the label's):
+
+- ``train_ids/<name>.png``: the predicted train ids (``uint8``);
+- ``color/<name>.png``: the same in the Cityscapes colours;
+- ``pictures/<name>.png``: image | colour prediction side by side, with titles and a legend of the
+  classes present (tiles at most :data:`PICTURE_WIDTH` pixels wide).
+
+The split is ``--val-split`` (default ``val``; a folder target without a ``val/`` sub-folder is the
+whole tree). ``--flip-when-test`` adds the horizontal-flip test-time augmentation; ``--scales``
+averages the logits over several input scales, each resized back to the input size first, as the
+data stages' ``--multiscale`` (``modules/prediction.py``).
+
+The folder is held and claimed through the run-folder protocol (``utils/run_folder.py``): one run at
+a time; a rerun of the same command skips the images whose three files exist (each file is written
+atomically, the picture last), so an interrupted run resumes; another network, input size, flip or
+weight file, or other scales, is refused unless ``--overwrite``. Images added to the folder later are predicted by a
+rerun; the ones done are kept.
+"""
+import os
+
+import cv2
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from datasets.base import TargetDataset, stored_shape
+from modules.prediction import PredictionData, PredictionModule, check_item, run_predict
+from utils.cli import UserError
+from utils.fingerprint import fingerprint
+from utils.inference import predict_logits
+from utils.io import read_image_bgr, write_png, write_rgb_png
+from utils.labels import colorize
+from utils.run_folder import claim_folder, folder_lock
+from utils.visualize import labelled_picture
+
+KINDS = ("train_ids", "color", "pictures")  # the files of one image, the picture written last
+PICTURE_WIDTH = 1024  # widest tile of a picture: a 2048-pixel image is shown at half its size
+STATE = ".state"
+
+
+def output_path(save, kind, name):
+    return os.path.join(save, kind, name + ".png")
+
+
+def done_names(save, names):
+    """The images whose three files exist (a file exists only once written in full)."""
+    return {name for name in names if all(os.path.isfile(output_path(save, kind, name)) for kind in KINDS)}
+
+
+def check_predict_config(config):
+    """The flags predict mode needs, each missing or wrong one a one-line ``UserError``."""
+    if not config.restore_from:
+        raise UserError("--mode predict needs --restore-from: the weights to predict with")
+    if not os.path.isfile(config.restore_from):
+        raise UserError(f"--restore-from: weight file not found: {config.restore_from}")
+    save = config.evaluation.save_predictions
+    if not save:
+        raise UserError("--mode predict needs --save-predictions: the folder to write the predictions to")
+    if os.path.exists(save) and not os.path.isdir(save):
+        raise UserError(f"--save-predictions {save} is a file; the predictions go to a folder")
+    images = os.path.realpath(config.data.target().images)
+    if (os.path.realpath(save) + os.sep).startswith(images + os.sep):
+        raise UserError(f"--save-predictions {save} is inside the image folder {images}: a later run would take its "
+                        "PNGs for images; choose a folder outside it")
+
+
+def predict_dataset(config):
+    """The split's images at the input size, no labels; each image's original size from its header."""
+    d = config.data
+    dataset = TargetDataset(d.target(), d.val_split, input_size=config.network.input_size, labels=False,
+                            list_root=d.lists, num_classes=config.network.num_classes,
+                            resize_backend=d.resize_backend)
+    sizes = []
+    for image_path, _, _ in dataset.samples:
+        shape = stored_shape(image_path) if cv2.haveImageReader(image_path) else None
+        if shape is None:
+            raise UserError(f"cannot read image (not an image file): {image_path}")
+        sizes.append(shape)
+    return dataset, sizes
+
+
+class ImagePredictionModule(PredictionModule):
+    """The network for ``Trainer.predict``: a step returns each image's train ids at its original
+    size (``sizes[index]``), from the logits upsampled as evaluation upsamples them."""
+
+    def __init__(self, net, sizes, flip=False, scales=(1.0,)):
+        super().__init__(net, flip=flip, scales=scales)
+        self.sizes = list(sizes)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        check_item(batch)
+        if self.scales == (1.0,):  # the network's output, upsampled once, as evaluation does
+            logits = predict_logits(self.net, batch["image"], size=None, flip=self.flip)
+        else:  # the scales' logits averaged at the input size (PredictionModule.logits)
+            logits = self.logits(batch["image"])
+        labels = []
+        for i, index in enumerate(batch["index"].tolist()):
+            full = F.interpolate(logits[i:i + 1].float(), size=self.sizes[index], mode="bilinear", align_corners=True)
+            labels.append(full.argmax(1)[0].to(torch.uint8).cpu())
+        return {"name": list(batch["name"]), "label": labels, "index": batch["index"].tolist()}
+
+
+class PredictionFiles(BasePredictionWriter):
+    """Writes each image's train ids, colours and picture, atomically, the picture last."""
+
+    def __init__(self, save, image_paths, num_classes):
+        super().__init__(write_interval="batch")
+        self.save, self.image_paths, self.num_classes = save, image_paths, num_classes
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        for name, label, index in zip(prediction["name"], prediction["label"], prediction["index"]):
+            train_ids = label.numpy()
+            color = colorize(train_ids)
+            write_png(output_path(self.save, "train_ids", name), train_ids)
+            write_rgb_png(output_path(self.save, "color", name), color)
+            image = read_image_bgr(self.image_paths[index])[:, :, ::-1]
+            height, width = image.shape[:2]
+            if width > PICTURE_WIDTH:
+                image = cv2.resize(image, (PICTURE_WIDTH, max(1, round(height * PICTURE_WIDTH / width))),
+                                   interpolation=cv2.INTER_AREA)
+            picture = labelled_picture([(image, [train_ids])], ["image", "prediction"], self.num_classes)
+            write_rgb_png(output_path(self.save, "pictures", name), picture)
+
+
+def settings_of(config):
+    """What decides the predictions: a rerun into the same folder must use the same."""
+    n = config.network
+    return {"arch": n.arch, "num_classes": n.num_classes, "head_branches": n.head_branches,
+            "input_size": list(n.input_size), "resize_backend": config.data.resize_backend,
+            "flip": config.evaluation.flip_when_test, "scales": list(config.evaluation.scales), "precision": config.hardware.precision,
+            "weights": fingerprint([config.restore_from], names=[""])}
+
+
+def predict(config):
+    """Predict every image of the split into ``--save-predictions`` (resuming an earlier run);
+    returns ``{"save", "images", "predicted", "skipped"}``."""
+    check_predict_config(config)
+    save = config.evaluation.save_predictions
+    dataset, sizes = predict_dataset(config)
+    from modules.base import SegmentationModule  # the network as every stage builds it
+
+    net = SegmentationModule(config).net
+    names = dataset.names
+    with folder_lock(save, "--save-predictions"):
+        claim_folder(os.path.join(save, STATE), settings_of(config), config.evaluation.overwrite,
+                     outputs=[os.path.join(save, kind) for kind in KINDS], flag="--save-predictions")
+        done = frozenset() if config.evaluation.overwrite else frozenset(done_names(save, names))
+        if len(done) < len(names):
+            module = ImagePredictionModule(net, sizes, flip=config.evaluation.flip_when_test,
+                                           scales=config.evaluation.scales)
+            data = PredictionData(dataset, names, config.data.test_batch_size, config.data.num_workers, done)
+            writer = PredictionFiles(save, [path for path, _, _ in dataset.samples], config.network.num_classes)
+            run_predict(module, data, writer, config.hardware)
+    print(f"predictions of {len(names)} images in {save} ({len(done)} done before; train_ids/, color/, pictures/)")
+    return {"save": save, "images": len(names), "predicted": len(names) - len(done), "skipped": len(done)}
