@@ -22,6 +22,7 @@ from utils.config import flat
 from utils.labels import IGNORE_INDEX
 from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
 
+RNG_STATE_KEY = "torch_rng_state"  # in the checkpoint: torch's global random stream
 COSINE_PERIOD_EPOCHS = 10  # T_max of the published cosine schedule: half a period, in epochs
 ADAMW_WEIGHT_DECAY = 0.01  # the SegFormer / DAFormer recipe (none on norm layers: the network's param_groups)
 WARMUP_RATIO = 1e-6  # warm-up starts at this fraction of the rate (mmcv's linear warm-up, as DAFormer)
@@ -140,6 +141,22 @@ class SegmentationModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: max(0.0, 1.0 - step / max(1, total)) ** 0.9)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- resuming ----------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint):
+        # Stochastic layers (the transformer students' drop-path) draw from torch's global stream; a
+        # resumed run continues it, so that on one device it ends as an uninterrupted run would. The
+        # loaders draw from their own generators (modules/data.py), so only the steps move the stream.
+        checkpoint[RNG_STATE_KEY] = {"cpu": torch.get_rng_state(),
+                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint):
+        saved = checkpoint.get(RNG_STATE_KEY)
+        if saved is None:  # a checkpoint of an earlier version
+            return
+        torch.set_rng_state(saved["cpu"])
+        if saved["cuda"] and torch.cuda.is_available() and len(saved["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(saved["cuda"])
 
     # -- evaluation --------------------------------------------------------------------------------
     def _evaluate(self, batch, confusion):

@@ -202,8 +202,11 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset, batch_size, sampler, kind=DataLoader, **kwargs):
         workers = self.data.num_workers
+        # A generator of its own: starting an epoch would otherwise draw from torch's global stream,
+        # which a resumed run restores for the networks' stochastic layers (modules/base.py).
         return kind(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                    pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, **kwargs)
+                    pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+                    generator=torch.Generator().manual_seed(self.seed), **kwargs)
 
     def _train_loader(self, dataset, batch_size, sampler):
         # A last partial batch is dropped: SpatialMix cannot mix a batch of one image.

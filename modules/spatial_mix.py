@@ -115,10 +115,12 @@ class SpatialMixModule(SegmentationModule):
             self.generator.manual_seed(self.optim.seed * 100003 + self.global_rank * 7919 + self.global_step)
 
     def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
         if self.generator is not None:
             checkpoint[GENERATOR_STATE_KEY] = self.generator.get_state()
 
     def on_load_checkpoint(self, checkpoint):
+        super().on_load_checkpoint(checkpoint)
         self.saved_generator_state = checkpoint.get(GENERATOR_STATE_KEY)
 
     def mixed_batch(self, images):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from datasets.pixels import IMG_MEAN_BGR, to_network_input
-from main import parse_args
+from main import main, parse_args
 from models.deeplabv2 import WeightFileError
 from models.networks import ARCH_NAMES, family, get_network
 from models.students import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, STUDENTS
@@ -226,3 +226,32 @@ def test_adamw_recipe_and_its_defaults(tree, tmp_path):
     # DeepLabv2 keeps the published Adam (one rate for every parameter, cosine per epoch)
     published = runner.MODULES["basic"](stage_args(tree, tmp_path, "basic", "deeplabv2_tiny"))
     assert published.schedule() == "cosine"
+
+
+def test_segformer_b0_rounds_of_spatial_mix_and_an_exact_resume(tree, tmp_path):
+    """spatial_mix in two rounds from a student file, and a run resumed after its first step ending
+    bit for bit as the uninterrupted one: the global random stream that SegFormer's drop-path draws
+    from travels in the checkpoint, with the optimiser state and SpatialMix's own stream."""
+    torch.manual_seed(0)
+    student = str(tmp_path / "student.pth")
+    torch.save(get_network("segformer_b0").state_dict(), student)
+    # AdamW at a constant rate: a poly decay depends on --max-steps, which the split run changes.
+    common = ["--restore-from", student, "--optimizer", "adamw", "--lr", "6e-5", "--lr-schedule", "constant"]
+
+    rounds = main(["--module-name", "spatial_mix", "--image-root", tree["image_root"], "--label-root",
+                   tree["label_root"], "--list-root", tree["list_root"], "--arch", "segformer_b0", "--input-size",
+                   "64x64", "--log-tb-dir", str(tmp_path / "exp"), "--num-workers", "0", "--accelerator", "cpu",
+                   "--devices", "1", "--train-batch-size", "2", "--max-steps", "1", "--val-interval", "1",
+                   "--visualize-interval", "0", "--experiment-name", "r", "--rounds", "2", *common])
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["restore_from"] == rounds[0]["student"]
+
+    torch.manual_seed(0)  # as main() seeds every run
+    whole = runner.train(stage_args(tree, tmp_path, "spatial_mix", "segformer_b0", *common, "--max-steps", "3",
+                                    "--val-interval", "3", "--experiment-name", "whole"))
+    torch.manual_seed(0)
+    first = stage_args(tree, tmp_path, "spatial_mix", "segformer_b0", *common, "--max-steps", "1",
+                       "--val-interval", "1", "--experiment-name", "split")
+    runner.train(first)
+    rest = runner.train(first.replace(optim__max_steps=3, resume="last"))
+    a, b = (torch.load(r["last_checkpoint"], map_location="cpu", weights_only=True)["state_dict"] for r in (whole, rest))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
