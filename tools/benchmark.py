@@ -50,6 +50,7 @@ import logging
 import os
 import platform
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -67,7 +68,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from datasets.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, CityscapesDataset
 from datasets.pixels import IMG_MEAN_BGR, resize_image, resize_label
 from modules.config import parse_args
-from models.deeplabv2 import ARCHS, get_deeplabv2
+from models.deeplabv2 import get_deeplabv2
+from models.networks import ARCH_NAMES, get_network
 from modules import MODULES
 from modules.data import SegmentationDataModule
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run
@@ -244,11 +246,20 @@ def synthetic_train_ids(rng, width, height):
     return cv2.resize(coarse.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
 
 
+def _link(source, target):
+    """``target`` as a hard link to ``source`` (a copy where the file system has none)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 class Workspace:
     """Cityscapes-layout PNG files at twice the input size (Cityscapes: 2048x1024 for 1024x512).
 
-    ``count`` list entries per split, cycling through ``UNIQUE_FILES`` distinct images; val has
-    ground truth (train ids) at full resolution.
+    ``count`` list entries per split, cycling through ``UNIQUE_FILES`` distinct images (further
+    entries are hard links to them under names of their own, as the datasets refuse two images of
+    one name); val has ground truth (train ids) at full resolution.
     """
 
     def __init__(self, root, input_size, count, seed=0):
@@ -267,7 +278,13 @@ class Workspace:
                 atomic_write_bytes(os.path.join(self.image_root, split, stem + IMAGE_SUFFIX), image)
             atomic_write_bytes(os.path.join(self.label_root, "val", stem + LABEL_SUFFIX),
                                encode_png(synthetic_train_ids(rng, width, height), compression=6))
-        self.entries = [stems[k % len(stems)] + IMAGE_SUFFIX for k in range(count)]
+        for k in range(len(stems), count):
+            stem, source = f"bench/bench_{k:06d}_000019", stems[k % len(stems)]
+            for folder, split, suffix in ((self.image_root, "train", IMAGE_SUFFIX), (self.image_root, "val", IMAGE_SUFFIX),
+                                          (self.label_root, "val", LABEL_SUFFIX)):
+                _link(os.path.join(folder, split, source + suffix), os.path.join(folder, split, stem + suffix))
+            stems.append(stem)
+        self.entries = [stem + IMAGE_SUFFIX for stem in stems]
         for split in ("train", "val"):
             atomic_write_text(os.path.join(self.list_root, f"{split}.txt"), "".join(e + "\n" for e in self.entries))
         self.png_mb = sum(sizes) / len(sizes) / 1e6
@@ -357,7 +374,7 @@ class Bench:
         """A weight file for self-distillation, which starts student and teacher from given weights."""
         if self._weights is None:
             self._weights = os.path.join(self.workdir, "weights.pth")
-            torch.save(get_deeplabv2(NUM_CLASSES, arch=self.opts.arch).state_dict(), self._weights)
+            torch.save(get_network(self.opts.arch, NUM_CLASSES).state_dict(), self._weights)
         return self._weights
 
     def args(self, module_name, cfg):
@@ -634,8 +651,9 @@ def build_parser():
                             epilog="Stages: " + ", ".join(STAGES) + ". See docs/benchmarks.md for results.")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda"), default="auto",
                         help="device to measure on; auto = cuda when available (default: %(default)s)")
-    parser.add_argument("--arch", choices=tuple(ARCHS), default="deeplabv2_r101",
-                        help="network; deeplabv2_r50 or deeplabv2_tiny keep CPU runs short (default: %(default)s)")
+    parser.add_argument("--arch", choices=ARCH_NAMES, default="deeplabv2_r101",
+                        help="network, any student of main.py's --arch; deeplabv2_r50, deeplabv2_tiny or segformer_b0 "
+                             "keep CPU runs short (default: %(default)s)")
     parser.add_argument("--input-size", type=input_size, default=None, metavar="WxH",
                         help="network input size; PNG files are written at twice this size, as Cityscapes' "
                              "2048x1024 originals for 1024x512 (default: 1024x512 on CUDA, 256x128 on CPU)")
