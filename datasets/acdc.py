@@ -15,8 +15,22 @@ import os
 
 from datasets.base import Target
 
+# The file naming ACDC shares with Dark Zurich (same group, same tools): anonymised images and
+# train-id labels named after them.
 IMAGE_PATTERN = "*_rgb_anon.png"
 LABEL_SUFFIX = "_gt_labelTrainIds.png"
+
+
+def label_file(folder, name):
+    """The train-id label in ``folder`` of the image named ``name`` (``<...>/<stem>_rgb_anon``)."""
+    stem = name[:-len("_rgb_anon")] if name.endswith("_rgb_anon") else name
+    return os.path.join(folder, stem + LABEL_SUFFIX)
+
+
+def scan_sequences(folder):
+    """The images ``<sequence>/<stem>_rgb_anon.png`` of one condition folder, relative to it."""
+    return [os.path.relpath(path, folder).replace(os.sep, "/")
+            for path in glob.glob(os.path.join(glob.escape(folder), "*", IMAGE_PATTERN))]
 
 
 class ACDC(Target):
@@ -42,9 +56,7 @@ class ACDC(Target):
     def scan(self, split):
         relative = []
         for condition in self.conditions_of(split):
-            split_dir = os.path.join(self.images, condition, split)
-            for path in glob.glob(os.path.join(glob.escape(split_dir), "*", IMAGE_PATTERN)):
-                relative.append(condition + "/" + os.path.relpath(path, split_dir).replace(os.sep, "/"))
+            relative += [condition + "/" + rel for rel in scan_sequences(os.path.join(self.images, condition, split))]
         return sorted(relative)
 
     def scan_hint(self, split):
@@ -62,5 +74,4 @@ class ACDC(Target):
 
     def label_path(self, split, name):
         condition, rest = name.split("/", 1)
-        stem = rest[:-len("_rgb_anon")] if rest.endswith("_rgb_anon") else rest
-        return os.path.join(self.labels, condition, split, stem + LABEL_SUFFIX)
+        return label_file(os.path.join(self.labels, condition, split), rest)

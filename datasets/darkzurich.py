@@ -11,13 +11,10 @@ Items are named ``<time of day>/<sequence>/<name>_rgb_anon`` (the image's path i
 day, twilight and night for train, night otherwise); ``--conditions night`` is the usual
 night-only adaptation.
 """
-import glob
 import os
 
+from datasets.acdc import IMAGE_PATTERN, label_file, scan_sequences
 from datasets.base import Target
-
-IMAGE_PATTERN = "*_rgb_anon.png"
-LABEL_SUFFIX = "_gt_labelTrainIds.png"
 
 
 class DarkZurich(Target):
@@ -42,11 +39,9 @@ class DarkZurich(Target):
         return folders
 
     def scan(self, split):
-        split_dir = os.path.join(self.images, split)
         relative = []
         for time in self.conditions_of(split):
-            for path in glob.glob(os.path.join(glob.escape(os.path.join(split_dir, time)), "*", IMAGE_PATTERN)):
-                relative.append(os.path.relpath(path, split_dir).replace(os.sep, "/"))
+            relative += [time + "/" + rel for rel in scan_sequences(os.path.join(self.images, split, time))]
         return sorted(relative)
 
     def scan_hint(self, split):
@@ -62,5 +57,4 @@ class DarkZurich(Target):
                 for time in self.conditions_of(split)]
 
     def label_path(self, split, name):
-        stem = name[:-len("_rgb_anon")] if name.endswith("_rgb_anon") else name
-        return os.path.join(self.labels, split, stem + LABEL_SUFFIX)
+        return label_file(os.path.join(self.labels, split), name)
