@@ -4,10 +4,12 @@
 
 Stages, each run through the same entry points as the real staged commands (printed as it goes):
 generate a two-domain benchmark (source in GTA5 layout, target in Cityscapes layout), convert the
-target labels to train ids, train the provider on the source (the black box), let it pseudo-label
-the target, distil a baseline from the pseudo-labels alone, mine hard patches from the
-pseudo-labels alone (strictly black-box), run the smhm self-distillation rounds, train the target
-oracle, evaluate every stage on target val. Results: ``experiments/demo/results.json`` and a
+target labels to train ids, train the provider on the source, export it to an ONNX file (the black
+box: from here on only that file is run), let it pseudo-label the target, distil a baseline from
+the pseudo-labels alone, mine hard patches from the pseudo-labels alone (strictly black-box), run
+the smhm self-distillation rounds, train the target oracle, evaluate every stage on target val.
+The provider is always a tiny DeepLabv2; ``--student`` chooses the target model (baseline, smhm
+rounds and oracle), e.g. ``--student segformer_b0``. Results: ``experiments/demo/results.json`` and a
 picture ``experiments/demo/predictions.png`` (image | ground truth | source-only | baseline | final).
 
 A stage whose weights already exist is skipped, so an interrupted demo continues where it stopped;
@@ -20,6 +22,7 @@ import shutil
 import sys
 import time
 
+from models.networks import ARCH_NAMES
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run, seed
 from utils.io import atomic_write_text, json_number
 from utils.run_folder import LOCK_NAME, folder_lock, has_checkpoints
@@ -45,12 +48,17 @@ def build_parser():
     parser.add_argument("--quick", action="store_true",
                         help="a few images and steps: checks that every stage runs (seconds), not that adaptation helps")
     parser.add_argument("--fresh", action="store_true", help="delete an earlier demo in --out and start over")
+    parser.add_argument("--student", choices=ARCH_NAMES, default=DEFAULTS["arch"], metavar="ARCH",
+                        help="the target model's network (baseline, smhm rounds, oracle), any --arch of main.py, "
+                             "trained from a random initialisation with the demo's rates; the provider stays "
+                             "deeplabv2_tiny (default: %(default)s)")
     parser.add_argument("--num-workers", type=at_least(0), default=0, help="data loader processes (default: %(default)s)")
     return parser
 
 
-def default_out(seed, quick):
-    return "./experiments/demo" + (f"_seed{seed}" if seed != 0 else "") + ("_quick" if quick else "")
+def default_out(seed, quick, student=DEFAULTS["arch"]):
+    return ("./experiments/demo" + (f"_{student}" if student != DEFAULTS["arch"] else "")
+            + (f"_seed{seed}" if seed != 0 else "") + ("_quick" if quick else ""))
 
 
 class Demo:
@@ -59,7 +67,7 @@ class Demo:
         self.cfg = dict(DEFAULTS, **(QUICK if args.quick else {}))
         if args.rounds is not None:
             self.cfg["rounds"] = args.rounds
-        self.out = args.out or default_out(args.seed, args.quick)
+        self.out = args.out or default_out(args.seed, args.quick, args.student)
         self.data = os.path.join(self.out, "data")
         self.cityscapes = os.path.join(self.data, "cityscapes")
         self.weights = os.path.join(self.out, "weights")
@@ -74,11 +82,15 @@ class Demo:
         self.timings[title] = round(time.time() - start, 1)
         return result
 
-    def common_training(self):
+    def arch_of(self, stage):
+        """The provider (source_only) is the demo's tiny DeepLabv2; every other stage is the student."""
+        return self.cfg["arch"] if stage == "source_only" else self.args.student
+
+    def common_training(self, arch):
         c = self.cfg
         return ["--image-root", os.path.join(self.cityscapes, "leftImg8bit"),
                 "--label-root", os.path.join(self.cityscapes, "gtFine2"), "--list-root", os.path.join(self.out, "lists"),
-                "--arch", c["arch"], "--input-size", c["input_size"], "--train-batch-size", str(c["batch_size"]),
+                "--arch", arch, "--input-size", c["input_size"], "--train-batch-size", str(c["batch_size"]),
                 "--val-batch-size", "10", "--test-batch-size", "10", "--num-workers", str(self.args.num_workers),
                 "--accelerator", "cpu", "--devices", "1", "--log-tb-dir", self.runs, "--seed", str(self.args.seed), "--log-interval", "10", "--visualize-interval", "100",
                 # The demo's rates were tuned at a constant rate; the published cosine has a 10-epoch
@@ -94,7 +106,8 @@ class Demo:
         if os.path.isfile(target):
             print(f"\n=== {name}: done earlier ({target})")
             return target
-        argv = ["--module-name", module, "--mode", "train", *self.common_training(), "--experiment-name", name,
+        argv = ["--module-name", module, "--mode", "train", *self.common_training(self.arch_of(name)),
+                "--experiment-name", name,
                 "--max-steps", str(steps), "--lr", str(lr), "--val-interval", str(max(1, steps // 4)), *extra]
         if has_checkpoints(os.path.join(self.runs, module, name)):
             argv += ["--resume", "last"]
@@ -105,12 +118,27 @@ class Demo:
                   ["--pl-weight-path", best, "--model-weight-keyname", "net", "--save-path", target], extract)
         return target
 
+    def export(self, provider):
+        """The provider as a file that is only run (``python -m tools.export_provider``): from here on the
+        demo's black box is this ONNX file, as a vendor would hand it over."""
+        from tools.export_provider import main as export
+
+        target = os.path.join(self.weights, "source_only.onnx")
+        if os.path.isfile(target):
+            print(f"\n=== black box: exported earlier ({target})")
+            return target
+        self.step("black box: export the provider to ONNX", "-m tools.export_provider",
+                  ["--restore-from", provider, "--arch", self.cfg["arch"], "--input-size", self.cfg["input_size"],
+                   "--onnx", target], export)
+        return target
+
     def smhm_rounds(self, baseline, patches):
         """``main.py --rounds N``: each round restarts smhm from the best student of the previous one."""
         from main import main as train_main
 
         c = self.cfg
-        argv = ["--module-name", "smhm", "--mode", "train", *self.common_training(), "--experiment-name", "smhm",
+        argv = ["--module-name", "smhm", "--mode", "train", *self.common_training(self.args.student),
+                "--experiment-name", "smhm",
                 "--rounds", str(c["rounds"]), "--restore-from", baseline, "--hard-patches-root", patches,
                 "--position-beta", "0.25", "--max-steps", str(c["round_steps"]), "--lr", str(c["smhm_lr"]),
                 "--val-interval", str(max(1, c["round_steps"] // 4))]
@@ -126,7 +154,7 @@ class Demo:
 
         results = {}
         for stage, weights in stages.items():
-            argv = ["--module-name", "basic", "--mode", "test", *self.common_training(),
+            argv = ["--module-name", "basic", "--mode", "test", *self.common_training(self.arch_of(stage)),
                     "--experiment-name", f"eval_{stage}", "--restore-from", weights]
             scores = self.step(f"evaluate {stage}", "main.py", argv, test_main)
             results[stage] = {"weights": weights, **{key: json_number(scores[key]) for key in MEAN_KEYS},
@@ -140,7 +168,7 @@ class Demo:
 
         from datasets.cityscapes import CityscapesDataset
         from datasets.pixels import to_bgr_uint8
-        from models.deeplabv2 import get_deeplabv2
+        from models.networks import get_network
         from utils.io import write_rgb_png
         from utils.visualize import labelled_picture
 
@@ -151,7 +179,7 @@ class Demo:
         items = [data[i] for i in range(min(count, len(data)))]
         predictions = []
         for column in columns:
-            net = get_deeplabv2(arch=c["arch"], restore_from=stages[column]).eval()
+            net = get_network(arch=self.arch_of(column), restore_from=stages[column]).eval()
             with torch.no_grad():
                 predictions.append([net(item["image"][None], size=item["label"].shape)[0].argmax(0).numpy()
                                     for item in items])
@@ -205,10 +233,12 @@ class Demo:
         provider = self.train("source_only", "source_only", c["provider_steps"], c["lr"],
                               ["--source-dataset", "gta5", "--source-root", os.path.join(self.data, "gta5")])
 
+        black_box = self.export(provider)
+
         from generate_pseudo_labels import main as pseudo
         pseudo_root = os.path.join(self.out, "pseudo_label")
-        self.step("pseudo-labels (the black box's predictions)", "generate_pseudo_labels.py",
-                  ["--data-dir", self.cityscapes, "--restore-from", provider, "--save", pseudo_root, "--arch", c["arch"],
+        self.step("pseudo-labels (the black box's predictions, by onnxruntime)", "generate_pseudo_labels.py",
+                  ["--data-dir", self.cityscapes, "--restore-from", black_box, "--save", pseudo_root,
                    "--input-size", c["input_size"], "--batch-size", "10", "--num-workers", str(a.num_workers),
                    "--accelerator", "cpu"], pseudo)
 
