@@ -1,4 +1,5 @@
-# Entry points for people and CI: `make test`, `make demo`, `make clean`.
+# Entry points for people and CI: `make test`, `make demo`, `make clean`; `make gpu-check` on a GPU machine
+# (docs/benchmarks.md, "The prepared device run": it uses that machine's own python3 and torch).
 # The virtual environment is created on first use and reinstalled only when requirements.txt changes.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,8 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+GPU_CHECK_ARGS ?=
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo clean gpu-check
 
 venv: $(STAMP)
 
@@ -22,6 +24,9 @@ test: venv
 
 demo: venv
 	$(PY) demo.py $(DEMO_ARGS)
+
+gpu-check:
+	bash tools/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -9,7 +9,9 @@ box: from here on only that file is run), let it pseudo-label the target, distil
 the pseudo-labels alone, mine hard patches from the pseudo-labels alone (strictly black-box), run
 the smhm self-distillation rounds, train the target oracle, evaluate every stage on target val.
 The provider is always a tiny DeepLabv2; ``--student`` chooses the target model (baseline, smhm
-rounds and oracle), e.g. ``--student segformer_b0``. Results: ``experiments/demo/results.json`` and a
+rounds and oracle), e.g. ``--student segformer_b0``; ``--target`` the target domain's layout and
+look, e.g. ``--target acdc`` (the target rendered in fog and at night, in ACDC's layout, scored per
+condition too). Results: ``experiments/demo/results.json`` and a
 picture ``experiments/demo/predictions.png`` (image | ground truth | source-only | baseline | final).
 
 A stage whose weights already exist is skipped, so an interrupted demo continues where it stopped;
@@ -22,6 +24,7 @@ import shutil
 import sys
 import time
 
+from datasets.targets import TARGETS
 from models.networks import ARCH_NAMES
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run, seed
 from utils.io import atomic_write_text, json_number
@@ -38,6 +41,9 @@ QUICK = dict(num_source=8, num_train=8, num_val=4, data_size="64x32", input_size
              rare_classes="auto")  # an untrained provider predicts no rare class: take its rarest ones
 
 
+TARGET_NAMES = tuple(TARGETS)
+
+
 def build_parser():
     parser = ArgumentParser(prog="demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None,
@@ -52,12 +58,18 @@ def build_parser():
                         help="the target model's network (baseline, smhm rounds, oracle), any --arch of main.py, "
                              "trained from a random initialisation with the demo's rates; the provider stays "
                              "deeplabv2_tiny (default: %(default)s)")
+    parser.add_argument("--target", choices=TARGET_NAMES, default="cityscapes",
+                        help="the target domain: cityscapes (daylight, Cityscapes layout), acdc (fog and night "
+                             "renderings in ACDC's layout, scored per condition too), darkzurich (day, twilight and "
+                             "night in Dark Zurich's layout; no train labels, so no oracle) or folder (a plain tree of "
+                             "images) (default: %(default)s)")
     parser.add_argument("--num-workers", type=at_least(0), default=0, help="data loader processes (default: %(default)s)")
     return parser
 
 
-def default_out(seed, quick, student=DEFAULTS["arch"]):
-    return ("./experiments/demo" + (f"_{student}" if student != DEFAULTS["arch"] else "")
+def default_out(seed, quick, student=DEFAULTS["arch"], target="cityscapes"):
+    return ("./experiments/demo" + (f"_{target}" if target != "cityscapes" else "")
+            + (f"_{student}" if student != DEFAULTS["arch"] else "")
             + (f"_seed{seed}" if seed != 0 else "") + ("_quick" if quick else ""))
 
 
@@ -67,7 +79,7 @@ class Demo:
         self.cfg = dict(DEFAULTS, **(QUICK if args.quick else {}))
         if args.rounds is not None:
             self.cfg["rounds"] = args.rounds
-        self.out = args.out or default_out(args.seed, args.quick, args.student)
+        self.out = args.out or default_out(args.seed, args.quick, args.student, args.target)
         self.data = os.path.join(self.out, "data")
         self.cityscapes = os.path.join(self.data, "cityscapes")
         self.weights = os.path.join(self.out, "weights")
@@ -86,10 +98,18 @@ class Demo:
         """The provider (source_only) is the demo's tiny DeepLabv2; every other stage is the student."""
         return self.cfg["arch"] if stage == "source_only" else self.args.student
 
+    def target_args(self, labels=True):
+        """The flags that point the entry points at the benchmark's target."""
+        if self.args.target == "cityscapes":  # the train-id copy of its labels, made by the conversion step
+            return ["--data-dir", self.cityscapes] + (
+                ["--label-root", os.path.join(self.cityscapes, "gtFine2")] if labels else [])
+        from tools.synthetic import target_args
+
+        return target_args(self.data, self.args.target, labels=labels)
+
     def common_training(self, arch):
         c = self.cfg
-        return ["--image-root", os.path.join(self.cityscapes, "leftImg8bit"),
-                "--label-root", os.path.join(self.cityscapes, "gtFine2"), "--list-root", os.path.join(self.out, "lists"),
+        return [*self.target_args(), "--list-root", os.path.join(self.out, "lists"),
                 "--arch", arch, "--input-size", c["input_size"], "--train-batch-size", str(c["batch_size"]),
                 "--val-batch-size", "10", "--test-batch-size", "10", "--num-workers", str(self.args.num_workers),
                 "--accelerator", "cpu", "--devices", "1", "--log-tb-dir", self.runs, "--seed", str(self.args.seed), "--log-interval", "10", "--visualize-interval", "100",
@@ -159,6 +179,9 @@ class Demo:
             scores = self.step(f"evaluate {stage}", "main.py", argv, test_main)
             results[stage] = {"weights": weights, **{key: json_number(scores[key]) for key in MEAN_KEYS},
                               "per_class": {n: json_number(v) for n, v in zip(CLASS_NAMES, scores["per_class"])}}
+            if "conditions" in scores:  # ACDC, Dark Zurich: each condition scored on its own as well
+                results[stage]["conditions"] = {name: {key: json_number(part[key]) for key in MEAN_KEYS}
+                                                for name, part in scores["conditions"].items()}
         return results
 
     def picture(self, stages, columns, count=4):
@@ -166,17 +189,20 @@ class Demo:
         column titles and with a legend of the classes in them."""
         import torch
 
-        from datasets.cityscapes import CityscapesDataset
+        from datasets.base import TargetDataset
         from datasets.pixels import to_bgr_uint8
+        from datasets.targets import add_target_dataset_args, make_target
         from models.networks import get_network
         from utils.io import write_rgb_png
         from utils.visualize import labelled_picture
 
         c = self.cfg
-        data = CityscapesDataset(os.path.join(self.cityscapes, "leftImg8bit"), "val",
-                                 input_size=input_size(c["input_size"]),
-                                 label_root=os.path.join(self.cityscapes, "gtFine2"), resize_label=False)
-        items = [data[i] for i in range(min(count, len(data)))]
+        flags = add_target_dataset_args(argparse.ArgumentParser()).parse_args(self.target_args())
+        target = make_target(flags.target_dataset, flags.data_dir, flags.image_root, flags.label_root, flags.conditions)
+        data = TargetDataset(target, "val", input_size=input_size(c["input_size"]), labels=True, resize_label=False)
+        # Spread over the split, so that every condition of ACDC or Dark Zurich shows.
+        count = min(count, len(data))
+        items = [data[i * (len(data) - 1) // max(1, count - 1)] for i in range(count)]
         predictions = []
         for column in columns:
             net = get_network(arch=self.arch_of(column), restore_from=stages[column]).eval()
@@ -191,11 +217,18 @@ class Demo:
 
     def table(self, results, total):
         # The last column is the published code's 13-class mean (without fence, pole, traffic light).
-        print(f"\n{'stage':<16} {'mIoU-19':>8} {'mIoU-16':>8} {'mIoU-13':>8} {'13 (pub.)':>9}")
+        # ACDC and Dark Zurich add each condition's mIoU-19.
+        conditions = list(next(iter(results.values())).get("conditions", {}))
+        print(f"\n{'stage':<16} {'mIoU-19':>8} {'mIoU-16':>8} {'mIoU-13':>8} {'13 (pub.)':>9}"
+              + "".join(f" {name:>9}" for name in conditions))
+
+        def number(value, width):
+            return f"{value if value is not None else float('nan'):{width}.2f}"
+
         for stage, r in results.items():
-            print(f"{stage:<16} " + " ".join(f"{r[k] if r[k] is not None else float('nan'):{w}.2f}"
-                                              for k, w in (("miou", 8), ("miou16", 8), ("miou13", 8),
-                                                           ("miou13_published", 9))))
+            print(f"{stage:<16} " + " ".join(number(r[k], w) for k, w in (("miou", 8), ("miou16", 8), ("miou13", 8),
+                                                                          ("miou13_published", 9)))
+                  + "".join(f" {number(r['conditions'][name]['miou'], 9)}" for name in conditions))
         print(f"\ntotal {total:.0f} s; per-class IoU in {os.path.join(self.out, 'results.json')}")
 
     # -- the stages -----------------------------------------------------------------------------------
@@ -220,15 +253,17 @@ class Demo:
         try:
             self.step("benchmark: generate", "-m tools.synthetic",
                       ["--root", self.data, "--seed", str(a.seed), "--num-source", str(c["num_source"]),
-                       "--num-train", str(c["num_train"]), "--num-val", str(c["num_val"]), "--size", c["data_size"]],
+                       "--num-train", str(c["num_train"]), "--num-val", str(c["num_val"]), "--size", c["data_size"],
+                       *(["--target", a.target] if a.target != "cityscapes" else [])],
                       synthetic)
         except OtherSettings:
-            raise UserError(f"--out {self.out} holds a demo made with another --seed or with(out) --quick: "
+            raise UserError(f"--out {self.out} holds a demo made with another --seed, --target or with(out) --quick: "
                             "add --fresh to replace it, or choose another --out") from None
-        from utils.transfer_trainid import main as transfer
-        self.step("labels: convert to train ids", "utils/transfer_trainid.py",
-                  ["--dataset", "cityscapes", "--ori-label-root", os.path.join(self.cityscapes, "gtFine"),
-                   "--dst-label-root", os.path.join(self.cityscapes, "gtFine2")], transfer)
+        if a.target == "cityscapes":  # the other layouts' synthetic labels are train ids already
+            from utils.transfer_trainid import main as transfer
+            self.step("labels: convert to train ids", "utils/transfer_trainid.py",
+                      ["--dataset", "cityscapes", "--ori-label-root", os.path.join(self.cityscapes, "gtFine"),
+                       "--dst-label-root", os.path.join(self.cityscapes, "gtFine2")], transfer)
 
         provider = self.train("source_only", "source_only", c["provider_steps"], c["lr"],
                               ["--source-dataset", "gta5", "--source-root", os.path.join(self.data, "gta5")])
@@ -238,7 +273,7 @@ class Demo:
         from generate_pseudo_labels import main as pseudo
         pseudo_root = os.path.join(self.out, "pseudo_label")
         self.step("pseudo-labels (the black box's predictions, by onnxruntime)", "generate_pseudo_labels.py",
-                  ["--data-dir", self.cityscapes, "--restore-from", black_box, "--save", pseudo_root,
+                  [*self.target_args(), "--restore-from", black_box, "--save", pseudo_root,
                    "--input-size", c["input_size"], "--batch-size", "10", "--num-workers", str(a.num_workers),
                    "--accelerator", "cpu"], pseudo)
 
@@ -249,21 +284,21 @@ class Demo:
         from construct_hard_patch import main as mine
         patches = os.path.join(self.out, "hard_patches")
         self.step("hard patches (from the pseudo-labels alone)", "construct_hard_patch.py",
-                  ["--data-dir", self.cityscapes, "--pseudo-label-root", pseudo_root, "--save", patches, "--rare-classes", c["rare_classes"],
+                  [*self.target_args(labels=False), "--pseudo-label-root", pseudo_root, "--save", patches, "--rare-classes", c["rare_classes"],
                    "--input-size", c["input_size"], "--grid", "4x4", "--num-workers", str(a.num_workers)], mine)
 
         rounds = self.smhm_rounds(baseline, patches)
 
-        oracle = self.train("oracle", "basic", c["oracle_steps"], c["lr"], [])
-
         stages = {"source_only": provider, "baseline": baseline,
-                  **{f"smhm_round_{k}": w for k, w in enumerate(rounds, 1)}, "oracle": oracle}
+                  **{f"smhm_round_{k}": w for k, w in enumerate(rounds, 1)}}
+        if a.target != "darkzurich":  # Dark Zurich has no train labels to train an oracle on
+            stages["oracle"] = self.train("oracle", "basic", c["oracle_steps"], c["lr"], [])
         results = self.evaluate(stages)
         self.picture(stages, ["source_only", "baseline", f"smhm_round_{len(rounds)}"])
         total = round(time.time() - start, 1)
         atomic_write_text(os.path.join(self.out, "results.json"), json.dumps(
             {"stages": results, "seconds": self.timings, "total_seconds": total,
-             "settings": dict(self.cfg, seed=a.seed)}, indent=2))
+             "settings": dict(self.cfg, seed=a.seed, student=a.student, target=a.target)}, indent=2))
         self.table(results, total)
         return results
 

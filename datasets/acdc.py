@@ -8,7 +8,9 @@ one root, ``--data-dir``)::
 
 Items are named ``<condition>/<sequence>/<sequence>_frame_<n>_rgb_anon`` (the image's path without
 its split), so pseudo-labels and predictions mirror the images. ``--conditions`` chooses the
-conditions (default: all four); evaluation scores each condition on its own besides the whole split.
+conditions (default: all four, each of which must be there: a root with fewer, such as the synthetic
+benchmark's fog and night, is refused with the ``--conditions`` it can pass); evaluation scores each
+condition on its own besides the whole split.
 """
 import glob
 import os
@@ -47,11 +49,22 @@ class ACDC(Target):
         for condition in self.conditions_of(split):
             folders.append((os.path.join(self.images, condition),
                             f"ACDC condition folder not found: {os.path.join(self.images, condition)} "
-                            f"(--conditions {','.join(self.conditions_of(split))})"))
+                            f"({self._conditions_hint(split)})"))
             split_dir = os.path.join(self.images, condition, split)
             folders.append((split_dir, f"no images of split {split!r} of condition {condition}: folder not found: "
                                        f"{split_dir}"))
         return folders
+
+    def _conditions_hint(self, split):
+        """What was asked for and, when it was the default (every condition), what to pass instead: a
+        partial download is not read as if it were the whole of ACDC without being told so."""
+        asked = f"--conditions {','.join(self.conditions_of(split))}"
+        if self.conditions is not None or not os.path.isdir(self.images):
+            return asked
+        present = [c for c in self.all_conditions if os.path.isdir(os.path.join(self.images, c))]
+        if not present:
+            return asked
+        return f"{asked}, the default; this root has {','.join(present)}: pass --conditions {','.join(present)}"
 
     def scan(self, split):
         relative = []

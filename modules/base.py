@@ -4,9 +4,11 @@ Every stage of the method (oracle, source-only provider, cross-domain distillati
 self-distillation variants) is a subclass that says what it trains on (``train_source``) and,
 where it differs from pixel-wise cross-entropy on labelled images, how one training step goes.
 Validation and testing are identical for all stages: predict the target val split at the input
-size, upsample logits to the ground-truth resolution, accumulate one confusion matrix (synchronised
-across processes) and compute per-class IoU and the means (utils/metrics.py); a target scored per
-condition (ACDC) also gets one matrix per condition, its scores under ``scores["conditions"]``.
+size (test mode: averaged over ``--scales``, as ``--mode predict``), upsample logits to the
+ground-truth resolution, accumulate one confusion matrix (synchronised across processes) and
+compute per-class IoU and the means (utils/metrics.py); a target scored per condition (ACDC) also
+gets one matrix per condition, its scores under ``scores["conditions"]``. Evaluation runs a copy of
+the student with its BatchNorm folded into its convolutions (``models/fold_bn.py``, ``--fold-bn``).
 The module computes and logs numbers; what is written from them (table, record, pictures, PNGs)
 is the job of ``modules/callbacks.py``.
 """
@@ -15,10 +17,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from models.networks import get_network
+from models.fold_bn import fold_batchnorm
+from models.networks import family, get_network
 from models.students import LibraryStudent
-from utils.inference import predict_logits
+from utils.cli import UserError
+from utils.compile import CUDA_GRAPH_MODES, StepFunctions, compile_network
 from utils.config import flat
+from utils.inference import multiscale_logits, upsampled_argmax
 from utils.labels import IGNORE_INDEX
 from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
 
@@ -36,6 +41,19 @@ def warmup_poly_factor(step, total, warmup, power=1.0, warmup_ratio=WARMUP_RATIO
     if step < warmup:
         return poly * (1.0 - (1.0 - step / warmup) * (1.0 - warmup_ratio))
     return poly
+
+
+def cross_entropy(logits, labels):
+    """The pixel-wise cross-entropy of every stage, pixels labelled ``IGNORE_INDEX`` left out."""
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+def check_batch_statistics(config, batch_size, flag):
+    """DeepLabV3+'s ASPP pools each image to one pixel before a BatchNorm, which cannot normalise a
+    single value: a training batch of one image fails there unless the statistics are frozen."""
+    if batch_size == 1 and family(config.network.arch) == "cnn" and not config.network.freeze_bn_stats:
+        raise UserError(f"{flag} 1 with --arch {config.network.arch}: the BatchNorm after its ASPP image pooling "
+                        "needs at least 2 images per step; give 2 or more, or add --freeze-bn-stats")
 
 
 class SegmentationModule(pl.LightningModule):
@@ -58,6 +76,8 @@ class SegmentationModule(pl.LightningModule):
         """Checks that a value fits the other flags (one flag alone is checked by its argparse type),
         run right after parsing; raise ``UserError``. What a run needs (weights to start from, ...)
         is checked when the module is built. Subclasses extend them."""
+        if config.mode == "train":
+            check_batch_statistics(config, config.data.train_batch_size, "--train-batch-size")
 
     def __init__(self, config):
         """``config``: the run's ``modules.config.RunConfig``; the module keeps the sections it uses."""
@@ -65,6 +85,8 @@ class SegmentationModule(pl.LightningModule):
         self.save_hyperparameters(flat(config))
         self.network, self.optim, self.evaluation = config.network, config.optim, config.evaluation
         self.hardware, self.options = config.hardware, config.stage
+        # The losses and the rest of a step's tensor work, compiled at --compile step (utils/compile.py).
+        self.step_functions = StepFunctions(config.hardware.compile, config.hardware.compile_mode)
         n = config.network
         self.net = get_network(num_classes=n.num_classes, restore_from=config.restore_from, arch=n.arch,
                                head_branches=n.head_branches, freeze_bn_stats=n.freeze_bn_stats)
@@ -74,6 +96,9 @@ class SegmentationModule(pl.LightningModule):
         self.condition_confusion = torch.nn.ModuleDict(
             {c: ConfusionMatrix(n.num_classes, IGNORE_INDEX) for c in config.data.scored_conditions()})
         self.last_scores = None
+        # The network of the running evaluation (start_evaluation), in a list: a module attribute
+        # would register it, and it would enter the checkpoints.
+        self.evaluation_nets = []
 
     def forward(self, images, size=None):
         return self.net(images, size=size)
@@ -88,22 +113,27 @@ class SegmentationModule(pl.LightningModule):
     def configure_networks(self, device_type):
         """Speed settings that leave results unchanged beyond float noise, for the networks on a
         ``device_type`` device: channels-last tensors suit tensor cores; compilation is opt-in
-        (slow to start, fast per step)."""
+        (slow to start, fast per step; ``--compile``), once per network however often this runs."""
         channels_last = self.hardware.channels_last == "on" or (self.hardware.channels_last == "auto" and device_type == "cuda")
         for net in self.networks():
             if channels_last:
                 net.to(memory_format=torch.channels_last)
-            if self.hardware.compile:
-                net.compile()
+            if self.hardware.compile != "off" and getattr(net, "_compiled_call_impl", None) is None:
+                compile_network(net, self.hardware.compile_mode)
 
     # -- training ----------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         target = batch["target"]
         images, labels = target["image"], target["label"]
         logits = self.net(images, size=images.shape[-2:])
-        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+        loss = self.step_functions(cross_entropy)(logits, labels)
         self.log("train/loss", loss)
         return {"loss": loss, "picture": (images, labels, logits)}  # modules.callbacks.TrainingPictures
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.hardware.compile != "off" and self.hardware.compile_mode in CUDA_GRAPH_MODES:
+            # One step is one round of CUDA graph replays; outputs of the step before may be overwritten.
+            torch.compiler.cudagraph_mark_step_begin()
 
     def schedule(self):
         """The learning-rate schedule ``--lr-schedule`` resolves to (``auto``: as published)."""
@@ -159,16 +189,37 @@ class SegmentationModule(pl.LightningModule):
             torch.cuda.set_rng_state_all(saved["cuda"])
 
     # -- evaluation --------------------------------------------------------------------------------
+    def start_evaluation(self, testing):
+        """Fold BatchNorm into the convolutions of a copy of the student for this evaluation (the
+        same scores up to float rounding; ``--no-fold-bn``: the student itself). A fresh copy each
+        time: training changes the weights and BatchNorm statistics between evaluations. Compiled
+        networks (``--compile``) fold in test mode only, where the copy is compiled once; a copy at
+        every validation would be compiled again every time."""
+        self.evaluation_nets.clear()
+        compiled = self.hardware.compile != "off"  # "network" or "step" (utils/compile.py)
+        if self.hardware.fold_bn and (testing or not compiled):
+            net = fold_batchnorm(self.net)
+            if compiled:
+                compile_network(net, self.hardware.compile_mode)
+            self.evaluation_nets.append(net)
+
+    def on_validation_epoch_start(self):
+        self.start_evaluation(testing=False)
+
+    def on_test_epoch_start(self):
+        self.start_evaluation(testing=True)
+
     def _evaluate(self, batch, confusion):
         """Update ``confusion`` with the batch; returns the predictions at ground-truth resolution."""
         images, labels = batch["image"], batch["label"]
-        logits = predict_logits(self.net, images, size=None, flip=self.evaluation.flip_when_test)
+        net = self.evaluation_nets[0] if self.evaluation_nets else self.net
+        # One scale (always so in training): the network's output, upsampled once below.
+        logits = multiscale_logits(net, images, self.evaluation.scales, flip=self.evaluation.flip_when_test)
         predictions = []
         for i, label in enumerate(labels):
             # Logits are upsampled to the ground truth's own resolution (2048x1024 for Cityscapes,
             # 1920x1080 for ACDC and Dark Zurich).
-            full = F.interpolate(logits[i:i + 1].float(), size=label.shape[-2:], mode="bilinear", align_corners=True)
-            prediction = full.argmax(1)[0]
+            prediction = upsampled_argmax(logits[i], label.shape[-2:])
             confusion.update(prediction, label)
             condition = batch["name"][i].split("/", 1)[0]
             if condition in self.condition_confusion:
@@ -195,6 +246,7 @@ class SegmentationModule(pl.LightningModule):
         return scores
 
     def on_validation_epoch_end(self):
+        self.evaluation_nets.clear()
         if self.trainer.sanity_checking:
             self.val_confusion.reset()
             for m in self.condition_confusion.values():
@@ -207,6 +259,7 @@ class SegmentationModule(pl.LightningModule):
             self.log(f"val/miou_{condition}", float(condition_scores["miou"]), sync_dist=False)
 
     def on_test_epoch_end(self):
+        self.evaluation_nets.clear()
         scores = self._scores(self.test_confusion)
         for key in MEAN_KEYS:  # miou, miou16, miou13 and miou13_published
             self.log(f"test/{key}", float(scores[key]), sync_dist=False)

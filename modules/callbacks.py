@@ -1,9 +1,11 @@
 """What a run writes besides checkpoints, kept out of the stage modules: the score table and the
 ``miou_record.csv`` row after every evaluation (and, for a target scored per condition, a line per
 condition after the table and a row in ``miou_record_<condition>.csv``), the training pictures in
-TensorBoard, and the predicted PNGs of ``--save-predictions``. The stage modules compute and log numbers and return
-what these callbacks turn into files; the runner attaches them."""
+TensorBoard, the predicted PNGs of ``--save-predictions``, and with ``--compile`` the compile time apart from
+the step time. The stage modules compute and log numbers and return what these callbacks turn into files;
+the runner attaches them."""
 import os
+import time
 
 import numpy as np
 import torch
@@ -81,3 +83,66 @@ class PredictionPNGs(Callback):
             train_ids = prediction.to(torch.uint8).cpu().numpy()
             write_png(os.path.join(self.save_dir, "train_ids", name + ".png"), train_ids)
             write_rgb_png(os.path.join(self.save_dir, "color", name + ".png"), colorize(train_ids))
+
+
+class CompileTime(Callback):
+    """``--compile``: the first training step, which compiles, timed apart from the steps after it.
+    After ``steps`` more steps (or at the end of a shorter run) it prints one line and logs
+    ``time/first_step_s``, ``time/compile_s`` (the first step less a steady one) and ``time/step_s``.
+    A step is timed from its batch's start to the next one's, so the hooks after it (the EMA update)
+    count; validations (they compile the evaluation network) are left out. The device is
+    synchronised at these few points only, never in the steps between them."""
+
+    def __init__(self, cache_dir=None, steps=10):
+        self.cache_dir, self.steps = cache_dir, steps
+        self.batches, self.start, self.first, self.steady_start = 0, None, None, None
+        self.excluded, self.validation_start = 0.0, None
+        self.figures = None
+
+    @staticmethod
+    def _now(pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.figures is not None:
+            return
+        self.batches += 1
+        if self.batches == 1:
+            self.start = self._now(pl_module)
+        elif self.batches == 2:
+            self.steady_start = self._now(pl_module)
+            self.first, self.excluded = self.steady_start - self.start - self.excluded, 0.0
+        elif self.batches == 2 + self.steps:
+            self.report(trainer, pl_module, self.steps)
+
+    def on_validation_start(self, trainer, pl_module):
+        if self.start is not None and self.figures is None:
+            self.validation_start = self._now(pl_module)
+
+    def on_validation_end(self, trainer, pl_module):
+        if self.validation_start is not None:
+            self.excluded += self._now(pl_module) - self.validation_start
+            self.validation_start = None
+
+    def on_train_end(self, trainer, pl_module):
+        if self.figures is not None or self.start is None:
+            return
+        if self.first is None:  # a run of one step
+            self.first, self.excluded = self._now(pl_module) - self.start - self.excluded, 0.0
+            self.report(trainer, pl_module, 0)
+        else:
+            self.report(trainer, pl_module, self.batches - 1)
+
+    def report(self, trainer, pl_module, steps):
+        steady = (self._now(pl_module) - self.steady_start - self.excluded) / steps if steps else None
+        self.figures = {"time/first_step_s": self.first, "time/compile_s": max(0.0, self.first - (steady or 0.0))}
+        if steady is not None:
+            self.figures["time/step_s"] = steady
+        later = f"; later steps {steady * 1000:.1f} ms each (over {steps})" if steady is not None else ""
+        cache = f"; compiled code cached in {self.cache_dir}" if self.cache_dir else ""
+        rank_zero_info(f"compile: the first training step took {self.first:.1f} s, about "
+                       f"{self.figures['time/compile_s']:.1f} s of it compiling{later}{cache}")
+        if trainer.logger is not None and trainer.is_global_zero:
+            trainer.logger.log_metrics(self.figures, step=trainer.global_step)

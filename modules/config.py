@@ -15,6 +15,7 @@ from typing import Any, Optional
 from models.deeplabv2 import NetworkConfig
 from modules.data import DataConfig
 from utils.cli import ArgumentParser, UserError, at_least, float_list, learning_rate, positive_float, seed
+from utils.compile import COMPILE_MODES, compile_level
 from utils.config import build, config_argv, read_config_values
 from utils.lightning import HardwareConfig
 
@@ -40,7 +41,8 @@ class TrainingNetwork(NetworkConfig):
 class TrainingHardware(HardwareConfig):
     sync_batchnorm: Optional[bool] = None  # None: on for training on GPUs
     channels_last: str = "auto"
-    compile: bool = False
+    compile: str = "off"  # off, network or step (utils/compile.py)
+    compile_mode: str = "default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,9 +180,10 @@ def add_run_args(parser):
                          "for Cityscapes); predict mode: train_ids/, color/ and pictures/ at each image's own "
                          "resolution, resumed by rerunning the same command")
     ev.add_argument("--scales", type=float_list(positive_float), default=(1.0,), metavar="S,S,...",
-                    help="predict mode: average the logits over these input scale factors, e.g. 0.75,1.0,1.25 "
-                         "(each resized back to the input size, flip-augmented with --flip-when-test), as the data "
-                         "stages' --multiscale (default: 1.0)")
+                    help="test and predict mode: average the logits over these input scale factors, e.g. "
+                         "0.75,1.0,1.25 (each scale's logits resized back to the input size, flip-augmented with "
+                         "--flip-when-test), as the data stages' --multiscale; training validates at the one "
+                         "scale 1.0 (default: 1.0)")
     ev.add_argument("--overwrite", action="store_true",
                     help="predict mode: replace the predictions in --save-predictions made with other settings or "
                          "weights (a rerun with the same ones resumes)")
@@ -198,7 +201,26 @@ def add_run_args(parser):
                          "each device normalises with its own batch")
     hw.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                     help="channels-last memory format for the networks; auto = on for CUDA (default: %(default)s)")
-    hw.add_argument("--compile", action="store_true", help="torch.compile the networks (slower start, faster steps)")
+    hw.add_argument("--compile", type=compile_level, nargs="?", const="network", default="off", metavar="LEVEL",
+                    help="torch.compile for training (utils/compile.py): network compiles the student and the EMA "
+                         "teacher (--compile alone means network); step also the tensor work of a training step "
+                         "(SpatialMix, flip, augmentation, losses, EMA update); the first steps compile (minutes "
+                         "for DeepLabv2-R101; the compile time is printed apart from the step time), and compiled "
+                         "code is cached in <log-tb-dir>/inductor_cache for later runs. Off by default: the same "
+                         "results as eager within float rounding on CPU, not yet measured on a GPU (default: "
+                         "%(default)s)")
+    hw.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                    help="torch.compile's mode with --compile: reduce-overhead captures CUDA graphs where shapes "
+                         "are static; max-autotune also tunes kernels (longer to compile) (default: %(default)s)")
+
+
+def check_compile(hardware):
+    """``--compile-mode`` without ``--compile``, or CUDA graphs on a CPU: one line each."""
+    if hardware.compile == "off" and hardware.compile_mode != "default":
+        raise UserError(f"--compile-mode {hardware.compile_mode} needs --compile network or --compile step")
+    if hardware.compile_mode == "reduce-overhead" and hardware.accelerator == "cpu":
+        raise UserError("--compile-mode reduce-overhead captures CUDA graphs, which need a GPU (--accelerator "
+                        "cpu); use --compile-mode default on CPU")
 
 
 def build_parser(module_name=None):
@@ -241,6 +263,8 @@ def parse_args(argv=None):
     if stage_class.Options is not None:
         config = dataclasses.replace(config, stage=build(stage_class.Options, args))
     stage_class.check_config(config)
-    if config.mode != "predict" and config.evaluation.scales != (1.0,):
-        raise UserError("--scales is for --mode predict (evaluation and training predict at the input size)")
+    check_compile(config.hardware)
+    if config.mode == "train" and config.evaluation.scales != (1.0,):
+        raise UserError("--scales is for --mode test and --mode predict (validation during training runs at the "
+                        "input size alone)")
     return config

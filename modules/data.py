@@ -13,6 +13,7 @@ from typing import Optional
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets.base import TargetDataset, collate
@@ -23,7 +24,8 @@ from datasets.source import GTA5Dataset, SynthiaDataset
 from datasets.pixels import add_resize_backend_arg
 from datasets.targets import TARGETS, add_target_dataset_args, make_target
 from utils.cli import UserError, at_least
-from utils.image_cache import ResizedImageCache
+from utils.image_cache import DEFAULT_FOLDER, ResizedImageCache, entry_bytes, size_text
+from utils.loaders import add_num_workers_arg, loader_kwargs
 from modules.stage_output import check_hard_patches_finished, check_pseudo_labels_finished
 
 SOURCE_DATASETS = {"gta5": GTA5Dataset, "synthia": SynthiaDataset}
@@ -57,8 +59,8 @@ class DataConfig:
     conditions: Optional[tuple] = None  # as typed; None: the target's default
     list_root: str = None  # as typed; None: the default folder, which may be absent
     val_split: str = "val"
-    num_workers: int = 4
-    image_cache: str = None
+    num_workers: Optional[int] = None  # None: from the cores (utils/loaders.py)
+    image_cache: str = "auto"  # a folder, auto (<log-tb-dir>/cache where the disk has room) or off
     resize_backend: str = "pil"
     train_batch_size: int = 4
     val_batch_size: int = 2
@@ -98,12 +100,14 @@ def add_data_args(parser):
                             "image folder; a folder you name must exist (default: "
                             f"{DEFAULT_LIST_ROOT} for cityscapes, which may be absent; none for the other targets)")
     group.add_argument("--val-split", default="val", help="split used for validation and testing (default: %(default)s)")
-    group.add_argument("--num-workers", type=at_least(0), default=4, help="data loader processes per device (default: %(default)s)")
-    group.add_argument("--image-cache", default=None, metavar="DIR",
+    add_num_workers_arg(group)
+    group.add_argument("--image-cache", default="auto", metavar="DIR|auto|off",
                        help="keep every training and evaluation image, decoded and resized to --input-size, as a raw "
                             "array under DIR (about W*H*3 bytes each) after its first read, and read it from there "
-                            "in later epochs and runs; changed images, or another --input-size or --resize-backend, are "
-                            "read again (default: no cache)")
+                            "in later epochs, rounds and runs; changed images, or another --input-size or "
+                            f"--resize-backend, are read again. auto: DIR is <log-tb-dir>/{DEFAULT_FOLDER} when its "
+                            "disk holds the images not cached yet with a tenth of the disk (1 to 20 GiB) to spare, "
+                            "else no cache (a line says why); off: no cache (default: %(default)s)")
     add_resize_backend_arg(group)
     group.add_argument("--train-batch-size", type=at_least(1), default=4, help="images per training step and device (default: %(default)s)")
     group.add_argument("--val-batch-size", type=at_least(1), default=2, help="images per validation step (default: %(default)s)")
@@ -116,7 +120,7 @@ def resolve_data_args(args):
     image folders are scanned); a folder the user named must exist, else it is a typo. The target's
     flags must fit it (``--conditions`` of a target that has them, ``--data-dir`` for a folder)."""
     make_target(args.target_dataset, args.data_dir, args.image_root, args.label_root, args.conditions)
-    if args.image_cache is not None and os.path.exists(args.image_cache) and not os.path.isdir(args.image_cache):
+    if args.image_cache not in ("auto", "off") and os.path.exists(args.image_cache) and not os.path.isdir(args.image_cache):
         raise UserError(f"--image-cache {args.image_cache} is a file; the cache is a folder")
     if args.list_root is not None and not os.path.isdir(args.list_root):
         raise UserError(f"--list-root: folder not found: {args.list_root} (leave the flag out to scan the image "
@@ -131,6 +135,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     def __init__(self, config, train_source, use_patches=False):
         super().__init__()
         self.data, self.options, self.seed = config.data, config.stage, config.optim.seed
+        self.default_cache = os.path.join(config.log_tb_dir, DEFAULT_FOLDER)  # of --image-cache auto
         self.input_size, self.num_classes = config.network.input_size, config.network.num_classes
         self.train_source = train_source
         self.use_patches = use_patches
@@ -141,7 +146,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _dataset(self, name):
         if name not in self._datasets:
             dataset = getattr(self, f"_build_{name}")()
-            if self.data.image_cache:
+            if self.data.image_cache not in ("auto", "off"):
                 dataset.image_cache = ResizedImageCache(self.data.image_cache)
             self._datasets[name] = dataset
         return self._datasets[name]
@@ -184,6 +189,28 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def setup(self, stage):
         self.check(stage)
+        if self.data.image_cache == "auto":
+            for name, what in (("train", "training"), ("eval", "evaluation")):
+                if name in self._datasets:
+                    self._default_cache(self._datasets[name], what)
+
+    def _default_cache(self, dataset, what):
+        """``--image-cache auto`` for ``dataset``: ``<log-tb-dir>/cache`` when its disk has room for the
+        images not cached yet. Decided when a Trainer runs the data module (``setup``), so that a
+        data module built outside a run (tests, the benchmark) writes nothing."""
+        if dataset.input_size is None or dataset.image_cache is not None:
+            return
+        cache = ResizedImageCache(self.default_cache)
+        paths = [image_path for image_path, _, _ in dataset.samples]
+        missing, short = cache.room_for(paths, dataset.input_size, dataset.resize_backend)
+        if short:
+            rank_zero_info(f"image cache off for the {what} images: {short} (--image-cache DIR for another folder)")
+            return
+        if missing:
+            rank_zero_info(f"image cache: {cache.root} keeps the {what} images decoded and resized, {missing} to add "
+                           f"(about {size_text(missing * entry_bytes(dataset.input_size))}; --image-cache off to go "
+                           "without)")
+        dataset.image_cache = cache
 
     def steps_per_epoch(self, world_size):
         """Training steps per epoch on each of ``world_size`` devices; none is an error. ``runner.train``
@@ -201,12 +228,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _loader(self, dataset, batch_size, sampler, kind=DataLoader, **kwargs):
-        workers = self.data.num_workers
         # A generator of its own: starting an epoch would otherwise draw from torch's global stream,
         # which a resumed run restores for the networks' stochastic layers (modules/base.py).
-        return kind(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                    pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-                    generator=torch.Generator().manual_seed(self.seed), **kwargs)
+        # Epochs and validations iterate again: persistent workers (utils/loaders.py).
+        return kind(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                    generator=torch.Generator().manual_seed(self.seed),
+                    **loader_kwargs(self.data.num_workers, self.trainer, repeated=True), **kwargs)
 
     def _train_loader(self, dataset, batch_size, sampler):
         # A last partial batch is dropped: SpatialMix cannot mix a batch of one image.

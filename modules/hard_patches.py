@@ -33,6 +33,8 @@ from utils.cli import UserError
 from utils.fingerprint import fingerprint
 from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
 from utils.labels import class_names, colorize, parse_rare_classes
+from utils.loaders import num_workers_or_default
+from utils.writers import BackgroundWriter
 from utils.run_folder import claim_folder, folder_lock
 
 OUTPUT_FOLDERS = ("patches", "labels", "color_labels")
@@ -84,7 +86,7 @@ def class_pixel_counts(label_paths, input_size, num_classes, num_workers=0, resi
     """Pixels of every class over all labels (at the input size, as they are cut into patches)."""
     counts = np.zeros(num_classes, dtype=np.int64)
     loader = DataLoader(ErrorsAsItems(_Labels(label_paths, input_size, num_classes, resize_backend)), batch_size=None,
-                        num_workers=num_workers)
+                        num_workers=num_workers_or_default(num_workers))
     for image_counts in tqdm(loader, desc="counting class pixels", leave=False):
         counts += np.asarray(check_item(image_counts), dtype=np.int64)
     return counts
@@ -156,30 +158,41 @@ def _files_exist(save, name, kept, stems=None):
                for k, _ in kept for folder in OUTPUT_FOLDERS)
 
 
+def _write_patches(save, name, kept, boxes, stems, image, label):
+    """The image, label and colour files of the kept patches of one image (on a writer thread)."""
+    if not kept:
+        return
+    image = to_bgr_uint8(image)
+    for k, _ in kept:
+        _, x0, y0, x1, y1 = boxes[k - 1]
+        file_name = patch_name(name, k, stems)
+        write_png(os.path.join(save, "patches", file_name), image[y0:y1, x0:x1])
+        write_png(os.path.join(save, "labels", file_name), label[y0:y1, x0:x1])
+        write_rgb_png(os.path.join(save, "color_labels", file_name), colorize(label[y0:y1, x0:x1]))
+
+
 def mine(dataset, names, save, boxes, rare, num_workers=0):
     """Cut and keep the patches of every image of ``dataset`` (items: network ``image`` and
     ``label`` at the input size), skipping images finished earlier. Returns ``(records, skipped)``:
-    ``{name: [(k, rare classes present), ...]}`` for every image, and the count already done."""
+    ``{name: [(k, rare classes present), ...]}`` for every image, and the count already done.
+    ``num_workers``: loader processes, ``None`` for the default. The files are written by writer
+    threads (``utils/writers.py``); an image is recorded, in list order, once its files exist."""
     previous = mined_records(save)
     stems = patch_stems(names)
     done = {name for name in names if name in previous and _files_exist(save, name, previous[name], stems)}
     pending = [i for i, name in enumerate(names) if name not in done]
     records = RecordFile(os.path.join(save, ".state", "mined.tsv"))
     try:
-        loader = DataLoader(ErrorsAsItems(Subset(dataset, pending)), batch_size=None, num_workers=num_workers)
-        for item in tqdm(loader, total=len(pending), desc="mining hard patches"):
-            check_item(item)
-            label = item["label"].numpy().astype(np.uint8)
-            kept = select_patches(label, boxes, rare)
-            if kept:
-                image = to_bgr_uint8(item["image"])
-                for k, _ in kept:
-                    _, x0, y0, x1, y1 = boxes[k - 1]
-                    file_name = patch_name(item["name"], k, stems)
-                    write_png(os.path.join(save, "patches", file_name), image[y0:y1, x0:x1])
-                    write_png(os.path.join(save, "labels", file_name), label[y0:y1, x0:x1])
-                    write_rgb_png(os.path.join(save, "color_labels", file_name), colorize(label[y0:y1, x0:x1]))
-            records.append([(item["name"], _encode(kept))])
+        loader = DataLoader(ErrorsAsItems(Subset(dataset, pending)), batch_size=None,
+                            num_workers=num_workers_or_default(num_workers))
+        with BackgroundWriter() as writer:
+            for item in tqdm(loader, total=len(pending), desc="mining hard patches"):
+                check_item(item)
+                label = item["label"].numpy().astype(np.uint8)
+                kept = select_patches(label, boxes, rare)
+                row = (item["name"], _encode(kept))
+                writer.submit(_write_patches, save, item["name"], kept, boxes, stems, item["image"], label,
+                              then=lambda _, row=row: records.append([row]))
     finally:
         records.close()
     previous = mined_records(save)

@@ -13,7 +13,8 @@ are upsampled bilinearly to the image's original size, as evaluation upsamples t
 The split is ``--val-split`` (default ``val``; a folder target without a ``val/`` sub-folder is the
 whole tree). ``--flip-when-test`` adds the horizontal-flip test-time augmentation; ``--scales``
 averages the logits over several input scales, each resized back to the input size first, as the
-data stages' ``--multiscale`` (``modules/prediction.py``).
+data stages' ``--multiscale`` and test mode (``utils/inference.multiscale_logits``). The network runs
+with its BatchNorm folded into its convolutions unless ``--no-fold-bn`` (``models/fold_bn.py``).
 
 The folder is held and claimed through the run-folder protocol (``utils/run_folder.py``): one run at
 a time; a rerun of the same command skips the images whose three files exist (each file is written
@@ -25,14 +26,12 @@ import os
 
 import cv2
 import torch
-import torch.nn.functional as F
-from pytorch_lightning.callbacks import BasePredictionWriter
 
 from datasets.base import TargetDataset, stored_shape
-from modules.prediction import PredictionData, PredictionModule, check_item, run_predict
+from modules.prediction import FileWriter, PredictionData, PredictionModule, check_item, run_predict
 from utils.cli import UserError
 from utils.fingerprint import fingerprint
-from utils.inference import predict_logits
+from utils.inference import multiscale_logits, upsampled_argmax
 from utils.io import read_image_bgr, write_png, write_rgb_png
 from utils.labels import colorize
 from utils.run_folder import claim_folder, folder_lock
@@ -88,31 +87,28 @@ class ImagePredictionModule(PredictionModule):
     """The network for ``Trainer.predict``: a step returns each image's train ids at its original
     size (``sizes[index]``), from the logits upsampled as evaluation upsamples them."""
 
-    def __init__(self, net, sizes, flip=False, scales=(1.0,)):
-        super().__init__(net, flip=flip, scales=scales)
+    def __init__(self, net, sizes, flip=False, scales=(1.0,), fold_bn=True):
+        super().__init__(net, flip=flip, scales=scales, fold_bn=fold_bn)
         self.sizes = list(sizes)
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         check_item(batch)
-        if self.scales == (1.0,):  # the network's output, upsampled once, as evaluation does
-            logits = predict_logits(self.net, batch["image"], size=None, flip=self.flip)
-        else:  # the scales' logits averaged at the input size (PredictionModule.logits)
-            logits = self.logits(batch["image"])
-        labels = []
-        for i, index in enumerate(batch["index"].tolist()):
-            full = F.interpolate(logits[i:i + 1].float(), size=self.sizes[index], mode="bilinear", align_corners=True)
-            labels.append(full.argmax(1)[0].to(torch.uint8).cpu())
-        return {"name": list(batch["name"]), "label": labels, "index": batch["index"].tolist()}
+        # One scale: the network's output, upsampled once, as evaluation does; several: their mean at the input size.
+        logits = multiscale_logits(self.net, batch["image"], self.scales, self.flip)
+        indices = batch["index"].tolist()
+        labels = [upsampled_argmax(logits[i], self.sizes[index]).to(torch.uint8).cpu() for i, index in enumerate(indices)]
+        return {"name": list(batch["name"]), "label": labels, "index": indices}
 
 
-class PredictionFiles(BasePredictionWriter):
-    """Writes each image's train ids, colours and picture, atomically, the picture last."""
+class PredictionFiles(FileWriter):
+    """Writes each image's train ids, colours and picture, atomically, the picture last (on writer
+    threads, ``modules/prediction.py``'s :class:`FileWriter`)."""
 
     def __init__(self, save, image_paths, num_classes):
-        super().__init__(write_interval="batch")
+        super().__init__()
         self.save, self.image_paths, self.num_classes = save, image_paths, num_classes
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+    def write_batch(self, prediction, batch):
         for name, label, index in zip(prediction["name"], prediction["label"], prediction["index"]):
             train_ids = label.numpy()
             color = colorize(train_ids)
@@ -133,6 +129,8 @@ def settings_of(config):
     return {"arch": n.arch, "num_classes": n.num_classes, "head_branches": n.head_branches,
             "input_size": list(n.input_size), "resize_backend": config.data.resize_backend,
             "flip": config.evaluation.flip_when_test, "scales": list(config.evaluation.scales), "precision": config.hardware.precision,
+            # only when off, so that the folders of earlier runs resume as they are
+            **({} if config.hardware.fold_bn else {"fold_bn": False}),
             "weights": fingerprint([config.restore_from], names=[""])}
 
 
@@ -152,7 +150,7 @@ def predict(config):
         done = frozenset() if config.evaluation.overwrite else frozenset(done_names(save, names))
         if len(done) < len(names):
             module = ImagePredictionModule(net, sizes, flip=config.evaluation.flip_when_test,
-                                           scales=config.evaluation.scales)
+                                           scales=config.evaluation.scales, fold_bn=config.hardware.fold_bn)
             data = PredictionData(dataset, names, config.data.test_batch_size, config.data.num_workers, done)
             writer = PredictionFiles(save, [path for path, _, _ in dataset.samples], config.network.num_classes)
             run_predict(module, data, writer, config.hardware)

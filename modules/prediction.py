@@ -3,45 +3,50 @@
 Both stages run the provider's network over every target training image and write files per
 image. What they share lives here:
 
-- :class:`PredictionModule`: the network wrapped for ``Trainer.predict``; a step returns the
-  argmax labels and the mean per-pixel entropy of the (flip- and scale-augmented) logits.
+- :class:`PredictionModule`: the network wrapped for ``Trainer.predict`` (a torch network with its
+  BatchNorm folded into its convolutions, ``models/fold_bn.py``); a step returns the argmax labels
+  and the mean per-pixel entropy of the (flip- and scale-augmented) logits.
 - :class:`PredictionData`: a data module that gives each image to exactly one process (no padded
   duplicates: every file is written once) and leaves out the batches an earlier run finished.
-- :class:`RecordWriter`: a ``BasePredictionWriter`` base that writes each image's files on the
-  process that predicted it, then appends one line per image to that process's record file
+- :class:`FileWriter`: a ``BasePredictionWriter`` base that writes each batch's files on the
+  process that predicted it, on writer threads (``utils/writers.py``) while the next batches are
+  predicted; :class:`RecordWriter` then appends one line per image to that process's record file
   (flushed and synced), so that an interrupted run resumes where it stopped.
 - :func:`run_predict`: the ``Trainer`` (devices, nodes, precision, progress bar) around them.
 """
 import dataclasses
 import glob
 import os
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datasets.base import collate
 from datasets.samplers import ShardSampler
+from models.fold_bn import fold_batchnorm
+from modules.providers import ProviderNetwork
 from utils.cli import UserError, at_least
-from utils.inference import entropy_map, predict_logits
+from utils.inference import entropy_map, multiscale_logits
 from utils.lightning import add_hardware_args, interruptible, make_trainer
+from utils.loaders import add_num_workers_arg, loader_kwargs
+from utils.writers import BackgroundWriter
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictionConfig:
     """The batch and loader values of :func:`add_prediction_args`."""
     batch_size: int = 1
-    num_workers: int = 4
+    num_workers: Optional[int] = None  # None: from the cores (utils/loaders.py)
 
 
 def add_prediction_args(parser):
     """Batch and loader flags of the data stages, and the hardware flags (``utils/lightning.py``)."""
     group = add_hardware_args(parser)
     group.add_argument("--batch-size", type=at_least(1), default=1, help="images per prediction step and device (default: %(default)s)")
-    group.add_argument("--num-workers", type=at_least(0), default=4, help="data loader processes per device (default: %(default)s)")
-    return group
+    return add_num_workers_arg(group)
 
 
 class PredictionModule(pl.LightningModule):
@@ -50,29 +55,26 @@ class PredictionModule(pl.LightningModule):
     Logits are ``net(x) + flip(net(flip(x)))`` at the input size (``flip=True``, the published
     pseudo-label computation); with several ``scales`` the input is also resized by each factor
     (bilinear), the flip-augmented logits of each scale are resized back to the input size and
-    averaged. A step returns ``name`` (list), ``label`` (uint8 N×H×W train ids, CPU) and
-    ``entropy`` (float64 N, CPU: mean per-pixel entropy of the softmax of those logits).
+    averaged (``utils.inference.multiscale_logits``). A step returns ``name`` (list), ``label``
+    (uint8 N×H×W train ids, CPU) and ``entropy`` (float64 N, CPU: mean per-pixel entropy of the
+    softmax of those logits).
+
+    With ``fold_bn`` (``--fold-bn``, the default) a torch network runs as a copy with its BatchNorm
+    folded into its convolutions (``models/fold_bn.py``: the same logits up to float rounding); a
+    provider file (``modules/providers.py``) runs as it is.
     """
 
-    def __init__(self, net, flip=True, scales=(1.0,)):
+    def __init__(self, net, flip=True, scales=(1.0,), fold_bn=True):
         super().__init__()
-        self.net = net
+        self.net = fold_batchnorm(net) if fold_bn and not isinstance(net, ProviderNetwork) else net
         self.flip = flip
         self.scales = tuple(scales)
         # A process may have nothing left to predict (a resumed run, more processes than batches).
         self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def logits(self, images):
-        height, width = images.shape[-2:]
-        total = None
-        for scale in self.scales:
-            scaled = images
-            if scale != 1.0:
-                size = (max(1, round(height * scale)), max(1, round(width * scale)))
-                scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-            logits = predict_logits(self.net, scaled, size=(height, width), flip=self.flip).float()
-            total = logits if total is None else total + logits
-        return total if len(self.scales) == 1 else total / len(self.scales)
+        """The flip- and scale-augmented logits at the input size, float32."""
+        return multiscale_logits(self.net, images, self.scales, self.flip, size=tuple(images.shape[-2:])).float()
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         check_item(batch)
@@ -136,7 +138,7 @@ class _Indices(Sampler):
 class PredictionData(pl.LightningDataModule):
     """One loader over ``dataset`` (items are dicts with ``name``), sharded per process."""
 
-    def __init__(self, dataset, names, batch_size=1, num_workers=0, done=frozenset()):
+    def __init__(self, dataset, names, batch_size=1, num_workers=None, done=frozenset()):
         super().__init__()
         self.dataset, self.names = dataset, list(names)
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -149,8 +151,9 @@ class PredictionData(pl.LightningDataModule):
         # Only the last batch of the list can be short, and it comes last in its process, so batching
         # the concatenation again gives back exactly these batches.
         indices = _Indices(i for batch in batches for i in batch)
-        return DataLoader(ErrorsAsItems(self.dataset), batch_size=self.batch_size, sampler=indices,
-                          num_workers=self.num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available())
+        # One pass: no persistent workers (utils/loaders.py).
+        return DataLoader(ErrorsAsItems(self.dataset), batch_size=self.batch_size, sampler=indices, collate_fn=collate,
+                          **loader_kwargs(self.num_workers, trainer))
 
 
 # -- per-image records -------------------------------------------------------------------------------
@@ -172,15 +175,19 @@ class RecordFile:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if os.path.exists(path):
             _cut_torn_tail(path)
+        self.path = path
         self.file = open(path, "a", encoding="utf-8")
 
     def append(self, rows):
         """Append rows (``(name, field, ...)`` tuples of strings) and make them durable."""
         if not rows:
             return
-        self.file.write("".join("\t".join(row) + "\n" for row in rows))
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        try:
+            self.file.write("".join("\t".join(row) + "\n" for row in rows))
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as err:  # a full disk names no file: name it
+            raise OSError(err.errno, err.strerror, self.path) from None
 
     def close(self):
         if not self.file.closed:
@@ -201,31 +208,78 @@ def read_records(folder):
     return records
 
 
-class RecordWriter(BasePredictionWriter):
-    """Writes the files of each predicted batch, then records its images in ``record_dir/<rank>.tsv``.
+class FileWriter(BasePredictionWriter):
+    """Writes the files of each predicted batch on writer threads (``utils/writers.py``) while the
+    next batches are predicted.
 
-    Subclasses implement :meth:`write_batch` (files of one batch, returning one record row per
-    image). A record is appended only after the image's files exist, so "recorded" means "done".
+    Subclasses implement :meth:`write_batch` (the files of one batch; it runs on a writer thread)
+    and may implement :meth:`written` (runs on the record thread with what ``write_batch`` returned,
+    in batch order, once the batch's files exist). Every write is finished, or its error raised,
+    before the prediction ends: before the stage reads what was written and reports.
     """
 
-    def __init__(self, record_dir):
+    def __init__(self):
         super().__init__(write_interval="batch")
-        self.record_dir = record_dir
-        self.records = None
+        self.writer = None
 
     def write_batch(self, prediction, batch):
         raise NotImplementedError
 
+    def written(self, result):
+        pass
+
     def setup(self, trainer, pl_module, stage):
-        self.records = RecordFile(os.path.join(self.record_dir, f"{trainer.global_rank}.tsv"))
+        self.writer = BackgroundWriter()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        self.records.append(self.write_batch(prediction, batch))
+        # The batch is not handed on: only ``prediction`` (on the CPU) is needed, and the images would
+        # stay in memory as long as the job waits.
+        self.writer.submit(self.write_batch, prediction, None, then=self.written)
 
     def on_predict_end(self, trainer, pl_module):
-        self.records.close()
+        self.writer.finish()
+
+    def on_exception(self, trainer, pl_module, exception):
+        # Batches predicted before the error (a damaged image, Ctrl-C) are still written (and recorded).
+        if self.writer is not None:
+            self.writer.settle()
 
     def teardown(self, trainer, pl_module, stage):
+        if self.writer is not None:
+            self.writer.close()
+
+
+class RecordWriter(FileWriter):
+    """Writes the files of each predicted batch, then records its images in ``record_dir/<rank>.tsv``.
+
+    Subclasses implement :meth:`write_batch` (files of one batch, returning one record row per
+    image; on a writer thread, :class:`FileWriter`). A batch's rows are appended (on the record
+    thread, in batch order) only after its files exist, so "recorded" means "done".
+    """
+
+    def __init__(self, record_dir):
+        super().__init__()
+        self.record_dir = record_dir
+        self.records = None
+
+    def setup(self, trainer, pl_module, stage):
+        super().setup(trainer, pl_module, stage)
+        self.records = RecordFile(os.path.join(self.record_dir, f"{trainer.global_rank}.tsv"))
+
+    def written(self, rows):
+        self.records.append(rows)
+
+    def on_predict_end(self, trainer, pl_module):
+        super().on_predict_end(trainer, pl_module)
+        self.records.close()
+
+    def on_exception(self, trainer, pl_module, exception):
+        super().on_exception(trainer, pl_module, exception)
+        if self.records is not None:
+            self.records.close()
+
+    def teardown(self, trainer, pl_module, stage):
+        super().teardown(trainer, pl_module, stage)
         if self.records is not None:
             self.records.close()
 

@@ -45,6 +45,7 @@ from utils.fingerprint import fingerprint
 from utils.io import atomic_write_text, json_number, read_label, write_png, write_rgb_png
 from utils.labels import IGNORE_INDEX, class_names, colorize
 from utils.lightning import HardwareConfig
+from utils.loaders import num_workers_or_default
 from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
 from utils.run_folder import claim_folder
 
@@ -225,7 +226,8 @@ def settings_of(config):
             "scales": scales_of(config.labelling), "precision": config.hardware.precision,
             # only when given, so that the folders of earlier runs resume as they are
             **({"provider_output": config.labelling.provider_output}
-               if config.labelling.provider_output != "logits" else {})}
+               if config.labelling.provider_output != "logits" else {}),
+            **({} if config.hardware.fold_bn else {"fold_bn": False})}
 
 
 IMAGE_SAMPLE_BYTES = 1 << 16  # per end of each image: a few hundred MB over Cityscapes train, not all 6 GB
@@ -303,7 +305,8 @@ def generate(config, save, write_color=True, truth=None):
     done = frozenset() if config.overwrite else finished(save, config.target.split, names, write_color, suffix)
     first = True
     if len(done) < len(names):
-        module = PredictionModule(net, flip=config.labelling.flip, scales=scales_of(config.labelling))
+        module = PredictionModule(net, flip=config.labelling.flip, scales=scales_of(config.labelling),
+                                  fold_bn=config.hardware.fold_bn)
         data = PredictionData(dataset, names, config.prediction.batch_size, config.prediction.num_workers, done)
         writer = PseudoLabelWriter(save, config.target.split, config.network.num_classes, write_color, suffix)
         first = run_predict(module, data, writer, config.hardware)
@@ -324,6 +327,17 @@ def rank_by_entropy(records):
     ranking = sorted(((name, fields[0]) for name, fields in records.items()), key=lambda r: (float(r[1]), r[0]))
     half = len(ranking) // 2
     return ranking[:half], ranking[half:]
+
+
+def write_split(save, split, records):
+    """Rank ``records`` (``{name: [value text, ...]}``, :func:`rank_by_entropy`) and write the two
+    lists of :func:`report_names` atomically, lines ``<name> <value>``; returns ``(easy, hard)``.
+    Also the split of label maps made elsewhere (``modules/label_maps.py``, from confidence maps)."""
+    files = report_names(save, split)
+    easy, hard = rank_by_entropy(records)
+    for key, rows in (("easy", easy), ("hard", hard)):
+        atomic_write_text(files[key], "".join(f"{name} {value}\n" for name, value in rows))
+    return easy, hard
 
 
 def class_pixels(records, num_classes):
@@ -351,7 +365,7 @@ class _LabelPairs(Dataset):
 def ground_truth_scores(save, split, names, layout, num_classes, num_workers=0, resize_backend="pil"):
     """IoU of the pseudo-labels against the ground-truth train ids of ``layout`` (a
     ``datasets.base.Target``); ``None`` when that ground truth is absent or incomplete (the second
-    value says why)."""
+    value says why). ``num_workers``: loader processes, ``None`` for the default."""
     absent_folder = layout.missing_label_dir(split)
     if absent_folder:
         return None, absent_folder
@@ -364,7 +378,8 @@ def ground_truth_scores(save, split, names, layout, num_classes, num_workers=0, 
         return None, f"ground truth incomplete: {len(absent)} of {len(pairs)} files missing (first: {absent[0]})"
     # Only the first process reports, so the matrix must not wait for the others to sum it.
     confusion = ConfusionMatrix(num_classes, IGNORE_INDEX, sync_on_compute=False)
-    loader = DataLoader(ErrorsAsItems(_LabelPairs(pairs, resize_backend)), batch_size=None, num_workers=num_workers)
+    loader = DataLoader(ErrorsAsItems(_LabelPairs(pairs, resize_backend)), batch_size=None,
+                        num_workers=num_workers_or_default(num_workers))
     for item in loader:
         prediction, truth = check_item(item)
         confusion.update(prediction, truth)
@@ -375,9 +390,7 @@ def write_report(save, split, result, config, layout):
     """easy/hard lists and the summary; returns the summary (a dict) and the ground-truth scores."""
     records, names = result["records"], result["names"]
     files = report_names(save, split)
-    easy, hard = rank_by_entropy(records)
-    for key, rows in (("easy", easy), ("hard", hard)):
-        atomic_write_text(files[key], "".join(f"{name} {entropy}\n" for name, entropy in rows))
+    easy, hard = write_split(save, split, records)
 
     counts = class_pixels(records, config.network.num_classes)
     names_of_classes = class_names(config.network.num_classes)

@@ -10,10 +10,11 @@ from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ModelCh
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from modules import MODULES
-from modules.callbacks import PredictionPNGs, ScoreRecord, TrainingPictures
+from modules.callbacks import CompileTime, PredictionPNGs, ScoreRecord, TrainingPictures
 from modules.config import CONFIG_FILE
 from modules.data import SegmentationDataModule
 from utils.cli import UserError
+from utils.compile import use_cache_dir
 from utils.config import write_config
 from utils.lightning import interruptible, make_trainer
 from utils.run_folder import folder_lock, has_checkpoints, latest_checkpoint
@@ -207,6 +208,10 @@ def build_trainer(config):
         ]
         if config.evaluation.visualize_interval:
             callbacks.append(TrainingPictures(config.evaluation.visualize_interval))
+        if config.hardware.compile != "off":
+            callbacks.append(CompileTime(use_cache_dir(config.log_tb_dir)))
+    elif config.hardware.compile != "off":
+        use_cache_dir(config.log_tb_dir)
     callbacks.append(ScoreRecord(os.path.join(config.experiment_dir, "miou_record.csv"),
                                  test_title=f"test ({config.restore_from or 'no weights'})"))
     if config.mode == "test" and config.evaluation.save_predictions:

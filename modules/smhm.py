@@ -2,11 +2,9 @@
 cross-entropy on a batch of mined hard patches (rare classes, labelled by the provider)."""
 import dataclasses
 
-import torch.nn.functional as F
-
+from modules.base import check_batch_statistics, cross_entropy
 from modules.spatial_mix import SelfDistillationOptions, SpatialMixModule
 from utils.cli import at_least, non_negative_float
-from utils.labels import IGNORE_INDEX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +34,15 @@ class SMHMModule(SpatialMixModule):
                            help="patches per step and device (default: --train-batch-size)")
         return parser
 
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        if config.mode == "train" and config.stage.hard_patch_batch_size is not None:
+            check_batch_statistics(config, config.stage.hard_patch_batch_size, "--hard-patch-batch-size")
+
     def extra_loss(self, batch):
         patches = batch["patches"]
         logits = self.net(patches["image"], size=patches["image"].shape[-2:])
-        hard = F.cross_entropy(logits, patches["label"], ignore_index=IGNORE_INDEX)
+        hard = self.step_functions(cross_entropy)(logits, patches["label"])
         self.log("train/hard_patch_loss", hard)
         return self.options.hard_patch_weight * hard

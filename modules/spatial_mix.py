@@ -9,20 +9,19 @@ optimiser step (the published code updated one step earlier, before the optimise
 """
 import copy
 import dataclasses
+from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 
 from datasets.pixels import denormalize_to_rgb01, normalize_rgb01
-from modules.base import SegmentationModule
-from utils.augment import photometric_augment
+from modules.base import SegmentationModule, cross_entropy
+from utils.augment import augment_draws, photometric_augment_with
 from utils.cli import UserError, finite_float, probability
-from utils.ema import ema_update
-from utils.labels import IGNORE_INDEX
-from utils.mixing import random_flip, spatial_mix, spatial_mix_loop
+from utils.ema import ema_lerp, ema_update
+from utils.mixing import draw_spatial_mix, flip_coin, flip_with_coin, mix_loop_with_draws, mix_with_draws
 
 GENERATOR_STATE_KEY = "spatial_mix_generator_state"  # in the checkpoint: rank 0's random stream
-SPATIAL_MIX_IMPLS = {"batched": spatial_mix, "loop": spatial_mix_loop}
+SPATIAL_MIX_IMPLS = {"batched": mix_with_draws, "loop": mix_loop_with_draws}
 
 
 def consistency_target(logits, threshold=0.968, source="softmax"):
@@ -33,6 +32,35 @@ def consistency_target(logits, threshold=0.968, source="softmax"):
     confidence, target = scores.max(dim=1)
     weight = (confidence >= threshold).float().mean()
     return target, weight
+
+
+class StepDraws(NamedTuple):
+    """Every random number of one self-distillation step, drawn on the device before the tensor
+    work: SpatialMix's sources (N×3) and split points (N, N), the flip coin (0-dim), the
+    augmentation's factors (N×7; ``None`` with ``--no-augment``)."""
+    others: torch.Tensor
+    xs: torch.Tensor
+    ys: torch.Tensor
+    flip: torch.Tensor
+    colour: Optional[torch.Tensor]
+
+
+def student_batch(images, teacher_logits, draws, threshold, source, impl="batched"):
+    """The tensor work between the teacher and the student: SpatialMix of the images and the
+    teacher's logits, the batch flip, the teacher's target and weight (:func:`consistency_target`),
+    the photometric augmentation; returns (student images, target, weight). Every random number
+    comes in ``draws``, so with ``impl="batched"`` nothing is read back to the host and
+    ``--compile step`` compiles it whole."""
+    mixed_images, mixed_logits = SPATIAL_MIX_IMPLS[impl](images, teacher_logits, draws.others, draws.xs, draws.ys)
+    mixed_images, mixed_logits = flip_with_coin(draws.flip, mixed_images, mixed_logits)
+    target, weight = consistency_target(mixed_logits, threshold, source)
+    if draws.colour is not None:
+        mixed_images = normalize_rgb01(photometric_augment_with(denormalize_to_rgb01(mixed_images), draws.colour))
+    return mixed_images, target, weight
+
+
+def weighted_cross_entropy(logits, target, weight):
+    return weight * cross_entropy(logits, target)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +113,9 @@ class SpatialMixModule(SegmentationModule):
         if o.confidence_source == "softmax" and not 0 <= o.confidence_threshold <= 1:
             raise UserError(f"--confidence-threshold {o.confidence_threshold} is no probability: with "
                             "--confidence-source softmax it must be in [0, 1] (above 1 no pixel is ever confident)")
+        if config.hardware.compile == "step" and o.spatial_mix_impl == "loop":
+            raise UserError("--compile step needs --spatial-mix-impl batched: the published per-image loop reads "
+                            "its split points back to the host, which a compiled step cannot")
 
     def __init__(self, config):
         if config.data.train_batch_size < 2:
@@ -123,26 +154,25 @@ class SpatialMixModule(SegmentationModule):
         super().on_load_checkpoint(checkpoint)
         self.saved_generator_state = checkpoint.get(GENERATOR_STATE_KEY)
 
-    def mixed_batch(self, images):
-        """Teacher logits for ``images``, SpatialMix, batch flip: (mixed images, mixed teacher logits)."""
-        with torch.no_grad():
-            teacher_logits = self.ema_net(images, size=images.shape[-2:])
-            mix = SPATIAL_MIX_IMPLS[self.options.spatial_mix_impl]
-            mixed_images, mixed_logits = mix(images, teacher_logits, self.options.position_beta, generator=self.generator)
-            return random_flip(mixed_images, mixed_logits, p=self.options.flip_prob, generator=self.generator)
-
-    def augment(self, images):
-        if self.options.no_augment:
-            return images
-        with torch.no_grad():
-            return normalize_rgb01(photometric_augment(denormalize_to_rgb01(images), generator=self.generator))
+    def draw(self, images):
+        """The step's random numbers, from the stage's generator on the device, in the order the
+        method uses them: SpatialMix, the flip, the augmentation."""
+        n, _, h, w = images.shape
+        o = self.options
+        others, xs, ys = draw_spatial_mix(n, h, w, o.position_beta, self.generator, images.device)
+        flip = flip_coin(o.flip_prob, self.generator, images.device)
+        colour = None if o.no_augment else augment_draws(n, self.generator, images.device)
+        return StepDraws(others, xs, ys, flip, colour)
 
     def consistency_loss(self, images):
-        mixed_images, mixed_logits = self.mixed_batch(images)
-        target, weight = consistency_target(mixed_logits, self.options.confidence_threshold, self.options.confidence_source)
-        student_images = self.augment(mixed_images)
+        o = self.options
+        with torch.no_grad():
+            teacher_logits = self.ema_net(images, size=images.shape[-2:])
+            student_images, target, weight = self.step_functions(student_batch)(
+                images, teacher_logits, self.draw(images), o.confidence_threshold, o.confidence_source,
+                o.spatial_mix_impl)
         logits = self.net(student_images, size=images.shape[-2:])
-        loss = weight * F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        loss = self.step_functions(weighted_cross_entropy)(logits, target, weight)
         self.log("train/consistency_weight", weight)
         return loss, (student_images, target, logits)
 
@@ -160,4 +190,5 @@ class SpatialMixModule(SegmentationModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # global_step already counts the optimiser step just taken; its 0-based index is one less.
-        ema_update(self.ema_net, self.net, self.global_step - 1, max_alpha=self.options.ema_alpha)
+        lerp = self.step_functions(ema_lerp) if self.step_functions.compiles else None
+        ema_update(self.ema_net, self.net, self.global_step - 1, max_alpha=self.options.ema_alpha, lerp=lerp)

@@ -86,6 +86,10 @@ def test_table_lists_every_stage(report):
     (["--steps", "0", "--accelerator", "cpu"], "--steps"),
     (["--batch-size", "1", "--stages", "smhm", "--accelerator", "cpu"], "--batch-size"),
     (["--input-size", "64"], "--input-size"),
+    (["--configs", "fast,faster"], "--configs"),
+    (["--accelerator", "cpu", "--configs", "fast,compile_step_cudagraphs"], "compile_step_cudagraphs captures CUDA graphs"),
+    (["--accelerator", "cpu", "--compile-mode", "max-autotune"], "--compile-mode max-autotune needs --compile"),
+    (["--compile", "fast"], "--compile"),
 ])
 def test_bad_flags_name_the_flag(argv, flag):
     with pytest.raises(UserError, match=flag):
@@ -97,7 +101,8 @@ def test_help_explains_every_flag(capsys):
         benchmark.main(["--help"])
     text = capsys.readouterr().out
     for flag in ("--accelerator", "--arch", "--input-size", "--batch-size", "--steps", "--warmup", "--num-workers",
-                 "--threads", "--stages", "--channels-last", "--autocast", "--compile", "--json"):
+                 "--threads", "--stages", "--channels-last", "--autocast", "--compile", "--compile-mode", "--configs",
+                 "--compile-backend", "--keep-going", "--json"):
         assert flag in text
 
 
@@ -112,3 +117,61 @@ def test_students_are_measured_too(tmp_path):
     # 4 x (2 + 1) = 12 list entries, more than the 8 distinct files: each entry needs a name of its
     # own, as the datasets refuse two images of one name
     assert positive(report["pseudo_label"]["fast"]["images_per_s"])
+
+
+@pytest.mark.parametrize("variant", ["nchw", "fp32", "nchw_fp32", "compiled"])
+def test_batchnorm_variants_compute_what_batchnorm_computes(variant, monkeypatch):
+    """Training-mode BatchNorm in each variant: the same output, input gradient and running
+    statistics as PyTorch's own, the same state dict keys."""
+    import copy
+
+    import torch
+
+    from models.deeplabv2 import get_deeplabv2
+    from utils import compile as compile_utils
+
+    monkeypatch.setattr(compile_utils, "BACKEND", "eager")  # graph capture only: seconds on a CPU
+    torch.manual_seed(0)
+    reference = get_deeplabv2(arch="deeplabv2_tiny").to(memory_format=torch.channels_last).train()
+    net = benchmark.use_batchnorm(copy.deepcopy(reference), variant)
+    assert any(type(m) is benchmark.BATCHNORM_VARIANTS[variant][0] for m in net.modules())
+    x = (torch.randn(2, 3, 32, 64) * 50).to(memory_format=torch.channels_last)
+    outputs = []
+    for model in (reference, net):
+        image = x.clone().requires_grad_()
+        out = model(image, size=(32, 64))
+        out.square().mean().backward()
+        outputs.append((out, image.grad))
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs[1][1], outputs[0][1], rtol=1e-4, atol=1e-6)
+    assert net.state_dict().keys() == reference.state_dict().keys()
+    for (key, a), b in zip(reference.state_dict().items(), net.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_variants_are_measured_against_fast_and_failures_are_recorded(tmp_path, monkeypatch):
+    out = tmp_path / "variants.json"
+    original = benchmark.use_batchnorm
+
+    def fail_for_fp32(net, variant):
+        if variant == "fp32":
+            raise RuntimeError("planted failure")
+        return original(net, variant)
+
+    monkeypatch.setattr(benchmark, "use_batchnorm", fail_for_fp32)
+    assert benchmark.main(["--accelerator", "cpu", "--arch", "deeplabv2_tiny", "--input-size", "64x32",
+                           "--batch-size", "2", "--steps", "2", "--warmup", "1", "--num-workers", "0", "--threads", "1",
+                           "--stages", "baseline,val", "--configs", "fast,compile_step,bn_nchw,bn_fp32",
+                           "--compile-backend", "eager", "--keep-going", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    baseline = report["baseline"]
+    assert set(baseline) == {"fast", "compile_step", "bn_nchw", "bn_fp32", "speedup", "vs_fast"}
+    assert baseline["speedup"] is None  # published was not measured
+    assert baseline["bn_fp32"] == {"error": "RuntimeError: planted failure"} and baseline["vs_fast"]["bn_fp32"] is None
+    assert positive(baseline["vs_fast"]["bn_nchw"]) and positive(baseline["compile_step"]["first_step_ms"])
+    assert baseline["compile_step"]["compile_s"] >= 0 and "compile_s" not in baseline["fast"]
+    assert "torch.compile of the networks and the step" in report["settings"]["configurations"]["compile_step"]
+    assert set(report["val"]) == {"fast", "speedup"}  # the variants change training steps only
+    assert report["settings"]["compile_backend"] == "eager" and report["device"]["pytorch_lightning"]
+    table = benchmark.format_table(report)
+    assert "compile_step" in table and "failed: RuntimeError: planted failure" in table

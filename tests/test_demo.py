@@ -66,3 +66,23 @@ def test_another_seed_goes_beside_the_first_demo_or_is_refused(tmp_path, capsys)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--fresh" in err and "another --seed" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("target, conditions", [("acdc", {"fog", "night"}), ("darkzurich", set())])
+def test_quick_demo_on_an_adverse_condition_target(tmp_path, capsys, target, conditions):
+    """``--target acdc``: the benchmark in ACDC's layout (fog and night), no label conversion, scores per
+    condition; Dark Zurich has no train labels, so no oracle (and one condition, night, in val)."""
+    out = tmp_path / "demo"
+    assert main(["--quick", "--target", target, "--rounds", "1", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    stages = results["stages"]
+    expected = ["source_only", "baseline", "smhm_round_1"] + (["oracle"] if target == "acdc" else [])
+    assert list(stages) == expected and results["settings"]["target"] == target
+    for stage in stages.values():
+        assert math.isfinite(stage["miou"])
+        assert set(stage.get("conditions", {})) == conditions
+        assert all(math.isfinite(c["miou"]) for c in stage.get("conditions", {}).values())
+    assert (out / "data" / target / "rgb_anon").is_dir() and not (out / "data" / "cityscapes").exists()
+    assert cv2.imread(str(out / "predictions.png")) is not None
+    printed = capsys.readouterr().out
+    assert "transfer_trainid" not in printed and all(name in printed for name in conditions)

@@ -122,3 +122,81 @@ def test_flag_reaches_every_dataset_of_the_data_module(tree, tmp_path):
     no_cache = SegmentationDataModule(parse_args(["--module-name", "basic", "--image-root", tree["image_root"],
                                                   "--label-root", tree["label_root"]]), "labels")
     assert no_cache._dataset("eval").image_cache is None
+
+
+# -- the default: <log-tb-dir>/cache where the disk has room ---------------------------------------------
+
+def _run_data(tree, tmp_path, *flags):
+    """The data module of a training run, set up as the Trainer sets it up."""
+    args = parse_args(["--module-name", "basic", "--mode", "train", "--image-root", tree["image_root"],
+                       "--label-root", tree["label_root"], "--input-size", "32x16", "--train-batch-size", "2",
+                       "--log-tb-dir", str(tmp_path / "exp"), *flags])
+    data = SegmentationDataModule(args, "labels")
+    data.setup("fit")
+    return data
+
+
+def test_the_default_cache_lives_in_the_experiment_root(tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
+    data = _run_data(tree, tmp_path)
+    cache = str(tmp_path / "exp" / "cache")
+    for name in ("train", "eval"):
+        dataset = data._dataset(name)
+        assert dataset.image_cache.root == cache
+        dataset[0]
+    assert len(_entries(cache)) == 2
+    assert sorted(os.listdir(tmp_path)) == ["cs", "exp"]
+    assert SegmentationDataModule(parse_args(["--module-name", "basic", "--image-root", tree["image_root"],
+                                              "--label-root", tree["label_root"]]),
+                                  "labels")._dataset("eval").image_cache is None  # outside a run: none
+
+
+def test_the_default_cache_is_off_when_the_disk_is_short(tree, tmp_path, monkeypatch, caplog):
+    import utils.image_cache
+
+    gib = 1 << 30
+    disk = shutil._ntuple_diskusage(total=100 * gib, used=99 * gib, free=gib)  # 1 GiB free, less than the margin
+    monkeypatch.setattr(utils.image_cache.shutil, "disk_usage", lambda path: disk)
+    with caplog.at_level("INFO", logger="pytorch_lightning.utilities.rank_zero"):
+        data = _run_data(tree, tmp_path)
+    assert data._dataset("train").image_cache is None and data._dataset("eval").image_cache is None
+    lines = [r.getMessage() for r in caplog.records if "image cache off" in r.getMessage()]
+    assert len(lines) == 2 and all("1.1 GB free" in line and "margin" in line for line in lines), lines
+    data._dataset("eval")[0]
+    assert not os.path.exists(tmp_path / "exp" / "cache")
+
+
+def test_room_is_needed_only_for_the_images_not_cached_yet(tree, tmp_path, monkeypatch):
+    import utils.image_cache
+
+    cache = ResizedImageCache(str(tmp_path / "deep" / "cache"))  # not made yet: its parent's disk counts
+    data = _dataset(tree, cache.root)
+    paths = [image for image, _, _ in data.samples]
+    assert cache.room_for(paths, (32, 16), "pil") == (2, None)
+    data[0]
+    monkeypatch.setattr(utils.image_cache.shutil, "disk_usage",
+                        lambda path: shutil._ntuple_diskusage(total=10 << 30, used=10 << 30, free=0))
+    missing, reason = cache.room_for(paths, (32, 16), "pil")
+    assert missing == 1 and "1 images need" in reason
+    data[1]
+    assert cache.room_for(paths, (32, 16), "pil") == (0, None)
+    assert cache.room_for(paths, (16, 8), "pil")[0] == 2  # another input size: other entries
+
+
+def test_off_and_a_named_folder(tree, tmp_path):
+    off = _run_data(tree, tmp_path, "--image-cache", "off")
+    assert off._dataset("train").image_cache is None and off._dataset("eval").image_cache is None
+    named = _run_data(tree, tmp_path, "--image-cache", str(tmp_path / "mine"))
+    assert named._dataset("eval").image_cache.root == str(tmp_path / "mine")
+
+
+def test_an_entry_that_cannot_be_stored_is_skipped_once(tree, tmp_path, capsys):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    data = _dataset(tree, str(blocker))
+    plain = _dataset(tree)
+    for i in range(len(data)):
+        assert torch.equal(data[i]["image"], plain[i]["image"])
+    err = capsys.readouterr().err
+    assert err.count("image cache: cannot store entries") == 1 and str(blocker) in err
+    assert not data.image_cache.storing

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.inference import entropy_map, mean_entropy, predict_logits
+from utils.inference import entropy_map, mean_entropy, multiscale_logits, predict_logits, upsampled_argmax
 
 
 class SkewNet(nn.Module):
@@ -91,6 +91,24 @@ def test_with_the_tiny_deeplabv2():
         assert out.shape == (1, 19, 32, 48)
         assert torch.equal(predict_logits(net, x.flip(-1), size=(32, 48), flip=True), out.flip(-1))
         torch.testing.assert_close(out, net(x, size=(32, 48)) + net(x.flip(-1), size=(32, 48)).flip(-1))
+
+
+def test_scales_are_averaged_at_the_input_size():
+    net, x = SkewNet(), _images()
+    # One scale 1.0: the network's output as it is (upsampled once by the caller), or at ``size``.
+    assert torch.equal(multiscale_logits(net, x, (1.0,), flip=True), predict_logits(net, x, flip=True))
+    assert torch.equal(multiscale_logits(net, x, (1.0,), size=(12, 20)), net(x, size=(12, 20)))
+    half = F.interpolate(x, size=(6, 10), mode="bilinear", align_corners=False)
+    expected = (predict_logits(net, half, size=(12, 20), flip=True) + predict_logits(net, x, size=(12, 20), flip=True)) / 2
+    torch.testing.assert_close(multiscale_logits(net, x, (0.5, 1.0), flip=True), expected)
+    assert multiscale_logits(net, x, (0.5, 1.0), size=(24, 40)).shape == (2, 5, 24, 40)
+
+
+def test_upsampled_argmax_of_one_image():
+    logits = torch.randn(5, 6, 10, generator=torch.Generator().manual_seed(0)).half()
+    # Upsampled in float32, whatever the logits' precision.
+    expected = F.interpolate(logits[None].float(), size=(12, 20), mode="bilinear", align_corners=True).argmax(1)[0]
+    assert torch.equal(upsampled_argmax(logits, torch.Size([12, 20])), expected)
 
 
 def test_entropy_matches_numpy_and_its_bounds():

@@ -1,7 +1,8 @@
 """Label maps made elsewhere (a web service's output) are a first-class input: from a folder of label
 PNGs alone, with neither the state nor the summary of generate_pseudo_labels.py and no provider
 weights anywhere, baseline trains, hard patches are mined and smhm trains on them (README, "The
-provider as a file you only run, or only its label maps").
+provider as a file you only run, or only its label maps"), also after the easy/hard lists were
+written into it from the service's confidence maps (tools/rank_label_maps.py).
 """
 import glob
 import json
@@ -17,6 +18,7 @@ import extract_model_state_dict
 import main
 from datasets.pixels import resize_label
 from tests.fixtures import make_cityscapes
+from tools import rank_label_maps
 from utils.cli import run
 from utils.labels import colorize
 
@@ -54,6 +56,16 @@ def test_baseline_mining_and_smhm_run_from_label_pngs_alone(tmp_path, capsys):
     labels = service_labels(data["label_root"], service)
     assert not os.path.exists(os.path.join(service, ".state")) and not os.path.exists(os.path.join(service,
                                                                                                     "summary.json"))
+    # 2'. the easy/hard split from the service's confidence maps (16-bit grey PNGs, same relative
+    # paths): the two lists are written into the folder, which every stage below still takes as it is
+    confidence = tmp_path / "confidence"
+    for k, name in enumerate(sorted(labels)):
+        os.makedirs(confidence / os.path.dirname(name), exist_ok=True)
+        Image.fromarray(np.full((64, 128), 60000 - 10000 * k, np.uint16)).save(confidence / (name + SUFFIX))
+    assert run_script(rank_label_maps.main, ["--pseudo-label-root", service, "--confidence-root", str(confidence),
+                                             "--num-workers", "0"]) == 0
+    easy = [line.split()[0] for line in open(os.path.join(service, "easy.txt"))]
+    assert easy == sorted(labels)[:2] and not os.path.exists(os.path.join(service, "summary.json"))
     init = str(tmp_path / "init.pth")
     torch.manual_seed(0)
     from models.deeplabv2 import get_deeplabv2

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from utils.mixing import (
-    _draw,
+    draw_spatial_mix as _draw,
     random_flip,
     spatial_mix,
     spatial_mix_loop,

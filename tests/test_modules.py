@@ -202,6 +202,83 @@ def test_evaluation_matches_an_independent_computation(tree, tmp_path):
     assert b"test/miou13" in events and b"test/miou13_published" in events  # the logged means
 
 
+def test_test_mode_averages_the_scales_as_predict_mode_does(tree, tmp_path, monkeypatch):
+    """``--scales`` in test mode: each scale's flip-augmented logits at the input size, averaged, then
+    upsampled to the ground truth, computed here by hand: same predictions, same scores."""
+    import cv2
+    import torch.nn.functional as F
+
+    from datasets.cityscapes import CityscapesDataset
+    from models.deeplabv2 import get_deeplabv2
+    from utils.metrics import ConfusionMatrix, scores_from_confusion
+
+    import modules.base
+
+    scales, out = (0.5, 1.0, 1.5), tmp_path / "pred"
+    args = stage_args(tree, tmp_path, "basic", "--mode", "test", "--restore-from", tree["weights"], "--scales",
+                      "0.5,1.0,1.5", "--flip-when-test", "--save-predictions", str(out), "--test-batch-size", "2")
+    folded, fold = [], modules.base.fold_batchnorm
+
+    def spy(net):
+        folded.append(fold(net))
+        return folded[-1]
+
+    monkeypatch.setattr(modules.base, "fold_batchnorm", spy)
+    scores = runner.test(args)
+    assert len(folded) == 1  # test mode ran the student with its BatchNorm folded (tests/test_fold_bn.py)
+    net = get_deeplabv2(arch="deeplabv2_tiny", restore_from=tree["weights"]).eval()
+    data = CityscapesDataset(tree["image_root"], "val", input_size=(64, 32), label_root=tree["label_root"],
+                             resize_label=False)
+
+    def flipped(x):
+        return net(x, size=(32, 64)) + net(x.flip(-1), size=(32, 64)).flip(-1)
+
+    confusion, one_scale_differs = ConfusionMatrix(19), False
+    with torch.no_grad():
+        for item in data:
+            image, label = item["image"][None], item["label"]
+            resized = [image if s == 1.0 else F.interpolate(image, size=(round(32 * s), round(64 * s)), mode="bilinear",
+                                                            align_corners=False) for s in scales]
+            logits = sum(flipped(x) for x in resized) / len(scales)
+            prediction = F.interpolate(logits, size=label.shape, mode="bilinear", align_corners=True).argmax(1)[0]
+            confusion.update(prediction, label)
+            saved = cv2.imread(str(out / "train_ids" / (item["name"] + ".png")), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(saved, prediction.numpy())
+            one_scale = (net(image, size=label.shape) + net(image.flip(-1), size=label.shape).flip(-1)).argmax(1)[0]
+            one_scale_differs |= not torch.equal(one_scale, prediction)
+    assert one_scale_differs  # the scales change the predictions: the test can fail
+    expected = scores_from_confusion(confusion.compute().numpy())
+    assert scores["miou"] == pytest.approx(expected["miou"], abs=1e-9)
+
+
+def test_each_evaluation_runs_a_fresh_folded_copy_kept_out_of_checkpoints(tree, tmp_path):
+    from modules.base import SegmentationModule
+
+    def batchnorms(net):
+        return sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+    config = stage_args(tree, tmp_path, "basic", "--restore-from", tree["weights"])
+    module = SegmentationModule(config)
+    keys = set(module.state_dict())
+    module.start_evaluation(testing=False)
+    (first,) = module.evaluation_nets
+    assert first is not module.net and batchnorms(first) == 0 < batchnorms(module.net)
+    assert set(module.state_dict()) == keys  # not a submodule: checkpoints hold the student alone
+    module.start_evaluation(testing=False)  # the next validation: the student has trained since
+    assert len(module.evaluation_nets) == 1 and module.evaluation_nets[0] is not first
+
+    # The evaluation step predicts with that copy (here one that says class 7 everywhere).
+    module.evaluation_nets[0] = lambda images, size=None: torch.eye(19)[7].view(1, 19, 1, 1).expand(len(images), 19, 4, 8)
+    images, label = torch.zeros(2, 3, 32, 64), torch.zeros(2, 32, 64, dtype=torch.long)
+    predictions = module._evaluate({"image": images, "label": label, "name": ["a/x", "a/y"]}, module.val_confusion)
+    assert all((p == 7).all() for p in predictions)
+
+    for flags in (["--no-fold-bn"], ["--compile"]):  # compiled: validation runs the compiled student itself
+        module = SegmentationModule(stage_args(tree, tmp_path, "basic", "--restore-from", tree["weights"], *flags))
+        module.start_evaluation(testing=False)
+        assert module.evaluation_nets == []
+
+
 def test_consistency_weight_softmax_vs_logits():
     logits = torch.zeros(1, 3, 2, 2)
     logits[0, 0] = torch.tensor([[10.0, 0.5], [0.9, 2.0]])

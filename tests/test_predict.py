@@ -113,9 +113,10 @@ def test_multiscale_predictions(images, weights, tmp_path):
                                       prediction)
 
 
-def test_scales_outside_predict_mode_are_refused(images, weights, tmp_path, capsys):
+def test_scales_in_training_are_refused(images, weights, tmp_path, capsys):
+    # Validation during training stays at one scale; test mode takes --scales (tests/test_modules.py).
     out = str(tmp_path / "runs")
-    argv = ["--mode", "test", "--restore-from", weights, "--target-dataset", "folder", "--data-dir", images,
+    argv = ["--mode", "train", "--restore-from", weights, "--target-dataset", "folder", "--data-dir", images,
             "--label-dir", images, "--scales", "0.5,1.0", "--log-tb-dir", out, *COMMON]
     assert_one_line_refusal(*run_refused(capsys, main_script.main, argv), "--scales", out)
 

@@ -195,6 +195,25 @@ def test_deeplabv3plus_r50_trains_one_step(tree, tmp_path):
     assert state["global_step"] == 1 and any(k.startswith("net.model.decoder.aspp") for k in state["state_dict"])
 
 
+def test_a_batch_of_one_is_refused_where_aspp_pooling_meets_batchnorm(tree, tmp_path):
+    """DeepLabV3+'s pooled ASPP branch normalises one value per channel with a batch of one: refused in
+    one line at parsing (PyTorch would fail mid-step), unless the BatchNorm statistics are frozen."""
+    from utils.cli import UserError
+
+    with pytest.raises(UserError, match="--train-batch-size 1 with --arch deeplabv3plus_r50"):
+        stage_args(tree, tmp_path, "baseline", "deeplabv3plus_r50", "--pseudo-label-root", tree["pseudo"],
+                   "--train-batch-size", "1")
+    with pytest.raises(UserError, match="--hard-patch-batch-size 1"):
+        stage_args(tree, tmp_path, "smhm", "deeplabv3plus_r101", "--restore-from", "x.pth",
+                   "--hard-patches-root", tree["patches"], "--hard-patch-batch-size", "1")
+    # Frozen statistics, another family, or test mode: accepted.
+    stage_args(tree, tmp_path, "baseline", "deeplabv3plus_r50", "--pseudo-label-root", tree["pseudo"],
+               "--train-batch-size", "1", "--freeze-bn-stats")
+    stage_args(tree, tmp_path, "baseline", "segformer_b0", "--pseudo-label-root", tree["pseudo"],
+               "--train-batch-size", "1")
+    stage_args(tree, tmp_path, "basic", "deeplabv3plus_r50", "--mode", "test", "--train-batch-size", "1")
+
+
 # -- the transformer recipe ------------------------------------------------------------------------------
 
 def test_warmup_poly_values():

@@ -1,6 +1,7 @@
 """The synthetic two-domain benchmark: real layouts, determinism, label ids, class coverage, a
 street layout, a real appearance gap, the command line, and that the real loaders read it."""
 import glob
+import json
 import os
 
 import numpy as np
@@ -196,3 +197,193 @@ def test_the_real_loaders_read_it(bench, tmp_path):
     label = val[0]["label"].numpy()
     assert (label[-1] == IGNORE_INDEX).all() and set(np.unique(label)) - {IGNORE_INDEX} <= set(range(NUM_CLASSES))
     assert len(CityscapesDataset(images, "train", input_size=SIZE)) == 40
+
+
+# -- --target: the same target domain in the layouts of ACDC, Dark Zurich and a folder of images ------------
+
+TARGET_COUNTS = dict(num_source=1, num_train=8, num_val=2)
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory):
+    roots = {}
+    for target in synthetic.TARGETS:
+        roots[target] = str(tmp_path_factory.mktemp(target))
+        generate_benchmark(roots[target], seed=0, size=SIZE, workers=0, progress=False, target=target, **TARGET_COUNTS)
+    return roots
+
+
+def target_frames(root, target):
+    """``(split, condition, image, label or None)`` of every target image, in the order drawn."""
+    jobs = synthetic.plan_files(root, TARGET_COUNTS["num_source"], TARGET_COUNTS["num_train"],
+                                TARGET_COUNTS["num_val"], target)
+    return [("train" if job[1] == 1 else "val", job[5], read_image_bgr(job[3]), read_label(job[4]) if job[4] else None)
+            for job in jobs if job[0] == "target"]
+
+
+def test_acdc_layout_fog_and_night_with_train_ids(targets):
+    root = targets["acdc"]
+    expected = ["synthetic.json", "gta5/images/00001.png", "gta5/labels/00001.png"]
+    for condition, number in (("fog", 300), ("night", 400)):
+        frames = [("train", f"GOPR0{number + q}", n) for q in range(2) for n in range(2)]
+        frames.append(("val", f"GOPR0{number + 10}", 0))
+        for split, sequence, n in frames:
+            stem = f"{condition}/{split}/{sequence}/{sequence}_frame_{n:06d}"
+            expected += [f"acdc/rgb_anon/{stem}_rgb_anon.png", f"acdc/gt/{stem}_gt_labelTrainIds.png"]
+    assert files_under(root) == sorted(expected)
+    for _, _, image, label in target_frames(root, "acdc"):
+        assert image.shape == (SIZE[1], SIZE[0], 3) and label.shape == (SIZE[1], SIZE[0])
+        assert set(np.unique(label).tolist()) <= set(range(NUM_CLASSES)) | {IGNORE_INDEX}
+        assert (label[-1] == IGNORE_INDEX).all()  # out of roi, a void id: ignored as train id
+
+
+def test_darkzurich_layout_labels_for_val_night_only(targets):
+    root = targets["darkzurich"]
+    names = files_under(os.path.join(root, "darkzurich"))
+    images = [n for n in names if n.startswith("rgb_anon/")]
+    assert {n.split("/")[2] for n in images if n.split("/")[1] == "train"} == {"day", "twilight", "night"}
+    assert {n.split("/")[1:3] == ["val", "night"] for n in images if n.split("/")[1] == "val"} == {True}
+    assert len(images) == 10 and all(n.endswith("_rgb_anon.png") for n in images)
+    labels = [n for n in names if n.startswith("gt/")]
+    assert labels == sorted(n.replace("rgb_anon/", "gt/", 1).replace("_rgb_anon.png", "_gt_labelTrainIds.png")
+                            for n in images if n.startswith("rgb_anon/val/"))
+
+
+def test_folder_layout_png_and_jpeg_with_mirrored_labels(targets):
+    root = os.path.join(targets["folder"], "folder")
+    images = files_under(os.path.join(root, "images"))
+    assert [n for n in images if n.endswith(".jpg")] and [n for n in images if n.endswith(".png")]
+    assert {n.split("/")[0] for n in images} == {"train", "val"} and any(n.count("/") == 3 for n in images)
+    assert files_under(os.path.join(root, "labels")) == sorted(os.path.splitext(n)[0] + ".png" for n in images)
+
+
+def test_every_target_draws_the_cityscapes_scenes(targets):
+    """The same seed, split and index give the same scene in every layout: labels equal to the
+    Cityscapes target's (as train ids), and the daytime images equal (a JPEG close to it)."""
+    day = target_frames(targets["cityscapes"], "cityscapes")
+    for target in ("acdc", "darkzurich", "folder"):
+        frames = target_frames(targets[target], target)
+        assert [f[0] for f in frames] == [d[0] for d in day]
+        for (_, condition, image, label), (_, _, day_image, day_label) in zip(frames, day):
+            if label is not None:
+                assert (label == LUT[day_label]).all(), target
+            if condition == "day":
+                difference = np.abs(image.astype(np.int16) - day_image).mean()
+                assert difference < 8 if target == "folder" else difference == 0, (target, difference)
+
+
+def test_conditions_look_like_fog_night_and_twilight(targets):
+    day = {i: image.astype(np.float64) for i, (_, _, image, _) in enumerate(target_frames(targets["cityscapes"],
+                                                                                          "cityscapes"))}
+    looks = {}
+    for target in ("acdc", "darkzurich"):
+        for i, (_, condition, image, _) in enumerate(target_frames(targets[target], target)):
+            if condition != "day":
+                looks.setdefault(condition, []).append((image.astype(np.float64), day[i]))
+
+    def mean(condition, measure):
+        return np.mean([measure(image) / measure(reference) for image, reference in looks[condition]])
+
+    def brightness(image):
+        return image.mean()
+
+    def blue_over_red(image):
+        return image[..., 0].mean() / image[..., 2].mean()
+
+    third = SIZE[1] // 3
+    # Night: dark, blue-ish, with light sources (a few near-white pixels in a dark frame).
+    assert mean("night", brightness) < 0.5 and mean("night", blue_over_red) > 1.15
+    assert all(np.percentile(image.max(2), 99.9) > 150 for image, _ in looks["night"])
+    # Fog: contrast falls towards the top (the far street, the sky) more than at the bottom; lighter overall.
+    top = mean("fog", lambda image: image[:third].std())
+    bottom = mean("fog", lambda image: image[-third:].std())
+    assert top < 0.6 and top < bottom and mean("fog", brightness) > 1.0
+    # Twilight: dimmer than day, brighter than night, warmer.
+    assert mean("night", brightness) < mean("twilight", brightness) < 0.85
+    assert mean("twilight", blue_over_red) < 0.9
+
+
+@pytest.mark.parametrize("condition", sorted(synthetic.CONDITION_RENDERINGS))
+def test_a_condition_is_a_pure_function_of_image_and_stream(condition):
+    image, _ = render_scene(np.random.default_rng(0), (64, 32), "target")
+    before = image.copy()
+    render = synthetic.CONDITION_RENDERINGS[condition]
+    first = render(image, np.random.default_rng(5))
+    assert (image == before).all() and first.shape == image.shape and first.dtype == np.uint8
+    assert (render(image, np.random.default_rng(5)) == first).all()
+    assert not (render(image, np.random.default_rng(6)) == first).all()
+
+
+def test_darkzurich_is_identical_whatever_the_worker_count(tmp_path):
+    small = dict(num_source=1, num_train=3, num_val=1, size=(64, 32), progress=False, target="darkzurich")
+    generate_benchmark(str(tmp_path / "a"), workers=0, **small)
+    generate_benchmark(str(tmp_path / "b"), workers=2, **small)
+    names = files_under(str(tmp_path / "a"))
+    assert names == files_under(str(tmp_path / "b")) and len(names) == 8
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_another_target_in_the_same_root_needs_overwrite(tmp_path):
+    root, small = str(tmp_path / "bench"), dict(num_source=1, num_train=2, num_val=2, size=(64, 32), progress=False)
+    generate_benchmark(root, workers=0, **small)
+    with open(os.path.join(root, "synthetic.json")) as f:
+        assert "target" not in json.load(f)["settings"]  # the manifest written before --target existed
+    with pytest.raises(synthetic.OtherSettings, match="--overwrite"):
+        generate_benchmark(root, workers=0, target="acdc", **small)
+    manifest = generate_benchmark(root, workers=0, target="acdc", overwrite=True, **small)
+    assert manifest["settings"]["target"] == "acdc" and manifest["complete"]
+    assert sorted(os.listdir(root)) == ["acdc", "gta5", "synthetic.json"]  # the Cityscapes tree went with it
+    assert generate_benchmark(root, workers=0, target="acdc", **small) == manifest  # complete: only re-read
+    os.remove(os.path.join(root, "acdc", "rgb_anon", "night", "val", "GOPR0410", "GOPR0410_frame_000000_rgb_anon.png"))
+    assert generate_benchmark(root, workers=0, target="acdc", **small)["pixel_shares"] == manifest["pixel_shares"]
+
+
+def test_foreign_data_in_the_target_folder_is_never_touched(tmp_path):
+    small = dict(num_source=1, num_train=2, num_val=2, size=(64, 32), workers=0, progress=False)
+    generate_benchmark(str(tmp_path), **small)
+    real = tmp_path / "acdc" / "gt" / "real.png"
+    os.makedirs(real.parent)
+    real.write_bytes(b"x")
+    with pytest.raises(UserError, match="did not write"):
+        generate_benchmark(str(tmp_path), target="acdc", overwrite=True, **small)
+    assert real.exists()
+
+
+@pytest.mark.parametrize("target, flag, count", [("acdc", "--num-val", 1), ("darkzurich", "--num-train", 2)])
+def test_too_few_images_for_every_condition(tmp_path, target, flag, count):
+    counts = dict(dict(num_source=1, num_train=4, num_val=2), **{flag[2:].replace("-", "_"): count})
+    with pytest.raises(UserError, match=flag):
+        generate_benchmark(str(tmp_path / "b"), size=(64, 32), workers=0, progress=False, target=target, **counts)
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_target_prints_the_flags_that_read_it(tmp_path, capsys):
+    assert "--target" in synthetic.build_parser().format_help()
+    argv = ["--root", str(tmp_path), "--num-source", "1", "--num-train", "2", "--num-val", "2", "--size", "64x32",
+            "--workers", "0", "--target", "acdc"]
+    with pytest.raises(SystemExit) as exit_:
+        run(main, argv)
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert f"--target-dataset acdc --data-dir {tmp_path / 'acdc'} --conditions fog,night" in out
+    with pytest.raises(SystemExit) as exit_:
+        run(main, argv[:-1] + ["kitti"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and "--target" in err
+
+
+def test_target_args_read_what_was_written(targets):
+    from datasets.base import TargetDataset
+    from datasets.targets import make_target
+
+    for target in ("acdc", "darkzurich", "folder"):
+        args = synthetic.target_args(targets[target], target)
+        flags = dict(zip(args[::2], args[1::2]))
+        layout = make_target(target, flags["--data-dir"], label_root=flags.get("--label-dir"),
+                             conditions=tuple(flags["--conditions"].split(",")) if "--conditions" in flags else None)
+        val = TargetDataset(layout, "val", input_size=SIZE, labels=True, resize_label=False)
+        train = TargetDataset(layout, "train", input_size=SIZE, labels=target != "darkzurich")
+        assert len(val) == TARGET_COUNTS["num_val"] and len(train) == TARGET_COUNTS["num_train"]
+        assert set(np.unique(val[0]["label"].numpy())) <= set(range(NUM_CLASSES)) | {IGNORE_INDEX}
+    assert "--label-dir" not in synthetic.target_args(targets["folder"], "folder", labels=False)

@@ -182,6 +182,7 @@ def test_a_missing_condition_folder(acdc, weights, tmp_path, capsys):
     # The default is every condition; this download lacks rain and snow.
     code, err = refused(capsys, "main.py", main_test(root, weights, out))
     assert_one_line_refusal(code, err, str(root / "rgb_anon" / "rain"), out)
+    assert "this root has fog,night: pass --conditions fog,night" in err  # what to type instead
     save = str(tmp_path / "save")
     code, err = refused(capsys, "generate_pseudo_labels.py", ["--target-dataset", "acdc", "--data-dir", root,
                                                               "--restore-from", weights, "--save", save, *COMMON])

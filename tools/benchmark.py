@@ -26,9 +26,19 @@ and bicubic resizing with numpy normalisation per sample, no pinned memory, no p
 *fast*: what the project does by default or by flag: batched SpatialMix, OpenCV decoding and
 resizing (``--resize-backend cv2``) through the project's datasets and loaders (pinned memory and
 persistent workers on CUDA), channels-last networks (``--channels-last``), and on CUDA cuDNN
-autotuning and bfloat16 autocast (``--precision bf16-mixed``); ``--compile`` adds
-``torch.compile``. On CPU, bfloat16 autocast is left out (ten times slower on a CPU without bf16
+autotuning and bfloat16 autocast (``--precision bf16-mixed``); ``--compile LEVEL`` adds
+``main.py``'s ``--compile``. On CPU, bfloat16 autocast is left out (ten times slower on a CPU without bf16
 instructions, see docs/benchmarks.md).
+
+*variants* (``--configs``, training stages only): the fast configuration with one change, each
+against it: ``compile_network``, ``compile_step``, ``compile_step_cudagraphs`` (``main.py
+--compile``, ``--compile-mode reduce-overhead``), and training-mode BatchNorm as the published
+semantics allow it to run (batch statistics, running statistics updated): ``bn_nchw`` (on NCHW
+copies), ``bn_fp32`` (float32 inside bf16 autocast, which cuDNN's BatchNorm takes), ``bn_nchw_fp32``
+(both), ``bn_compiled`` (torch.compile'd; ``compile_network`` fuses BatchNorm with the ReLU and the
+residual sum too). The BatchNorm variants exist in this tool only, to choose one for the project.
+A training stage also reports its first step (``first_step_ms``), which compiles where anything is
+compiled (``compile_s``: how much longer than a steady step it took).
 
 The project's own code runs as users run it: the stage modules train in a Lightning ``Trainer``
 (their steps, hooks and EMA update, with the published per-image SpatialMix chosen by
@@ -60,8 +70,10 @@ import warnings
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.callbacks import Callback
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -73,10 +85,14 @@ from models.networks import ARCH_NAMES, get_network
 from modules import MODULES
 from modules.data import SegmentationDataModule
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run
+from utils import compile as compile_utils
+from utils.compile import COMPILE_MODES, compile_function, compile_level
 from utils.io import atomic_write_bytes, atomic_write_text, encode_png
 from utils.labels import IGNORE_INDEX, NUM_CLASSES
 from utils.lightning import HardwareConfig, make_trainer
-from modules.prediction import PredictionData, PredictionModule
+from utils.loaders import default_num_workers
+from utils.writers import BackgroundWriter
+from modules.prediction import PredictionData, PredictionModule, RecordFile
 from modules.pseudo_labels import PseudoLabelWriter
 
 STAGES = ("baseline", "smhm", "pseudo_label", "val", "data", "resize")
@@ -89,10 +105,10 @@ MIB = 2 ** 20
 # -- configurations -------------------------------------------------------------------------------------
 
 class Config:
-    """What separates the published configuration from the fast one."""
+    """What separates the published configuration from the fast one, and a variant from the fast one."""
 
     def __init__(self, name, loop_mix, channels_last, autocast, cudnn_benchmark, project_loader, inference_mode,
-                 resize_backend, compile=False):
+                 resize_backend, compile="off", compile_mode="default", batchnorm="native"):
         self.name = name
         self.loop_mix = loop_mix
         self.channels_last = channels_last
@@ -101,7 +117,9 @@ class Config:
         self.project_loader = project_loader
         self.inference_mode = inference_mode  # Lightning evaluates under inference_mode, the published scripts no_grad
         self.resize_backend = resize_backend
-        self.compile = compile
+        self.compile = compile  # main.py's --compile: off, network or step
+        self.compile_mode = compile_mode
+        self.batchnorm = batchnorm  # a key of BATCHNORM_VARIANTS: how training-mode BatchNorm runs
 
     def describe(self):
         parts = ["SpatialMix " + ("per-image loop" if self.loop_mix else "batched"),
@@ -110,23 +128,115 @@ class Config:
                  "cuDNN autotuning" if self.cudnn_benchmark else "no autotuning",
                  "project loaders (OpenCV)" if self.project_loader else "published loaders (PIL)",
                  f"{self.resize_backend} resizing"]
-        if self.compile:
-            parts.append("torch.compile")
+        if self.compile != "off":
+            parts.append(f"torch.compile of the {'networks' if self.compile == 'network' else 'networks and the step'}"
+                         + ("" if self.compile_mode == "default" else f" ({self.compile_mode})"))
+        if self.batchnorm != "native":
+            parts.append(BATCHNORM_VARIANTS[self.batchnorm][1])
         return ", ".join(parts)
 
 
 def configurations(opts, device):
+    """The configurations ``opts.configs`` names: published, fast (with ``--compile``, compiled), and
+    variants of the fast one (``VARIANTS``)."""
     cuda = device.type == "cuda"
     # On the CPU of docs/benchmarks.md channels-last was a little faster, bf16 autocast ten times slower.
     channels_last = opts.channels_last != "off"
     autocast = opts.autocast == "bf16" or (opts.autocast == "auto" and cuda)
-    return {
+    fast = dict(loop_mix=False, channels_last=channels_last, autocast=autocast, cudnn_benchmark=cuda,
+                project_loader=True, inference_mode=True, resize_backend="cv2")
+    configs = {
         "published": Config("published", loop_mix=True, channels_last=False, autocast=False,
                             cudnn_benchmark=False, project_loader=False, inference_mode=False, resize_backend="pil"),
-        "fast": Config("fast", loop_mix=False, channels_last=channels_last, autocast=autocast,
-                       cudnn_benchmark=cuda, project_loader=True, inference_mode=True, resize_backend="cv2",
-                       compile=opts.compile),
+        "fast": Config("fast", **fast, compile=opts.compile, compile_mode=opts.compile_mode),
     }
+    configs.update({name: Config(name, **fast, **changes) for name, (changes, _) in VARIANTS.items()})
+    return {name: configs[name] for name in opts.configs}
+
+
+# -- training-mode BatchNorm, the ways the published semantics allow (batch statistics, running
+# statistics updated) -----------------------------------------------------------------------------------
+
+def _layout(x):
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+
+
+class NCHWBatchNorm(nn.BatchNorm2d):
+    """BatchNorm of an NCHW copy of its input (PyTorch's NCHW kernels; cuDNN's where the dtype is
+    float32), the result copied back to the input's layout."""
+
+    def forward(self, x):
+        return super().forward(x.contiguous()).contiguous(memory_format=_layout(x))
+
+
+class Float32BatchNorm(nn.BatchNorm2d):
+    """BatchNorm in float32 inside bf16 autocast (cuDNN's kernels take float32, not bfloat16),
+    the result in the input's dtype."""
+
+    def forward(self, x):
+        return super().forward(x.float()).to(x.dtype)
+
+
+class NCHWFloat32BatchNorm(nn.BatchNorm2d):
+    """Both: float32 NCHW, the input cuDNN's BatchNorm is written for."""
+
+    def forward(self, x):
+        return super().forward(x.float().contiguous()).to(x.dtype).contiguous(memory_format=_layout(x))
+
+
+_compiled_batch_norm = {}  # by compiler (compile_utils.BACKEND)
+
+
+def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
+    return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+class CompiledBatchNorm(nn.BatchNorm2d):
+    """BatchNorm as a torch.compile'd function: statistics, normalisation and the update of the
+    running statistics in generated kernels (networks here: momentum set, statistics tracked)."""
+
+    def forward(self, x):
+        backend = compile_utils.BACKEND
+        if backend not in _compiled_batch_norm:  # symbolic shapes: one graph serves the layers' many shapes
+            _compiled_batch_norm[backend] = compile_function(_batch_norm, dynamic=True)
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return _compiled_batch_norm[backend](x, self.running_mean, self.running_var, self.weight, self.bias,
+                                             self.training, self.momentum, self.eps)
+
+
+# name: (class swapped in for every nn.BatchNorm2d, description)
+BATCHNORM_VARIANTS = {
+    "native": (None, "PyTorch's BatchNorm on the network's layout and dtype"),
+    "nchw": (NCHWBatchNorm, "BatchNorm on NCHW copies"),
+    "fp32": (Float32BatchNorm, "BatchNorm in float32"),
+    "nchw_fp32": (NCHWFloat32BatchNorm, "BatchNorm in float32 on NCHW copies (cuDNN)"),
+    "compiled": (CompiledBatchNorm, "BatchNorm compiled (torch.compile)"),
+}
+
+# Variants of the fast configuration, measured in the training stages (--configs): name: (its changes, what).
+VARIANTS = {
+    "compile_step": ({"compile": "step"}, "main.py --compile step"),
+    "compile_network": ({"compile": "network"}, "main.py --compile network"),
+    "compile_step_cudagraphs": ({"compile": "step", "compile_mode": "reduce-overhead"},
+                                "main.py --compile step --compile-mode reduce-overhead (CUDA graphs)"),
+    "bn_nchw": ({"batchnorm": "nchw"}, BATCHNORM_VARIANTS["nchw"][1]),
+    "bn_fp32": ({"batchnorm": "fp32"}, BATCHNORM_VARIANTS["fp32"][1]),
+    "bn_nchw_fp32": ({"batchnorm": "nchw_fp32"}, BATCHNORM_VARIANTS["nchw_fp32"][1]),
+    "bn_compiled": ({"batchnorm": "compiled"}, BATCHNORM_VARIANTS["compiled"][1]),
+}
+TRAINING_STAGES = ("baseline", "smhm")  # the stages the variants are measured in
+
+
+def use_batchnorm(net, variant):
+    """Every plain ``nn.BatchNorm2d`` of ``net`` runs as ``variant`` (same parameters, buffers and keys)."""
+    cls = BATCHNORM_VARIANTS[variant][0]
+    if cls is not None:
+        for m in net.modules():
+            if type(m) is nn.BatchNorm2d:
+                m.__class__ = cls
+    return net
 
 
 # -- measuring ------------------------------------------------------------------------------------------
@@ -388,14 +498,17 @@ class Bench:
                 "--log-tb-dir", os.path.join(self.workdir, "experiments")]
         if module_name == "smhm":
             argv += ["--restore-from", self.weights(), "--spatial-mix-impl", "loop" if cfg.loop_mix else "batched"]
-        if cfg.compile:
-            argv.append("--compile")
+        if cfg.compile != "off":
+            argv += ["--compile", cfg.compile, "--compile-mode", cfg.compile_mode]
         return parse_args(argv)
 
     def module(self, module_name, cfg):
-        """The stage's module on the device with the training speed settings (channels-last, compilation)."""
+        """The stage's module on the device with the training speed settings (channels-last, compilation)
+        and the configuration's BatchNorm."""
         module = MODULES[module_name](self.args(module_name, cfg))
         module.to(self.device)
+        for net in module.networks():
+            use_batchnorm(net, cfg.batchnorm)
         module.configure_networks(self.device.type)
         return module
 
@@ -480,7 +593,12 @@ def run_training(bench, stage, cfg, count):
         times = timer.times[o.warmup:]
         peak = memory.peak_mb()
     flops = count_flops(lambda: bench.fit(module, batch, cfg, 1)) / o.batch_size if count else None
-    return result(times, o.batch_size, False, peak), flops
+    figures = result(times, o.batch_size, False, peak)
+    # The first step compiles (--compile): its time, and how much longer than a steady step it took.
+    figures["first_step_ms"] = timer.times[0] * 1000.0
+    if cfg.compile != "off" or cfg.batchnorm == "compiled":
+        figures["compile_s"] = max(0.0, (figures["first_step_ms"] - figures["step_ms"]) / 1000.0)
+    return figures, flops
 
 
 def run_inference(bench, stage, cfg, count):
@@ -520,12 +638,22 @@ def run_inference(bench, stage, cfg, count):
 
 
 def measure_writing(bench, prediction):
-    """The project's pseudo-label files of one batch (train-id PNG, colour PNG, class counts), written
-    by the main process as ``generate_pseudo_labels.py`` does."""
-    writer = PseudoLabelWriter(os.path.join(bench.workdir, "pseudo"), "train", NUM_CLASSES)
-    times = timed(lambda: writer.write_batch(prediction, None), 1, bench.opts.steps, torch.device("cpu"))
-    per_image = statistics.median(times) / len(prediction["name"])
-    return {"images_per_s": 1.0 / per_image, "ms_per_image": per_image * 1000.0}
+    """The project's pseudo-label files of ``--steps`` batches (train-id PNG, colour PNG, class counts,
+    the synced record), written as ``generate_pseudo_labels.py`` writes them: on writer threads
+    (``utils/writers.py``), each batch recorded after its files; timed from the first batch handed
+    over to the last record synced."""
+    folder = os.path.join(bench.workdir, "pseudo")
+    writer = PseudoLabelWriter(folder, "train", NUM_CLASSES)
+    records = RecordFile(os.path.join(folder, "records.tsv"))
+    writer.write_batch(prediction, None)  # untimed: the folders made, the code warm
+    start = time.perf_counter()
+    with BackgroundWriter() as pool:
+        for _ in range(bench.opts.steps):
+            pool.submit(writer.write_batch, prediction, None, then=records.append)
+    elapsed = time.perf_counter() - start
+    records.close()
+    per_image = elapsed / (bench.opts.steps * len(prediction["name"]))
+    return {"images_per_s": 1.0 / per_image, "ms_per_image": per_image * 1000.0, "threads": pool.threads}
 
 
 def run_data(bench, cfg):
@@ -564,6 +692,10 @@ def measure(bench, stage, cfg, count):
             return run_resize(bench, cfg), None
         return run_data(bench, cfg), None
     finally:
+        if not _eager(cfg):
+            # The next configuration compiles afresh (torch.compile's own count of recompilations
+            # starts over); compiled kernels stay in the inductor cache on disk.
+            torch._dynamo.reset()
         if bench.device.type == "cuda":
             gc.collect()
             torch.cuda.empty_cache()
@@ -572,8 +704,13 @@ def measure(bench, stage, cfg, count):
 # -- report ---------------------------------------------------------------------------------------------
 
 def device_info(device):
+    import pytorch_lightning
+    import torchvision
+
     info = {"type": device.type, "torch": torch.__version__, "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(), "python": platform.python_version()}
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "pytorch_lightning": pytorch_lightning.__version__, "torchvision": torchvision.__version__,
+            "opencv": cv2.__version__}
     if device.type == "cuda":
         info.update(name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                     cudnn=torch.backends.cudnn.version(), tf32_convolutions=torch.backends.cudnn.allow_tf32)
@@ -601,33 +738,51 @@ TABLE_COLUMNS = (("images/s", "images_per_s", 1), ("step ms", "step_ms", 1), ("p
                  ("TFLOP/s", "tflops", 2))
 
 
+def _figure(report, stage, config, key):
+    """One figure of the report, ``None`` where that configuration was not measured or failed."""
+    return (report.get(stage, {}).get(config) or {}).get(key)
+
+
 def format_table(report):
-    """Side by side: per stage the speedup, then published and fast figures of each measure."""
+    """Side by side: per stage the speedup, then published and fast figures of each measure; then the
+    variants of the fast configuration measured, against the fast one."""
     top = f"{'':<13}{'':>9}" + "".join(f"{title:>21}" for title, _, _ in TABLE_COLUMNS)
     sub = f"{'stage':<13}{'speedup':>9}" + f"{'published':>12}{'fast':>9}" * len(TABLE_COLUMNS)
     lines = [top, sub, "-" * len(sub)]
+    variants = []
     for stage in STAGES:
         if stage not in report:
             continue
-        row = f"{stage:<13}{_number(report[stage]['speedup'], 2) + 'x':>9}"
+        row = f"{stage:<13}{_number(report[stage].get('speedup'), 2) + 'x':>9}"
         for _, key, digits in TABLE_COLUMNS:
-            row += f"{_number(report[stage]['published'][key], digits):>12}{_number(report[stage]['fast'][key], digits):>9}"
+            row += (f"{_number(_figure(report, stage, 'published', key), digits):>12}"
+                    f"{_number(_figure(report, stage, 'fast', key), digits):>9}")
         lines.append(row)
+        for name, ratio in report[stage].get("vs_fast", {}).items():
+            error = _figure(report, stage, name, "error")
+            figures = (f"failed: {error[:80]}" if error else
+                       f"{_number(_figure(report, stage, name, 'images_per_s')):>9} {_number(_figure(report, stage, name, 'step_ms')):>9}"
+                       f" {_number(ratio, 2) + 'x':>8} {_number(_figure(report, stage, name, 'first_step_ms')):>10}")
+            variants.append(f"{stage:<13}{name:<25}{figures}")
+    if variants:
+        lines += ["", f"{'stage':<13}{'variant of fast':<25}{'images/s':>9} {'step ms':>9} {'vs fast':>8} "
+                      f"{'1st step ms':>10}", *variants]
     notes = []
     for stage in ("pseudo_label", "val"):
+        p, f = _figure(report, stage, "published", "model_images_per_s"), _figure(report, stage, "fast", "model_images_per_s")
         if stage in report:
-            p, f = report[stage]["published"], report[stage]["fast"]
-            notes.append(f"{stage}: model alone on a loaded batch {_number(p['model_images_per_s'])} (published) / "
-                         f"{_number(f['model_images_per_s'])} (fast) images/s")
-    if "pseudo_label" in report:
-        w = report["pseudo_label"]["fast"]["writing"]
-        notes.append(f"pseudo_label: writing the label and colour PNGs in the main process {_number(w['ms_per_image'])} "
-                     f"ms per image ({_number(w['images_per_s'])} images/s), not included above")
+            notes.append(f"{stage}: model alone on a loaded batch {_number(p)} (published) / {_number(f)} (fast) images/s")
+    writing = _figure(report, "pseudo_label", "fast", "writing")
+    if writing:
+        notes.append(f"pseudo_label: writing the label and colour PNGs and the records on "
+                     f"{writing.get('threads', 1)} writer thread(s) beside the main process "
+                     f"{_number(writing['ms_per_image'])} ms per image ({_number(writing['images_per_s'])} images/s), "
+                     "not included above")
     if "resize" in report:
-        p, f = report["resize"]["published"], report["resize"]["fast"]
-        notes.append(f"resize: one image (bicubic) {_number(p['step_ms'], 2)} ms with PIL (published) / "
-                     f"{_number(f['step_ms'], 2)} ms with OpenCV (fast); one label (nearest) "
-                     f"{_number(p['label_ms'], 2)} / {_number(f['label_ms'], 2)} ms")
+        notes.append(f"resize: one image (bicubic) {_number(_figure(report, 'resize', 'published', 'step_ms'), 2)} ms "
+                     f"with PIL (published) / {_number(_figure(report, 'resize', 'fast', 'step_ms'), 2)} ms with OpenCV "
+                     f"(fast); one label (nearest) {_number(_figure(report, 'resize', 'published', 'label_ms'), 2)} / "
+                     f"{_number(_figure(report, 'resize', 'fast', 'label_ms'), 2)} ms")
     if report["device"]["type"] == "cuda":
         notes.append("peak MiB: torch.cuda.max_memory_allocated during the stage (weights, optimiser state, activations)")
     else:
@@ -643,7 +798,17 @@ def stage_list(text):
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
         raise argparse.ArgumentTypeError(f"unknown stage(s) {', '.join(unknown) or text!r}; choose from {', '.join(STAGES)}")
-    return [s for s in STAGES if s in stages]
+    return list(dict.fromkeys(stages))  # in the order given: the first stage is measured first
+
+
+def config_list(text):
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = (*CONFIGS, *VARIANTS)
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown configuration(s) {', '.join(unknown) or text!r}; choose from "
+                                         f"{', '.join(known)}")
+    return [n for n in known if n in names]
 
 
 def build_parser():
@@ -666,7 +831,7 @@ def build_parser():
                              "start-up (default: 5 on CUDA, 2 on CPU)")
     parser.add_argument("--num-workers", type=at_least(0), default=None,
                         help="loader processes of the pseudo_label, val and data stages, the same in both "
-                             "configurations (default: the project's 4, at most the number of cores)")
+                             "configurations (default: the project's, from the cores: utils/loaders.py)")
     parser.add_argument("--threads", type=at_least(1), default=None,
                         help="PyTorch CPU threads; on a machine shared with other jobs 1 avoids threads "
                              "spinning against each other (default: PyTorch's, one per core)")
@@ -678,12 +843,24 @@ def build_parser():
     parser.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto",
                         help="bfloat16 autocast in the fast configuration; auto = on for CUDA only, as it is "
                              "far slower on CPUs without bf16 instructions (default: %(default)s)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the networks of the fast configuration (raise --warmup: the first "
-                             "steps compile)")
+    parser.add_argument("--compile", type=compile_level, nargs="?", const="network", default="off", metavar="LEVEL",
+                        help="main.py's --compile for the fast configuration: network or step (--compile alone: "
+                             "network); the first steps compile, so keep --warmup at 2 or more (default: %(default)s)")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                        help="main.py's --compile-mode with --compile (default: %(default)s)")
+    parser.add_argument("--configs", type=config_list, default=list(CONFIGS), metavar="C,C,...",
+                        help="configurations to measure: published, fast, and variants of fast measured in the "
+                             "training stages: " + ", ".join(f"{k} ({d})" for k, (_, d) in VARIANTS.items())
+                             + " (default: published,fast)")
+    parser.add_argument("--compile-backend", choices=("inductor", "aot_eager", "eager"), default="inductor",
+                        help="the compiler behind torch.compile: inductor generates kernels; aot_eager and eager only "
+                             "capture graphs (with and without autograd), to tell a capture problem from a code "
+                             "generation one, or to rehearse quickly on a CPU (default: %(default)s)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="a configuration that fails is recorded (its error in the JSON) and the run goes on")
     parser.add_argument("--json", default=None, metavar="OUT",
-                        help="also write the results as JSON: device, settings, and per stage the published "
-                             "and fast figures and the speedup")
+                        help="also write the results as JSON, rewritten after every stage: device, versions, "
+                             "settings, and per stage the figures of each configuration and the speedup")
     return parser
 
 
@@ -700,28 +877,37 @@ def resolve(opts):
     if opts.warmup is None:
         opts.warmup = 5 if cuda else 2
     if opts.num_workers is None:
-        opts.num_workers = min(4, os.cpu_count() or 1)
+        opts.num_workers = default_num_workers()
     if "smhm" in opts.stages and opts.batch_size < 2:
         raise UserError(f"--batch-size must be at least 2 for the smhm stage (SpatialMix mixes images of a "
                         f"batch), got {opts.batch_size}")
     if min(opts.input_size) < 16:
         raise UserError(f"--input-size must be at least 16 pixels on each side, got {opts.input_size}")
+    if opts.compile == "off" and opts.compile_mode != "default":
+        raise UserError(f"--compile-mode {opts.compile_mode} needs --compile network or --compile step")
+    cuda_graphs = [n for n in opts.configs if n == "compile_step_cudagraphs"]
+    if not cuda and (cuda_graphs or opts.compile_mode == "reduce-overhead"):
+        raise UserError(f"{'--configs ' + cuda_graphs[0] if cuda_graphs else '--compile-mode reduce-overhead'} "
+                        "captures CUDA graphs, which need a GPU")
     return device
 
 
-def benchmark(opts):
-    """Run every stage of ``opts.stages`` in both configurations; returns the report (a dict)."""
+def benchmark(opts, on_stage=None):
+    """Run every stage of ``opts.stages`` in every configuration of ``opts.configs``; returns the
+    report (a dict), which ``on_stage(report)`` also gets after each configuration and stage."""
     device = resolve(opts)
-    threads = torch.get_num_threads()
+    threads, backend = torch.get_num_threads(), compile_utils.BACKEND
+    compile_utils.BACKEND = opts.compile_backend
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     # Objects alive now (the imported libraries) are left out of the collections between stages.
     gc.freeze()
     try:
-        return _benchmark(opts, device)
+        return _benchmark(opts, device, on_stage)
     finally:
         gc.unfreeze()
         torch.set_num_threads(threads)
+        compile_utils.BACKEND = backend
 
 
 def warm_up_process(device):
@@ -732,11 +918,22 @@ def warm_up_process(device):
     synchronize(device)
 
 
-def _benchmark(opts, device):
+def _eager(cfg):
+    return cfg.compile == "off" and cfg.batchnorm != "compiled"
+
+
+def _ratio(a, b):
+    ok = all(isinstance(x, dict) and x.get("images_per_s") for x in (a, b))
+    return a["images_per_s"] / b["images_per_s"] if ok else None
+
+
+def _benchmark(opts, device, on_stage=None):
     report = {"device": device_info(device),
               "settings": {"arch": opts.arch, "input_size": "x".join(map(str, opts.input_size)),
                            "batch_size": opts.batch_size, "steps": opts.steps, "warmup": opts.warmup,
                            "num_workers": opts.num_workers, "compile": opts.compile,
+                           "compile_mode": opts.compile_mode, "compile_backend": opts.compile_backend,
+                           "configs": list(opts.configs),
                            "date": time.strftime("%Y-%m-%d %H:%M:%S")}}
     with tempfile.TemporaryDirectory(prefix="benchmark-") as workdir:
         bench = Bench(opts, device, workdir)
@@ -745,28 +942,51 @@ def _benchmark(opts, device):
         for name, cfg in bench.configs.items():
             print(f"{name}: {cfg.describe()}", flush=True)
         for stage in opts.stages:
+            # The variants change the training step; the other stages measure published and fast alone.
+            names = [n for n in bench.configs if n in CONFIGS or stage in TRAINING_STAGES]
             figures, flops = {}, None
-            for name in CONFIGS:
-                figures[name], counted = measure(bench, stage, bench.configs[name], count=flops is None)
+            for name in names:
+                cfg = bench.configs[name]
+                try:
+                    figures[name], counted = measure(bench, stage, cfg, count=flops is None and _eager(cfg))
+                except Exception as err:  # noqa: BLE001 - --keep-going records any failure and goes on
+                    if not opts.keep_going:
+                        raise
+                    figures[name] = {"error": " ".join(f"{type(err).__name__}: {err}".split())[:2000]}
+                    print(f"  {stage:<13} {name:<10} failed: {figures[name]['error'][:300]}", flush=True)
+                    continue
                 flops = flops if counted is None else counted
                 print(f"  {stage:<13} {name:<10} {figures[name]['images_per_s']:9.2f} images/s  "
                       f"{figures[name]['step_ms']:9.1f} ms/step", flush=True)
-            if flops is not None:  # counted in the first configuration: the same maths in both
-                for name in CONFIGS:
-                    figures[name]["tflops"] = flops * figures[name]["images_per_s"] / 1e12
-            report[stage] = {**figures, "speedup": figures["fast"]["images_per_s"] / figures["published"]["images_per_s"]}
+                if on_stage is not None:  # what is measured so far, should a later configuration not end
+                    on_stage({**report, stage: dict(figures)})
+            if flops is not None:  # counted in the first eager configuration: the same maths in all
+                for entry in figures.values():
+                    if "images_per_s" in entry:
+                        entry["tflops"] = flops * entry["images_per_s"] / 1e12
+            report[stage] = {**figures, "speedup": _ratio(figures.get("fast"), figures.get("published"))}
+            variants = [n for n in figures if n not in CONFIGS]
+            if variants:
+                report[stage]["vs_fast"] = {n: _ratio(figures[n], figures.get("fast")) for n in variants}
             if stage in LOADER_STAGES:
                 report["settings"]["png_mb"] = round(bench.workspace.png_mb, 2)
+            if on_stage is not None:
+                on_stage(report)
     return report
 
 
 def main(argv=None):
     opts = build_parser().parse_args(argv)
-    report = benchmark(opts)
+
+    def write(report):  # after every stage: a run stopped later keeps the stages it measured
+        if opts.json:
+            atomic_write_text(opts.json, json.dumps(report, indent=1) + "\n")
+
+    report = benchmark(opts, on_stage=write)
     print()
     print(format_table(report))
     if opts.json:
-        atomic_write_text(opts.json, json.dumps(report, indent=1) + "\n")
+        write(report)
         print(f"\nwritten: {opts.json}")
     return 0
 

@@ -13,6 +13,19 @@ label conversion are exercised unchanged::
 
     python -m tools.synthetic --root ./data/synthetic --seed 0
 
+``--target acdc|darkzurich|folder`` writes the target in another layout that ``--target-dataset``
+reads, with train-id labels (no conversion), instead of ``<root>/cityscapes``::
+
+    <root>/acdc/rgb_anon/{fog,night}/{train,val}/<seq>/<seq>_frame_<n>_rgb_anon.png
+    <root>/acdc/gt/{fog,night}/{train,val}/<seq>/<seq>_frame_<n>_gt_labelTrainIds.png
+    <root>/darkzurich/rgb_anon/train/{day,twilight,night}/<seq>/<seq>_frame_<n>_rgb_anon.png
+    <root>/darkzurich/rgb_anon/val/night/...   and   <root>/darkzurich/gt/val/night/..._gt_labelTrainIds.png
+    <root>/folder/images/{train,val}/<folders>/frame_<n>.png|.jpg
+    <root>/folder/labels/{train,val}/<folders>/frame_<n>.png
+
+Fog, night and twilight are renderings of a drawn target frame (``CONDITION_RENDERINGS``);
+:func:`target_args` gives the flags that read each target.
+
 Both domains share one street layout (sky on top, a perspective road with sidewalks at the bottom,
 facades and trees along the horizon, vehicles, people, riders, poles with lights and signs). They
 differ in appearance (per-frame light and weather, palette, textures, lighting, sensor noise,
@@ -32,7 +45,7 @@ from cityscapesscripts.helpers.labels import name2label
 from tqdm import tqdm
 
 from utils.cli import ArgumentParser, UserError, at_least, input_size, probability, run, seed
-from utils.io import atomic_write_text, read_label, write_png
+from utils.io import atomic_write_bytes, atomic_write_text, read_label, write_png
 from utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, cityscapes_label_id_lut
 from utils.run_folder import folder_lock
 
@@ -55,6 +68,21 @@ MIN_SIZE = (32, 16)
 TRAIN_CITIES = ("aachen", "bochum")
 VAL_CITIES = ("frankfurt", "lindau")
 FRAME = 19  # Cityscapes annotates the 20th frame of every snippet
+# The target's layout (--target): the layouts --target-dataset reads, under <root>/<folder>. Cityscapes
+# gets label ids (stage 1 converts them); the others get train ids, as ACDC and Dark Zurich ship them.
+TARGETS = ("cityscapes", "acdc", "darkzurich", "folder")
+DEFAULT_TARGET = "cityscapes"
+TARGET_FOLDERS = {"cityscapes": ("cityscapes/leftImg8bit", "cityscapes/gtFine"), "acdc": ("acdc/rgb_anon", "acdc/gt"),
+                  "darkzurich": ("darkzurich/rgb_anon", "darkzurich/gt"), "folder": ("folder/images", "folder/labels")}
+# What each split of a target is rendered in, in order: a split's images are spread over these in
+# equal runs (the first half of ACDC's fog, the second half night). "day" is the plain target domain.
+SPLIT_CONDITIONS = {"cityscapes": {"train": ("day",), "val": ("day",)},
+                    "acdc": {"train": ("fog", "night"), "val": ("fog", "night")},
+                    "darkzurich": {"train": ("day", "twilight", "night"), "val": ("night",)},
+                    "folder": {"train": ("day",), "val": ("day",)}}
+SEQUENCES = 2  # ACDC and Dark Zurich: recording sequences per condition and split
+FOLDER_DIRS = {"train": ("drive_01", "drive_02/part_a"), "val": ("drive_03", "drive_04/part_a")}
+FOLDER_JPEG_EVERY, JPEG_QUALITY = 3, 95  # every third image of the folder target is a JPEG
 MANIFEST = "synthetic.json"
 VERSION = 2  # bump when the drawing changes: a manifest of another version is not "complete"
 
@@ -686,56 +714,205 @@ def turn_hue(image, turns):
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 
+# ----------------------------------------------------------------------------- conditions (ACDC, Dark Zurich)
+# Each rendering is a pure function of (a target frame, BGR uint8; the frame's random stream) applied
+# after the frame is drawn, so a fog or night frame is the daytime frame of the same seed, split and
+# index seen in other light. Ranges are drawn per frame; colours are BGR.
+
+NIGHT_GAMMA = (1.4, 1.8)         # crushes the shadows before the exposure
+NIGHT_EXPOSURE = (0.3, 0.45)
+NIGHT_CAST = (1.2, 0.95, 0.7)    # blue-ish: the eye's and the camera's night
+NIGHT_LIGHTS = (2, 6)            # street lamps and headlights per frame
+LIGHT_COLOURS = ((60, 160, 255), (235, 235, 255), (140, 200, 255))  # sodium, white LED, warm
+NIGHT_NOISE = (5.0, 9.0)         # sensor noise σ, grey levels: a high gain
+FOG_GREY = (165.0, 215.0)        # the airlight's grey level
+FOG_DEPTH = (1.0, 2.4)           # optical depth at the top row (at the bottom row: 0.15 of it)
+FOG_PATCHES = 0.15               # relative variation of the depth in soft patches
+TWILIGHT_GAMMA = (1.1, 1.3)
+TWILIGHT_EXPOSURE = (0.55, 0.8)
+TWILIGHT_CAST = (0.78, 0.93, 1.12)  # warm
+TWILIGHT_GLOW = 0.3              # the sky brighter towards the top, as after sunset
+TWILIGHT_NOISE = (3.0, 5.0)
+
+
+def _to_uint8(pixels):
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def _dimmed(image, rng, gamma, exposure, cast):
+    """The frame through a gamma, an exposure and a colour cast (float, 0..255)."""
+    pixels = (image.astype(np.float32) / 255) ** np.float32(rng.uniform(*gamma)) * np.float32(rng.uniform(*exposure))
+    return pixels * (255 * np.asarray(cast, np.float32))
+
+
+def render_night(image, rng):
+    """Night: dark and blue-ish (a gamma that crushes the shadows, a low exposure, a blue cast), a
+    few light sources (street lamps, headlights, mostly around and above the horizon: a bright core
+    in a halo of sodium, white or warm light that also lights the scene around it) and strong
+    sensor noise."""
+    height, width = image.shape[:2]
+    dimmed = _dimmed(image, rng, NIGHT_GAMMA, NIGHT_EXPOSURE, NIGHT_CAST)
+    ys = np.arange(height, dtype=np.float32)[:, None]
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    glare = np.zeros_like(dimmed)
+    lit = np.zeros((height, width, 1), np.float32)
+    for _ in range(int(rng.integers(NIGHT_LIGHTS[0], NIGHT_LIGHTS[1] + 1))):
+        cy, cx = height * rng.uniform(0.1, 0.65), width * rng.uniform(0.0, 1.0)
+        radius = max(0.7, height * rng.uniform(0.012, 0.035))
+        distance = (ys - np.float32(cy)) ** 2 + (xs - np.float32(cx)) ** 2
+        halo = np.exp(-distance / np.float32(2 * (4 * radius) ** 2))
+        light = 1.2 * np.exp(-distance / np.float32(2 * radius ** 2)) + 0.3 * halo
+        colour = np.asarray(LIGHT_COLOURS[int(rng.integers(len(LIGHT_COLOURS)))], np.float32)
+        glare += light[..., None] * (np.float32(rng.uniform(0.5, 1.0)) * colour)
+        lit += 0.8 * np.exp(-distance / np.float32(2 * (6 * radius) ** 2))[..., None]
+    pixels = dimmed * (1 + np.minimum(lit, 1.0)) + glare
+    pixels += np.float32(rng.uniform(*NIGHT_NOISE)) * rng.standard_normal(pixels.shape, dtype=np.float32)
+    return _to_uint8(pixels)
+
+
+def render_fog(image, rng):
+    """Fog: every pixel blended towards a cool grey (the airlight) by the transmission exp(-depth),
+    the optical depth growing from the bottom row (the nearest ground) to the top (the far street
+    and the sky) and varying in soft patches; slightly blurred by the scattered light, a little
+    noise. Contrast falls most at the horizon and above it, as in real fog."""
+    height, width = image.shape[:2]
+    rows = 1 - np.arange(height, dtype=np.float32) / max(1, height - 1)  # 1 at the top, 0 at the bottom
+    depth = np.float32(rng.uniform(*FOG_DEPTH)) * (0.15 + 0.85 * rows[:, None] ** 0.8)
+    patches = cv2.GaussianBlur(rng.standard_normal((height, width), dtype=np.float32), (0, 0), height / 6)
+    depth = depth * (1 + FOG_PATCHES * patches / (patches.std() + 1e-6))
+    transmission = np.exp(-np.maximum(depth, 0))[..., None]
+    grey = np.float32(rng.uniform(*FOG_GREY)) * np.array([1.02, 1.0, 0.97], np.float32)
+    pixels = image.astype(np.float32) * transmission + grey * (1 - transmission)
+    if height >= 64:
+        pixels = cv2.GaussianBlur(pixels, (0, 0), 0.6 * height / 128)
+    pixels += 2.0 * rng.standard_normal(pixels.shape, dtype=np.float32)
+    return _to_uint8(pixels)
+
+
+def render_twilight(image, rng):
+    """Twilight (Dark Zurich): dimmer and warmer than day, the sky glowing towards the top, more
+    sensor noise than by day and less than at night."""
+    height = image.shape[0]
+    pixels = _dimmed(image, rng, TWILIGHT_GAMMA, TWILIGHT_EXPOSURE, TWILIGHT_CAST)
+    rows = 1 - np.arange(height, dtype=np.float32) / max(1, height - 1)
+    pixels *= (1 + TWILIGHT_GLOW * rows ** 2)[:, None, None]
+    pixels += np.float32(rng.uniform(*TWILIGHT_NOISE)) * rng.standard_normal(pixels.shape, dtype=np.float32)
+    return _to_uint8(pixels)
+
+
+CONDITION_RENDERINGS = {"fog": render_fog, "night": render_night, "twilight": render_twilight}
+
+
 # ----------------------------------------------------------------------------- files
 
 def source_names(count):
     return [f"{k:05d}.png" for k in range(1, count + 1)]
 
 
+def _spread(count, groups):
+    """``(group, running number inside it)`` for ``count`` images spread in order over ``groups``
+    in equal runs."""
+    placed, seen = [], {}
+    for k in range(count):
+        group = groups[k * len(groups) // count]
+        seen[group] = seen.get(group, -1) + 1
+        placed.append((group, seen[group]))
+    return placed
+
+
 def target_stems(count, cities):
     """``city/city_seq_frame`` for ``count`` images spread in order over ``cities``."""
-    stems, seen = [], {}
-    for k in range(count):
-        city = cities[k * len(cities) // count]
-        seq = seen[city] = seen.get(city, -1) + 1
-        stems.append(f"{city}/{city}_{seq:06d}_{FRAME:06d}")
-    return stems
+    return [f"{city}/{city}_{seq:06d}_{FRAME:06d}" for city, seq in _spread(count, cities)]
 
 
-def plan_files(root, num_source, num_train, num_val):
-    """One job per image: (domain, stream, index, image path, label path)."""
+def _sequence(condition, split, k):
+    """A GoPro recording's name, as ACDC and Dark Zurich name their sequences: distinct per
+    condition, split and ``k``."""
+    rank = ("day", "twilight", "fog", "night").index(condition)
+    return f"GOPR{100 * (rank + 1) + 10 * (split == 'val') + k:04d}"
+
+
+def target_files(root, target, split, count):
+    """``(condition, image path, label path or None, label holds train ids)`` of a split's images."""
+    files = []
+    if target == "cityscapes":
+        cities = TRAIN_CITIES if split == "train" else VAL_CITIES
+        for stem in target_stems(count, cities):
+            files.append(("day", os.path.join(root, "cityscapes", "leftImg8bit", split, stem + "_leftImg8bit.png"),
+                          os.path.join(root, "cityscapes", "gtFine", split, stem + "_gtFine_labelIds.png"), False))
+    elif target == "folder":
+        for k, (folder, n) in enumerate(_spread(count, FOLDER_DIRS[split])):
+            stem = f"{folder}/frame_{n:05d}"
+            extension = ".jpg" if k % FOLDER_JPEG_EVERY == FOLDER_JPEG_EVERY - 1 else ".png"
+            files.append(("day", os.path.join(root, "folder", "images", split, stem + extension),
+                          os.path.join(root, "folder", "labels", split, stem + ".png"), True))
+    else:
+        groups = [(condition, k) for condition in SPLIT_CONDITIONS[target][split] for k in range(SEQUENCES)]
+        for (condition, k), n in _spread(count, groups):
+            sequence = _sequence(condition, split, k)
+            stem = f"{sequence}/{sequence}_frame_{n:06d}"
+            # ACDC: <condition>/<split>/...; Dark Zurich: <split>/<time of day>/..., labels for val only.
+            inner = os.path.join(condition, split) if target == "acdc" else os.path.join(split, condition)
+            label = os.path.join(root, target, "gt", inner, stem + "_gt_labelTrainIds.png")
+            files.append((condition, os.path.join(root, target, "rgb_anon", inner, stem + "_rgb_anon.png"),
+                          label if target == "acdc" or split == "val" else None, True))
+    return files
+
+
+def plan_files(root, num_source, num_train, num_val, target=DEFAULT_TARGET):
+    """One job per image: (domain, stream, index, image path, label path or None, condition, whether
+    the label holds train ids)."""
     jobs = []
     for k, name in enumerate(source_names(num_source)):
-        jobs.append(("source", 0, k, os.path.join(root, "gta5", "images", name), os.path.join(root, "gta5", "labels", name)))
-    for stream, (split, count, cities) in enumerate((("train", num_train, TRAIN_CITIES), ("val", num_val, VAL_CITIES)), 1):
-        for k, stem in enumerate(target_stems(count, cities)):
-            jobs.append(("target", stream, k,
-                         os.path.join(root, "cityscapes", "leftImg8bit", split, stem + "_leftImg8bit.png"),
-                         os.path.join(root, "cityscapes", "gtFine", split, stem + "_gtFine_labelIds.png")))
+        jobs.append(("source", 0, k, os.path.join(root, "gta5", "images", name), os.path.join(root, "gta5", "labels", name),
+                     "day", False))
+    for stream, (split, count) in enumerate((("train", num_train), ("val", num_val)), 1):
+        for k, (condition, image_path, label_path, train_ids) in enumerate(target_files(root, target, split, count)):
+            jobs.append(("target", stream, k, image_path, label_path, condition, train_ids))
     return jobs
 
 
-def _make_image(job):
-    """Render and write one image and its label unless both exist; return the label-id histogram."""
-    (domain, stream, index, image_path, label_path), settings, overwrite = job
-    if not overwrite and os.path.isfile(image_path) and os.path.isfile(label_path):
-        label = read_label(label_path)
+def _job_done(job):
+    return os.path.isfile(job[3]) and (job[4] is None or os.path.isfile(job[4]))
+
+
+def _write_image(path, image):
+    if path.endswith(".jpg"):
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        atomic_write_bytes(path, data.tobytes())
     else:
+        write_png(path, image)
+
+
+def _make_image(job):
+    """Render and write one image and its label unless both exist; return the train-id histogram."""
+    (domain, stream, index, image_path, label_path, condition, train_ids), settings, overwrite = job
+    done = not overwrite and _job_done(job[0])
+    if done and label_path is not None:
+        label = read_label(label_path)
+    else:  # an image without a label file is drawn again for its histogram, and not rewritten
         # One independent stream per image: output does not depend on the worker count or order.
         rng = np.random.default_rng([settings["seed"], stream, index])
         image, label = render_scene(rng, tuple(settings["size"]), domain, settings["domain_gap"],
                                     FORCED[index % len(FORCED)])
-        write_png(image_path, image)
-        write_png(label_path, label)
-    return np.bincount(label.ravel(), minlength=256)
+        if condition in CONDITION_RENDERINGS:
+            image = CONDITION_RENDERINGS[condition](image, rng)
+        if train_ids:
+            label = _LUT[label]
+        if not done:
+            _write_image(image_path, image)
+            if label_path is not None:
+                write_png(label_path, label)
+    return np.bincount((label if train_ids else _LUT[label]).ravel(), minlength=256)
 
 
 def pixel_shares(histogram):
-    """Percent of pixels per train class, and of void (ignored) pixels, from a label-id histogram."""
+    """Percent of pixels per train class, and of void (ignored) pixels, from a train-id histogram."""
     total = max(1, int(histogram.sum()))
-    train_ids = _LUT[np.arange(256)]
-    shares = {name: 100.0 * int(histogram[train_ids == t].sum()) / total for t, name in enumerate(CLASS_NAMES)}
-    shares["void"] = 100.0 * int(histogram[train_ids == IGNORE_INDEX].sum()) / total
+    shares = {name: 100.0 * int(histogram[t]) / total for t, name in enumerate(CLASS_NAMES)}
+    shares["void"] = 100.0 * int(histogram[IGNORE_INDEX]) / total
     return shares
 
 
@@ -747,12 +924,19 @@ def format_summary(shares):
     return "\n".join(lines)
 
 
-def _check_settings(seed, num_source, num_train, num_val, size, domain_gap, workers):
+def _check_settings(seed, num_source, num_train, num_val, size, domain_gap, workers, target=DEFAULT_TARGET):
+    if target not in TARGETS:
+        raise UserError(f"--target: unknown target {target!r} (choose from {', '.join(TARGETS)})")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     for flag, value in (("--num-source", num_source), ("--num-train", num_train), ("--num-val", num_val)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
+    for flag, split, value in (("--num-train", "train", num_train), ("--num-val", "val", num_val)):
+        conditions = SPLIT_CONDITIONS[target][split]
+        if value < len(conditions):  # the readers refuse a condition folder that is missing
+            raise UserError(f"{flag} must be at least {len(conditions)} with --target {target}: one image for each "
+                            f"of {', '.join(conditions)}, got {value}")
     if size[0] < MIN_SIZE[0] or size[1] < MIN_SIZE[1]:
         raise UserError(f"--size {size[0]}x{size[1]} is too small: at least {MIN_SIZE[0]}x{MIN_SIZE[1]}")
     if not 0.0 <= domain_gap <= 1.0:
@@ -765,16 +949,22 @@ class OtherSettings(UserError):
     """The root holds a benchmark generated with other settings."""
 
 
+def generated_folders(root, target=DEFAULT_TARGET):
+    """The folders the generator writes for ``target`` (and removes with ``overwrite``)."""
+    return [os.path.join(root, "gta5", "images"), os.path.join(root, "gta5", "labels")] + \
+        [os.path.join(root, *folder.split("/")) for folder in TARGET_FOLDERS[target]]
+
+
 def _prepare_root(root, settings, overwrite):
     """Refuse to mix settings in one folder; with ``overwrite`` remove what an earlier run wrote."""
     if os.path.exists(root) and not os.path.isdir(root):
         raise UserError(f"--root {root} is a file, not a folder")
     manifest_path = os.path.join(root, MANIFEST)
-    ours = [os.path.join(root, "gta5", "images"), os.path.join(root, "gta5", "labels"),
-            os.path.join(root, "cityscapes", "leftImg8bit"), os.path.join(root, "cityscapes", "gtFine")]
+    target = settings.get("target", DEFAULT_TARGET)
+    ours = generated_folders(root, target)
     if not os.path.isfile(manifest_path):
         if any(os.path.isdir(p) and os.listdir(p) for p in ours):
-            raise UserError(f"--root {root} already holds gta5/ or cityscapes/ data that this generator did not "
+            raise UserError(f"--root {root} already holds gta5/ or {target}/ data that this generator did not "
                             f"write (no {MANIFEST}); choose another --root")
         return None
     try:
@@ -782,9 +972,18 @@ def _prepare_root(root, settings, overwrite):
             previous = json.load(f)
     except (OSError, ValueError):
         raise UserError(f"unreadable {manifest_path}; delete it or choose another --root") from None
+    earlier = previous.get("settings", {}).get("target", DEFAULT_TARGET) if isinstance(previous, dict) else None
+    if earlier != target and any(os.path.isdir(p) and os.listdir(p) for p in ours[2:]):
+        raise UserError(f"--root {root} already holds {target}/ data that this generator did not write (its "
+                        f"{MANIFEST} is of another --target); choose another --root")
     if overwrite:
-        for path in ours:
+        for path in ours + (generated_folders(root, earlier)[2:] if earlier in TARGET_FOLDERS else []):
             shutil.rmtree(path, ignore_errors=True)
+        if earlier in TARGET_FOLDERS and earlier != target:
+            try:  # the earlier target's folder, when nothing else (such as a derived gtFine2) is in it
+                os.rmdir(os.path.join(root, TARGET_FOLDERS[earlier][0].split("/")[0]))
+            except OSError:
+                pass
         return None
     if previous.get("settings") != settings:
         raise OtherSettings(f"--root {root} holds a benchmark made with other settings ({previous.get('settings')}); "
@@ -794,19 +993,22 @@ def _prepare_root(root, settings, overwrite):
 
 def generate_benchmark(root, seed=0, num_source=DEFAULT_NUM_SOURCE, num_train=DEFAULT_NUM_TRAIN,
                        num_val=DEFAULT_NUM_VAL, size=DEFAULT_SIZE, domain_gap=DEFAULT_DOMAIN_GAP, workers=None,
-                       overwrite=False, progress=True):
-    """Write the benchmark under ``root`` (see the module docstring) and return its manifest.
+                       overwrite=False, progress=True, target=DEFAULT_TARGET):
+    """Write the benchmark under ``root`` (see the module docstring), its target in the layout of
+    ``target`` (``cityscapes``, ``acdc``, ``darkzurich`` or ``folder``), and return its manifest.
 
     Images that already exist are kept (a rerun resumes or, when complete, only re-reads the
-    labels for the summary) unless ``overwrite``; a ``root`` made with other settings is an error.
+    labels for the summary) unless ``overwrite``; a ``root`` made with other settings (another
+    ``target`` too) is an error. :func:`target_args` gives the flags that read the target.
     """
-    _check_settings(seed, num_source, num_train, num_val, size, domain_gap, workers)
+    _check_settings(seed, num_source, num_train, num_val, size, domain_gap, workers, target)
     settings = dict(version=VERSION, seed=int(seed), num_source=int(num_source), num_train=int(num_train),
                     num_val=int(num_val), size=[int(size[0]), int(size[1])], domain_gap=float(domain_gap))
+    if target != DEFAULT_TARGET:  # absent for Cityscapes: a benchmark made before --target existed stays complete
+        settings["target"] = target
     previous = _prepare_root(root, settings, overwrite)
-    jobs = plan_files(root, num_source, num_train, num_val)
-    if previous is not None and previous.get("complete") and all(
-            os.path.isfile(j[3]) and os.path.isfile(j[4]) for j in jobs):
+    jobs = plan_files(root, num_source, num_train, num_val, target)
+    if previous is not None and previous.get("complete") and all(_job_done(j) for j in jobs):
         return previous
     manifest = dict(generator="tools.synthetic", settings=settings, complete=False)
     atomic_write_text(os.path.join(root, MANIFEST), json.dumps(manifest, indent=2) + "\n")
@@ -831,6 +1033,23 @@ def generate_benchmark(root, seed=0, num_source=DEFAULT_NUM_SOURCE, num_train=DE
     return manifest
 
 
+def target_args(root, target=DEFAULT_TARGET, labels=True):
+    """The flags that point ``main.py``, ``generate_pseudo_labels.py`` and ``construct_hard_patch.py``
+    at the target :func:`generate_benchmark` wrote under ``root``; ``labels``: with the ground truth's
+    flag where the target needs one (the folder target's ``--label-dir``; construct_hard_patch.py
+    takes none). Cityscapes' labels hold label ids: convert ``<root>/cityscapes/gtFine`` into
+    ``gtFine2`` with ``utils/transfer_trainid.py`` first; the other targets hold train ids."""
+    if target not in TARGETS:
+        raise UserError(f"--target: unknown target {target!r} (choose from {', '.join(TARGETS)})")
+    if target == "folder":
+        args = ["--target-dataset", "folder", "--data-dir", os.path.join(root, "folder", "images")]
+        return args + (["--label-dir", os.path.join(root, "folder", "labels")] if labels else [])
+    args = ["--target-dataset", target, "--data-dir", os.path.join(root, target)]
+    if target == "acdc":  # the reader's default is all four conditions; the benchmark draws two
+        args += ["--conditions", ",".join(SPLIT_CONDITIONS["acdc"]["train"])]
+    return args
+
+
 def _track(iterable, bar):
     for item in iterable:
         bar.update(1)
@@ -843,22 +1062,31 @@ def build_parser():
     parser = ArgumentParser(
         prog="python -m tools.synthetic",
         description="Draw a small two-domain street-scene benchmark: a source domain in the GTA5 layout "
-                    "(<root>/gta5) and a target domain in the Cityscapes layout (<root>/cityscapes), so the "
-                    "whole adaptation pipeline runs in minutes on a CPU. The same settings always give the "
-                    "same files.",
-        epilog="Then point the stages at <root>/gta5 (--source-root) and <root>/cityscapes; see docs/synthetic.md.")
+                    "(<root>/gta5) and a target domain in the layout of --target (default: Cityscapes, "
+                    "<root>/cityscapes), so the whole adaptation pipeline runs in minutes on a CPU. The same "
+                    "settings always give the same files.",
+        epilog="Then point the stages at <root>/gta5 (--source-root) and at the target (the flags are printed at the "
+               "end); see docs/synthetic.md.")
     parser.add_argument("--root", default="./data/synthetic", metavar="DIR",
-                        help="output folder; gets gta5/, cityscapes/ and synthetic.json (default: %(default)s)")
+                        help="output folder; gets gta5/, the target's folder (cityscapes/, acdc/, darkzurich/ or "
+                             "folder/) and synthetic.json (default: %(default)s)")
+    parser.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET,
+                        help="the target's layout, one that --target-dataset reads: cityscapes (label ids in gtFine/, "
+                             "converted by utils/transfer_trainid.py), acdc (rgb_anon/ and gt/ train ids, half the "
+                             "images of each split rendered in fog, half at night), darkzurich (train: day, twilight "
+                             "and night without labels; val: night with train ids), folder (folder/images/<split>/... "
+                             ".png and .jpg, folder/labels/<split>/... train-id .png) (default: %(default)s)")
     parser.add_argument("--seed", type=seed, default=0, metavar="N",
                         help="random seed; the same seed gives byte-identical files (default: %(default)s)")
     parser.add_argument("--num-source", type=at_least(1), default=DEFAULT_NUM_SOURCE, metavar="N",
                         help="labelled source (GTA5-layout) images (default: %(default)s)")
     parser.add_argument("--num-train", type=at_least(1), default=DEFAULT_NUM_TRAIN, metavar="N",
                         help=f"target training images, spread over the cities {', '.join(TRAIN_CITIES)} "
+                             f"(acdc: the conditions, darkzurich: the times of day, folder: sub-folders) "
                              f"(default: %(default)s)")
     parser.add_argument("--num-val", type=at_least(1), default=DEFAULT_NUM_VAL, metavar="N",
                         help=f"target validation images with ground truth, cities {', '.join(VAL_CITIES)} "
-                             f"(default: %(default)s)")
+                             f"(acdc: fog and night, darkzurich: night) (default: %(default)s)")
     parser.add_argument("--size", type=input_size, default=DEFAULT_SIZE, metavar="WxH",
                         help="image size WIDTHxHEIGHT of both domains (default: %dx%d)" % DEFAULT_SIZE)
     parser.add_argument("--domain-gap", type=probability, default=DEFAULT_DOMAIN_GAP, metavar="G",
@@ -881,14 +1109,16 @@ def main(argv=None):
     with folder_lock(args.root, "--root"):  # one generator per folder (utils/run_folder.py)
         manifest = generate_benchmark(args.root, seed=args.seed, num_source=args.num_source, num_train=args.num_train,
                                       num_val=args.num_val, size=args.size, domain_gap=args.domain_gap,
-                                      workers=args.workers, overwrite=args.overwrite)
+                                      workers=args.workers, overwrite=args.overwrite, target=args.target)
     s = manifest["settings"]
     print(f"synthetic benchmark in {args.root} (seed {s['seed']}, {s['size'][0]}x{s['size'][1]}, "
           f"domain gap {s['domain_gap']}):")
     print(f"  source  {os.path.join(args.root, 'gta5')}: {s['num_source']} images")
-    print(f"  target  {os.path.join(args.root, 'cityscapes')}: {s['num_train']} train, {s['num_val']} val images")
+    print(f"  target  {os.path.join(args.root, args.target)}: {s['num_train']} train, {s['num_val']} val images")
     print("class pixel shares:")
     print(format_summary(manifest["pixel_shares"]))
+    if args.target != DEFAULT_TARGET:
+        print("read the target with: " + " ".join(target_args(args.root, args.target)))
     return 0
 
 

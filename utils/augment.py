@@ -17,7 +17,9 @@ device the batch lives on. Input and output: RGB images in [0, 1], N×3×H×W.
   1024×512), reflect padding. Implemented as one grouped convolution over all samples.
 
 Randomness is drawn with the caller's ``generator`` on its device (or on the images' device when
-none is given) and then moved with a non-blocking copy; no value is read back to the host.
+none is given) and then moved with a non-blocking copy; no value is read back to the host. The
+draw (:func:`augment_draws`) and the tensor work (:func:`photometric_augment_with`) are separate
+functions, so that the tensor work can be compiled (``--compile step``) on the eager draws.
 Half-precision input is processed in float32 and returned in its own dtype.
 """
 import math
@@ -85,7 +87,8 @@ def gaussian_blur(images, sigma, kernel_size=None):
     n, c, h, w = images.shape
     kh, kw = kernel_size or (blur_kernel_size(h), blur_kernel_size(w))
     channels = images.reshape(1, n * c, h, w)
-    sigma = sigma.to(images.dtype).repeat_interleave(c)
+    # sigma[i] for each channel of sample i; repeat_interleave would read a count back from a GPU
+    sigma = sigma.to(images.dtype)[:, None].expand(n, c).reshape(n * c)
     if kw > 1:
         weight = gaussian_kernels(sigma, kw)[:, None, None, :]
         channels = F.conv2d(F.pad(channels, (kw // 2, kw // 2, 0, 0), mode="reflect"), weight, groups=n * c)
@@ -112,11 +115,24 @@ def photometric_augment(images, generator=None, jitter_p=0.8, strength=0.25, blu
     if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
         raise ValueError(f"photometric_augment expects float RGB images N×3×H×W in [0, 1], got {images.dtype} "
                          f"{tuple(images.shape)}")
-    b, c, s, h = _strengths(strength)
-    n, device = images.shape[0], images.device
+    _strengths(strength)
+    u = augment_draws(images.shape[0], generator, images.device)
+    return photometric_augment_with(images, u, jitter_p, strength, blur_p, sigma)
+
+
+def augment_draws(n, generator=None, device=None):
+    """The random numbers of one :func:`photometric_augment` of ``n`` samples: N×7 uniform in
+    [0, 1), drawn with ``generator`` on its device and moved to ``device`` without waiting."""
     rand_device = generator.device if generator is not None else device
     # one draw for everything, so a seeded generator reproduces the whole augmentation
-    u = torch.rand(n, 7, generator=generator, device=rand_device).to(device, non_blocking=True)
+    u = torch.rand(n, 7, generator=generator, device=rand_device)
+    return u if device is None else u.to(device, non_blocking=True)
+
+
+def photometric_augment_with(images, u, jitter_p=0.8, strength=0.25, blur_p=0.5, sigma=(0.15, 1.15)):
+    """:func:`photometric_augment` with its random numbers ``u`` given (:func:`augment_draws`): no
+    randomness and no value read back to the host, the form ``--compile step`` compiles."""
+    b, c, s, h = _strengths(strength)
     work = images if images.dtype in (torch.float32, torch.float64) else images.float()
     u = u.to(work.dtype)
 

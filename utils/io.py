@@ -90,15 +90,20 @@ def atomic_write_bytes(path, data):
         os.makedirs(folder, exist_ok=True)
     except FileExistsError:
         raise UserError(f"{folder} is a file, not a folder: {path} cannot be written") from None
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
+    except OSError as err:  # it names the temporary file: name the file being written
+        raise OSError(err.errno, err.strerror, path) from None
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.filename in (None, tmp):  # a full disk names no file: name it
+            raise OSError(err.errno, err.strerror, path) from None
         raise
 
 

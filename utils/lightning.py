@@ -1,5 +1,6 @@
 """The Lightning Trainer on the command line's hardware flags, with the command line's manners:
 a flag Lightning rejects is a one-line error, and Ctrl-C ends the command as an interruption."""
+import argparse
 import contextlib
 import dataclasses
 
@@ -17,10 +18,12 @@ class HardwareConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
+    fold_bn: bool = True
 
 
 def add_hardware_args(parser):
-    """The flags :func:`make_trainer` reads, the same for training and the data stages; returns their group."""
+    """The flags :func:`make_trainer` reads and ``--fold-bn`` (how inference runs the network), the same
+    for training and the data stages; returns their group."""
     group = parser.add_argument_group("hardware")
     group.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
     group.add_argument("--devices", type=devices, default="auto",
@@ -29,6 +32,11 @@ def add_hardware_args(parser):
     group.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: %(default)s)")
     group.add_argument("--precision", default="32-true",
                        help="32-true as published, or bf16-mixed for speed on recent GPUs (default: %(default)s)")
+    group.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+                       help="for inference (pseudo-labels, hard patches, validation, test, predict mode), run a copy "
+                            "of the network with each BatchNorm folded into the convolution before it: the same "
+                            "results up to float rounding, faster; --no-fold-bn runs the network as it is, for "
+                            "debugging (default: on)")
     return group
 
 

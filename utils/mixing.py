@@ -13,7 +13,9 @@ Split points: ``x = floor(W * (0.2 + 0.6 * b_x))`` and ``y = floor(H * (0.2 + 0.
 
 Randomness is drawn with the caller's ``generator`` on the generator's device (or on the data's
 device when no generator is given) and only then moved with a non-blocking copy, so nothing
-waits on the host. Beta samples come from ``torch._sample_dirichlet`` (the sampler behind
+waits on the host. The draws (:func:`draw_spatial_mix`, :func:`flip_coin`) and the tensor work
+(:func:`mix_with_draws`, :func:`flip_with_coin`) are separate functions, so that the tensor work can
+be compiled (``--compile step``) and take the very draws of the eager step. Beta samples come from ``torch._sample_dirichlet`` (the sampler behind
 ``torch.distributions.Beta``), which, unlike the distribution object, accepts a generator and
 therefore makes runs reproducible.
 """
@@ -42,7 +44,7 @@ def _split_points(size, b):
     return (size * (0.2 + 0.6 * b.double())).floor_().long().clamp_(low, high)
 
 
-def _draw(n, h, w, position_beta, generator=None, device=None):
+def draw_spatial_mix(n, h, w, position_beta, generator=None, device=None):
     """All random choices of one SpatialMix call.
 
     Returns ``others`` (N×3 long: the sources of the top-right, bottom-left and bottom-right
@@ -79,7 +81,7 @@ def _source_map(others, xs, ys, h, w):
 
 def spatial_mix_sources(n, h, w, position_beta, generator=None, device=None):
     """Per-pixel source map of one SpatialMix draw: N×H×W long, entry = batch index to copy from."""
-    others, xs, ys = _draw(n, h, w, position_beta, generator, device)
+    others, xs, ys = draw_spatial_mix(n, h, w, position_beta, generator, device)
     return _source_map(others, xs, ys, h, w)
 
 
@@ -109,7 +111,13 @@ def spatial_mix(images, logits, position_beta, generator=None):
     """
     _check(images, logits)
     n, _, h, w = images.shape
-    sources = spatial_mix_sources(n, h, w, position_beta, generator, images.device)
+    return mix_with_draws(images, logits, *draw_spatial_mix(n, h, w, position_beta, generator, images.device))
+
+
+def mix_with_draws(images, logits, others, xs, ys):
+    """SpatialMix of ``images`` and ``logits`` with the draws of :func:`draw_spatial_mix`: no
+    randomness and no value read back to the host, the form ``--compile step`` compiles."""
+    sources = _source_map(others, xs, ys, *images.shape[-2:])
     return mix_with_sources(images, sources), mix_with_sources(logits, sources)
 
 
@@ -121,7 +129,13 @@ def spatial_mix_loop(images, logits, position_beta, generator=None):
     """
     _check(images, logits)
     n, _, h, w = images.shape
-    others, xs, ys = _draw(n, h, w, position_beta, generator, images.device)
+    return mix_loop_with_draws(images, logits, *draw_spatial_mix(n, h, w, position_beta, generator, images.device))
+
+
+def mix_loop_with_draws(images, logits, others, xs, ys):
+    """:func:`spatial_mix_loop` with the draws of :func:`draw_spatial_mix`. The crops need the split
+    points on the host: a synchronisation on a GPU, as in the published code."""
+    n = images.shape[0]
     others, xs, ys = others.tolist(), xs.tolist(), ys.tolist()
     outputs = []
     for tensor in (images, logits):
@@ -143,9 +157,16 @@ def random_flip(images, logits, p=0.5, generator=None):
     One coin per call, as the method flips the whole mixed batch; the coin stays on the device
     (``torch.where`` on a 0-dim mask), so no host synchronisation happens.
     """
-    rand_device = _random_device(generator, images.device)
-    flip = (torch.rand((), generator=generator, device=rand_device) < p).to(images.device, non_blocking=True)
-    return (
-        torch.where(flip, images.flip(-1), images),
-        torch.where(flip, logits.flip(-1), logits),
-    )
+    return flip_with_coin(flip_coin(p, generator, images.device), images, logits)
+
+
+def flip_coin(p=0.5, generator=None, device=None):
+    """The coin of :func:`random_flip`: a 0-dim boolean tensor on ``device``, true with probability ``p``."""
+    rand_device = _random_device(generator, device)
+    flip = torch.rand((), generator=generator, device=rand_device) < p
+    return flip if device is None else flip.to(device, non_blocking=True)
+
+
+def flip_with_coin(flip, images, logits):
+    """Images and logits flipped horizontally where the 0-dim ``flip`` is true."""
+    return torch.where(flip, images.flip(-1), images), torch.where(flip, logits.flip(-1), logits)
