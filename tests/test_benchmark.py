@@ -1,6 +1,7 @@
 """tools/benchmark.py: one tiny CPU run of every stage in both configurations, and its flag checks."""
 import json
 import math
+import types
 
 import pytest
 
@@ -175,3 +176,25 @@ def test_variants_are_measured_against_fast_and_failures_are_recorded(tmp_path, 
     assert report["settings"]["compile_backend"] == "eager" and report["device"]["pytorch_lightning"]
     table = benchmark.format_table(report)
     assert "compile_step" in table and "failed: RuntimeError: planted failure" in table
+
+
+def test_fit_puts_the_lightning_log_level_back(monkeypatch):
+    """The benchmark quietens Lightning while it trains, and only then (it runs inside test sessions)."""
+    import logging
+
+    from tools import benchmark
+
+    log = logging.getLogger("pytorch_lightning")
+    log.setLevel(logging.INFO)
+    seen = []
+
+    class Trainer:
+        def fit(self, *args, **kwargs):
+            seen.append(log.level)
+
+    monkeypatch.setattr(benchmark, "make_trainer", lambda *args, **kwargs: Trainer())
+    bench = benchmark.Bench.__new__(benchmark.Bench)
+    bench.device = types.SimpleNamespace(type="cpu")
+    cfg = types.SimpleNamespace(autocast=False, cudnn_benchmark=False)
+    bench.fit(None, {}, cfg, 1)
+    assert seen == [logging.WARNING] and log.level == logging.INFO

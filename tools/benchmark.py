@@ -515,16 +515,23 @@ class Bench:
     def fit(self, module, batch, cfg, steps, callbacks=()):
         """``steps`` training steps of ``module`` on ``batch`` (already on the device) by a Trainer, as
         ``main.py`` trains: precision, cuDNN autotuning and the module's hooks are the Trainer's."""
-        # The Trainer's start-up notes and these warnings would repeat for every measured run.
-        logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-        warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
-        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        # The Trainer's start-up notes and these warnings would repeat for every measured run; the
+        # logger's level is put back afterwards (the benchmark also runs inside other programs' processes).
+        lightning_log = logging.getLogger("pytorch_lightning")
+        level = lightning_log.level
+        lightning_log.setLevel(logging.WARNING)
         hardware = HardwareConfig(accelerator="gpu" if self.device.type == "cuda" else "cpu", devices=1,
                                   precision="bf16-mixed" if cfg.autocast else "32-true")
-        trainer = make_trainer(hardware, max_steps=steps, logger=False, enable_checkpointing=False,
-                               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                               limit_val_batches=0, benchmark=cfg.cudnn_benchmark, callbacks=list(callbacks))
-        trainer.fit(module, train_dataloaders=DataLoader(RepeatedBatch(batch, steps), batch_size=None))
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+                warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+                trainer = make_trainer(hardware, max_steps=steps, logger=False, enable_checkpointing=False,
+                                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                                       limit_val_batches=0, benchmark=cfg.cudnn_benchmark, callbacks=list(callbacks))
+                trainer.fit(module, train_dataloaders=DataLoader(RepeatedBatch(batch, steps), batch_size=None))
+        finally:
+            lightning_log.setLevel(level)
 
     def autocast(self, cfg):
         if not cfg.autocast:
@@ -628,7 +635,7 @@ def run_inference(bench, stage, cfg, count):
 
         times = timed(step, o.warmup, o.steps, device)
         peak = memory.peak_mb()
-        del batches, loader
+        batches = loader = None  # the loader's workers end before the model-only timing
         model_times = timed(lambda: predict(last["batch"]), 0, o.steps, device)
         extra["model_images_per_s"] = o.batch_size / statistics.median(model_times)
     if stage == "pseudo_label" and cfg.project_loader:
