@@ -329,17 +329,6 @@ def rank_by_entropy(records):
     return ranking[:half], ranking[half:]
 
 
-def write_split(save, split, records):
-    """Rank ``records`` (``{name: [value text, ...]}``, :func:`rank_by_entropy`) and write the two
-    lists of :func:`report_names` atomically, lines ``<name> <value>``; returns ``(easy, hard)``.
-    Also the split of label maps made elsewhere (``modules/label_maps.py``, from confidence maps)."""
-    files = report_names(save, split)
-    easy, hard = rank_by_entropy(records)
-    for key, rows in (("easy", easy), ("hard", hard)):
-        atomic_write_text(files[key], "".join(f"{name} {value}\n" for name, value in rows))
-    return easy, hard
-
-
 def class_pixels(records, num_classes):
     counts = np.zeros(num_classes, dtype=np.int64)
     for fields in records.values():
@@ -390,7 +379,9 @@ def write_report(save, split, result, config, layout):
     """easy/hard lists and the summary; returns the summary (a dict) and the ground-truth scores."""
     records, names = result["records"], result["names"]
     files = report_names(save, split)
-    easy, hard = write_split(save, split, records)
+    easy, hard = rank_by_entropy(records)
+    for key, rows in (("easy", easy), ("hard", hard)):
+        atomic_write_text(files[key], "".join(f"{name} {value}\n" for name, value in rows))
 
     counts = class_pixels(records, config.network.num_classes)
     names_of_classes = class_names(config.network.num_classes)

@@ -10,7 +10,7 @@ import demo
 import extract_model_state_dict
 import generate_pseudo_labels
 import main
-from tools import export_provider, rank_label_maps
+from tools import export_provider
 from utils import transfer_trainid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +22,6 @@ PARSERS = {
     "utils/transfer_trainid.py": transfer_trainid.parse_args,
     "demo.py": lambda argv: demo.build_parser().parse_args(argv),
     "-m tools.export_provider": lambda argv: export_provider.build_parser().parse_args(argv),
-    "-m tools.rank_label_maps": lambda argv: rank_label_maps.build_parser().parse_args(argv),
 }
 
 
