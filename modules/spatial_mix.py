@@ -18,10 +18,9 @@ from modules.base import SegmentationModule, cross_entropy
 from utils.augment import augment_draws, photometric_augment_with
 from utils.cli import UserError, finite_float, probability
 from utils.ema import ema_lerp, ema_update
-from utils.mixing import draw_spatial_mix, flip_coin, flip_with_coin, mix_loop_with_draws, mix_with_draws
+from utils.mixing import draw_spatial_mix, flip_coin, flip_with_coin, mix_with_draws
 
 GENERATOR_STATE_KEY = "spatial_mix_generator_state"  # in the checkpoint: rank 0's random stream
-SPATIAL_MIX_IMPLS = {"batched": mix_with_draws, "loop": mix_loop_with_draws}
 
 
 def consistency_target(logits, threshold=0.968, source="softmax"):
@@ -45,13 +44,12 @@ class StepDraws(NamedTuple):
     colour: Optional[torch.Tensor]
 
 
-def student_batch(images, teacher_logits, draws, threshold, source, impl="batched"):
+def student_batch(images, teacher_logits, draws, threshold, source):
     """The tensor work between the teacher and the student: SpatialMix of the images and the
     teacher's logits, the batch flip, the teacher's target and weight (:func:`consistency_target`),
     the photometric augmentation; returns (student images, target, weight). Every random number
-    comes in ``draws``, so with ``impl="batched"`` nothing is read back to the host and
-    ``--compile step`` compiles it whole."""
-    mixed_images, mixed_logits = SPATIAL_MIX_IMPLS[impl](images, teacher_logits, draws.others, draws.xs, draws.ys)
+    comes in ``draws``, so nothing is read back to the host and ``--compile step`` compiles it whole."""
+    mixed_images, mixed_logits = mix_with_draws(images, teacher_logits, draws.others, draws.xs, draws.ys)
     mixed_images, mixed_logits = flip_with_coin(draws.flip, mixed_images, mixed_logits)
     target, weight = consistency_target(mixed_logits, threshold, source)
     if draws.colour is not None:
@@ -72,7 +70,6 @@ class SelfDistillationOptions:
     ema_alpha: float = 0.99
     flip_prob: float = 0.5
     no_augment: bool = False
-    spatial_mix_impl: str = "batched"
 
 
 class SpatialMixModule(SegmentationModule):
@@ -101,9 +98,6 @@ class SpatialMixModule(SegmentationModule):
                            help="probability of flipping the whole mixed batch horizontally (default: %(default)s)")
         group.add_argument("--no-augment", action="store_true",
                            help="feed the student the mixed images without colour jitter and blur")
-        group.add_argument("--spatial-mix-impl", choices=tuple(SPATIAL_MIX_IMPLS), default="batched",
-                           help="batched (ours), or loop: one image at a time as the published code, the same "
-                                "result and random draws, slower (default: %(default)s)")
         return parser
 
     @classmethod
@@ -113,9 +107,6 @@ class SpatialMixModule(SegmentationModule):
         if o.confidence_source == "softmax" and not 0 <= o.confidence_threshold <= 1:
             raise UserError(f"--confidence-threshold {o.confidence_threshold} is no probability: with "
                             "--confidence-source softmax it must be in [0, 1] (above 1 no pixel is ever confident)")
-        if config.hardware.compile == "step" and o.spatial_mix_impl == "loop":
-            raise UserError("--compile step needs --spatial-mix-impl batched: the published per-image loop reads "
-                            "its split points back to the host, which a compiled step cannot")
 
     def __init__(self, config):
         if config.data.train_batch_size < 2:
@@ -169,8 +160,7 @@ class SpatialMixModule(SegmentationModule):
         with torch.no_grad():
             teacher_logits = self.ema_net(images, size=images.shape[-2:])
             student_images, target, weight = self.step_functions(student_batch)(
-                images, teacher_logits, self.draw(images), o.confidence_threshold, o.confidence_source,
-                o.spatial_mix_impl)
+                images, teacher_logits, self.draw(images), o.confidence_threshold, o.confidence_source)
         logits = self.net(student_images, size=images.shape[-2:])
         loss = self.step_functions(weighted_cross_entropy)(logits, target, weight)
         self.log("train/consistency_weight", weight)

@@ -120,56 +120,27 @@ def test_students_are_measured_too(tmp_path):
     assert positive(report["pseudo_label"]["fast"]["images_per_s"])
 
 
-@pytest.mark.parametrize("variant", ["nchw", "fp32", "nchw_fp32", "compiled"])
-def test_batchnorm_variants_compute_what_batchnorm_computes(variant, monkeypatch):
-    """Training-mode BatchNorm in each variant: the same output, input gradient and running
-    statistics as PyTorch's own, the same state dict keys."""
-    import copy
-
-    import torch
-
-    from models.deeplabv2 import get_deeplabv2
-    from utils import compile as compile_utils
-
-    monkeypatch.setattr(compile_utils, "BACKEND", "eager")  # graph capture only: seconds on a CPU
-    torch.manual_seed(0)
-    reference = get_deeplabv2(arch="deeplabv2_tiny").to(memory_format=torch.channels_last).train()
-    net = benchmark.use_batchnorm(copy.deepcopy(reference), variant)
-    assert any(type(m) is benchmark.BATCHNORM_VARIANTS[variant][0] for m in net.modules())
-    x = (torch.randn(2, 3, 32, 64) * 50).to(memory_format=torch.channels_last)
-    outputs = []
-    for model in (reference, net):
-        image = x.clone().requires_grad_()
-        out = model(image, size=(32, 64))
-        out.square().mean().backward()
-        outputs.append((out, image.grad))
-    torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(outputs[1][1], outputs[0][1], rtol=1e-4, atol=1e-6)
-    assert net.state_dict().keys() == reference.state_dict().keys()
-    for (key, a), b in zip(reference.state_dict().items(), net.state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=key)
-
-
 def test_variants_are_measured_against_fast_and_failures_are_recorded(tmp_path, monkeypatch):
     out = tmp_path / "variants.json"
-    original = benchmark.use_batchnorm
+    original = benchmark.Bench.module
 
-    def fail_for_fp32(net, variant):
-        if variant == "fp32":
+    def fail_for_network(bench, module_name, cfg):
+        if cfg.name == "compile_network":
             raise RuntimeError("planted failure")
-        return original(net, variant)
+        return original(bench, module_name, cfg)
 
-    monkeypatch.setattr(benchmark, "use_batchnorm", fail_for_fp32)
+    monkeypatch.setattr(benchmark.Bench, "module", fail_for_network)
     assert benchmark.main(["--accelerator", "cpu", "--arch", "deeplabv2_tiny", "--input-size", "64x32",
                            "--batch-size", "2", "--steps", "2", "--warmup", "1", "--num-workers", "0", "--threads", "1",
-                           "--stages", "baseline,val", "--configs", "fast,compile_step,bn_nchw,bn_fp32",
+                           "--stages", "baseline,val", "--configs", "fast,compile_step,compile_network",
                            "--compile-backend", "eager", "--keep-going", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     baseline = report["baseline"]
-    assert set(baseline) == {"fast", "compile_step", "bn_nchw", "bn_fp32", "speedup", "vs_fast"}
+    assert set(baseline) == {"fast", "compile_step", "compile_network", "speedup", "vs_fast"}
     assert baseline["speedup"] is None  # published was not measured
-    assert baseline["bn_fp32"] == {"error": "RuntimeError: planted failure"} and baseline["vs_fast"]["bn_fp32"] is None
-    assert positive(baseline["vs_fast"]["bn_nchw"]) and positive(baseline["compile_step"]["first_step_ms"])
+    assert baseline["compile_network"] == {"error": "RuntimeError: planted failure"}
+    assert baseline["vs_fast"]["compile_network"] is None
+    assert positive(baseline["vs_fast"]["compile_step"]) and positive(baseline["compile_step"]["first_step_ms"])
     assert baseline["compile_step"]["compile_s"] >= 0 and "compile_s" not in baseline["fast"]
     assert "torch.compile of the networks and the step" in report["settings"]["configurations"]["compile_step"]
     assert set(report["val"]) == {"fast", "speedup"}  # the variants change training steps only
@@ -178,23 +149,26 @@ def test_variants_are_measured_against_fast_and_failures_are_recorded(tmp_path, 
     assert "compile_step" in table and "failed: RuntimeError: planted failure" in table
 
 
-def test_fit_puts_the_lightning_log_level_back(monkeypatch):
-    """The benchmark quietens Lightning while it trains, and only then (it runs inside test sessions)."""
+def test_fit_puts_the_lightning_log_level_and_the_mixing_back(monkeypatch):
+    """The benchmark quietens Lightning while it trains, and only then (it runs inside test sessions);
+    the published configuration trains with the published per-image SpatialMix, and only then."""
     import logging
 
-    from tools import benchmark
+    from modules import spatial_mix
 
     log = logging.getLogger("pytorch_lightning")
     log.setLevel(logging.INFO)
+    batched = spatial_mix.mix_with_draws
     seen = []
 
     class Trainer:
         def fit(self, *args, **kwargs):
-            seen.append(log.level)
+            seen.append((log.level, spatial_mix.mix_with_draws))
 
     monkeypatch.setattr(benchmark, "make_trainer", lambda *args, **kwargs: Trainer())
     bench = benchmark.Bench.__new__(benchmark.Bench)
     bench.device = types.SimpleNamespace(type="cpu")
-    cfg = types.SimpleNamespace(autocast=False, cudnn_benchmark=False)
-    bench.fit(None, {}, cfg, 1)
-    assert seen == [logging.WARNING] and log.level == logging.INFO
+    for loop_mix in (True, False):
+        bench.fit(None, {}, types.SimpleNamespace(autocast=False, cudnn_benchmark=False, loop_mix=loop_mix), 1)
+    assert seen == [(logging.WARNING, benchmark.published_spatial_mix), (logging.WARNING, batched)]
+    assert log.level == logging.INFO and spatial_mix.mix_with_draws is batched

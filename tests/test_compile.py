@@ -58,7 +58,6 @@ def test_levels_and_the_saved_values_of_earlier_versions(tree, tmp_path):
     (["--compile", "fast"], "--compile"),
     (["--compile-mode", "reduce-overhead"], "--compile-mode reduce-overhead needs --compile"),
     (["--compile", "step", "--compile-mode", "reduce-overhead"], "CUDA graphs"),  # --accelerator cpu
-    (["--compile", "step", "--spatial-mix-impl", "loop"], "--compile step needs --spatial-mix-impl batched"),
 ])
 def test_compile_is_refused_where_it_cannot_work(tree, tmp_path, capsys, extra, names):
     out = tmp_path / "exp"

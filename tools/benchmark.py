@@ -32,28 +32,20 @@ instructions, see docs/benchmarks.md).
 
 *variants* (``--configs``, training stages only): the fast configuration with one change, each
 against it: ``compile_network``, ``compile_step``, ``compile_step_cudagraphs`` (``main.py
---compile``, ``--compile-mode reduce-overhead``), and training-mode BatchNorm as the published
-semantics allow it to run (batch statistics, running statistics updated): ``bn_nchw`` (on NCHW
-copies), ``bn_fp32`` (float32 inside bf16 autocast, which cuDNN's BatchNorm takes), ``bn_nchw_fp32``
-(both), ``bn_compiled`` (torch.compile'd; ``compile_network`` fuses BatchNorm with the ReLU and the
-residual sum too). The BatchNorm variants exist in this tool only, to choose one for the project.
-A training stage also reports its first step (``first_step_ms``), which compiles where anything is
+--compile``, ``--compile-mode reduce-overhead``). A training stage also reports its first step (``first_step_ms``), which compiles where anything is
 compiled (``compile_s``: how much longer than a steady step it took).
 
 The project's own code runs as users run it: the stage modules train in a Lightning ``Trainer``
-(their steps, hooks and EMA update, with the published per-image SpatialMix chosen by
-``--spatial-mix-impl loop``); the pseudo-label ``PredictionModule``, the validation step with its
+(their steps, hooks and EMA update; in the published configuration the stage's batched SpatialMix is
+swapped for the published per-image one, :func:`published_spatial_mix`); the pseudo-label ``PredictionModule``, the validation step with its
 confusion matrix, the datasets and loaders. Synthetic PNG files are written to a temporary folder.
 
-Reported per stage and configuration: images/s, the median step time, peak memory (CUDA: the
-largest memory allocated by PyTorch during the stage; CPU: the peak resident set size of this
-process above its size at the start of the stage, from the kernel's high-water mark, loader
-workers not included) and, from the floating-point operations counted once per stage with
+Reported per stage and configuration: images/s, the median step time, peak memory (CUDA only: the
+largest memory allocated by PyTorch during the stage) and, from the floating-point operations counted once per stage with
 ``torch.utils.flop_counter.FlopCounterMode``, the achieved TFLOP/s.
 """
 import argparse
 import contextlib
-import ctypes
 import gc
 import json
 import logging
@@ -66,14 +58,13 @@ import sys
 import tempfile
 import time
 import warnings
+from unittest import mock
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.callbacks import Callback
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -83,10 +74,11 @@ from modules.config import parse_args
 from models.deeplabv2 import get_deeplabv2
 from models.networks import ARCH_NAMES, get_network
 from modules import MODULES
+from modules import spatial_mix as spatial_mix_module
 from modules.data import SegmentationDataModule
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run
 from utils import compile as compile_utils
-from utils.compile import COMPILE_MODES, compile_function, compile_level
+from utils.compile import COMPILE_MODES, compile_level
 from utils.io import atomic_write_bytes, atomic_write_text, encode_png
 from utils.labels import IGNORE_INDEX, NUM_CLASSES
 from utils.lightning import HardwareConfig, make_trainer
@@ -108,7 +100,7 @@ class Config:
     """What separates the published configuration from the fast one, and a variant from the fast one."""
 
     def __init__(self, name, loop_mix, channels_last, autocast, cudnn_benchmark, project_loader, inference_mode,
-                 resize_backend, compile="off", compile_mode="default", batchnorm="native"):
+                 resize_backend, compile="off", compile_mode="default"):
         self.name = name
         self.loop_mix = loop_mix
         self.channels_last = channels_last
@@ -119,7 +111,6 @@ class Config:
         self.resize_backend = resize_backend
         self.compile = compile  # main.py's --compile: off, network or step
         self.compile_mode = compile_mode
-        self.batchnorm = batchnorm  # a key of BATCHNORM_VARIANTS: how training-mode BatchNorm runs
 
     def describe(self):
         parts = ["SpatialMix " + ("per-image loop" if self.loop_mix else "batched"),
@@ -131,8 +122,6 @@ class Config:
         if self.compile != "off":
             parts.append(f"torch.compile of the {'networks' if self.compile == 'network' else 'networks and the step'}"
                          + ("" if self.compile_mode == "default" else f" ({self.compile_mode})"))
-        if self.batchnorm != "native":
-            parts.append(BATCHNORM_VARIANTS[self.batchnorm][1])
         return ", ".join(parts)
 
 
@@ -154,89 +143,14 @@ def configurations(opts, device):
     return {name: configs[name] for name in opts.configs}
 
 
-# -- training-mode BatchNorm, the ways the published semantics allow (batch statistics, running
-# statistics updated) -----------------------------------------------------------------------------------
-
-def _layout(x):
-    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-        else torch.contiguous_format
-
-
-class NCHWBatchNorm(nn.BatchNorm2d):
-    """BatchNorm of an NCHW copy of its input (PyTorch's NCHW kernels; cuDNN's where the dtype is
-    float32), the result copied back to the input's layout."""
-
-    def forward(self, x):
-        return super().forward(x.contiguous()).contiguous(memory_format=_layout(x))
-
-
-class Float32BatchNorm(nn.BatchNorm2d):
-    """BatchNorm in float32 inside bf16 autocast (cuDNN's kernels take float32, not bfloat16),
-    the result in the input's dtype."""
-
-    def forward(self, x):
-        return super().forward(x.float()).to(x.dtype)
-
-
-class NCHWFloat32BatchNorm(nn.BatchNorm2d):
-    """Both: float32 NCHW, the input cuDNN's BatchNorm is written for."""
-
-    def forward(self, x):
-        return super().forward(x.float().contiguous()).to(x.dtype).contiguous(memory_format=_layout(x))
-
-
-_compiled_batch_norm = {}  # by compiler (compile_utils.BACKEND)
-
-
-def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
-    return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-
-
-class CompiledBatchNorm(nn.BatchNorm2d):
-    """BatchNorm as a torch.compile'd function: statistics, normalisation and the update of the
-    running statistics in generated kernels (networks here: momentum set, statistics tracked)."""
-
-    def forward(self, x):
-        backend = compile_utils.BACKEND
-        if backend not in _compiled_batch_norm:  # symbolic shapes: one graph serves the layers' many shapes
-            _compiled_batch_norm[backend] = compile_function(_batch_norm, dynamic=True)
-        if self.training:
-            self.num_batches_tracked.add_(1)
-        return _compiled_batch_norm[backend](x, self.running_mean, self.running_var, self.weight, self.bias,
-                                             self.training, self.momentum, self.eps)
-
-
-# name: (class swapped in for every nn.BatchNorm2d, description)
-BATCHNORM_VARIANTS = {
-    "native": (None, "PyTorch's BatchNorm on the network's layout and dtype"),
-    "nchw": (NCHWBatchNorm, "BatchNorm on NCHW copies"),
-    "fp32": (Float32BatchNorm, "BatchNorm in float32"),
-    "nchw_fp32": (NCHWFloat32BatchNorm, "BatchNorm in float32 on NCHW copies (cuDNN)"),
-    "compiled": (CompiledBatchNorm, "BatchNorm compiled (torch.compile)"),
-}
-
 # Variants of the fast configuration, measured in the training stages (--configs): name: (its changes, what).
 VARIANTS = {
     "compile_step": ({"compile": "step"}, "main.py --compile step"),
     "compile_network": ({"compile": "network"}, "main.py --compile network"),
     "compile_step_cudagraphs": ({"compile": "step", "compile_mode": "reduce-overhead"},
                                 "main.py --compile step --compile-mode reduce-overhead (CUDA graphs)"),
-    "bn_nchw": ({"batchnorm": "nchw"}, BATCHNORM_VARIANTS["nchw"][1]),
-    "bn_fp32": ({"batchnorm": "fp32"}, BATCHNORM_VARIANTS["fp32"][1]),
-    "bn_nchw_fp32": ({"batchnorm": "nchw_fp32"}, BATCHNORM_VARIANTS["nchw_fp32"][1]),
-    "bn_compiled": ({"batchnorm": "compiled"}, BATCHNORM_VARIANTS["compiled"][1]),
 }
 TRAINING_STAGES = ("baseline", "smhm")  # the stages the variants are measured in
-
-
-def use_batchnorm(net, variant):
-    """Every plain ``nn.BatchNorm2d`` of ``net`` runs as ``variant`` (same parameters, buffers and keys)."""
-    cls = BATCHNORM_VARIANTS[variant][0]
-    if cls is not None:
-        for m in net.modules():
-            if type(m) is nn.BatchNorm2d:
-                m.__class__ = cls
-    return net
 
 
 # -- measuring ------------------------------------------------------------------------------------------
@@ -260,53 +174,22 @@ def timed(step, warmup, steps, device):
     return times
 
 
-def _proc_status_kib(field):
-    with open("/proc/self/status") as f:
-        match = re.search(rf"^{field}:\s+(\d+)\s+kB", f.read(), re.MULTILINE)
-    return int(match.group(1)) if match else None
-
-
-def _release_freed_memory():
-    gc.collect()
-    try:  # glibc keeps freed blocks; giving them back makes the next stage's RSS peak its own
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 class PeakMemory:
-    """Peak memory of a block in MiB.
-
-    CUDA: ``torch.cuda.max_memory_allocated`` after a reset (everything of earlier stages freed).
-    CPU: the peak resident set size of this process above its size at the start: the kernel's
-    high-water mark (``VmHWM``) is reset through ``/proc/self/clear_refs``; ``None`` where that is
-    not possible (not Linux).
-    """
+    """Peak memory of a block in MiB: ``torch.cuda.max_memory_allocated`` after a reset (everything
+    of earlier stages freed); ``None`` on a CPU."""
 
     def __init__(self, device):
         self.device = device
-        self.start_kib = None
 
     def __enter__(self):
-        _release_freed_memory()
+        gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")  # 5 = reset the peak resident set size
-                self.start_kib = _proc_status_kib("VmRSS")
-            except OSError:
-                self.start_kib = None
         return self
 
     def peak_mb(self):
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / MIB
-        if self.start_kib is None:
-            return None
-        return max(0, _proc_status_kib("VmHWM") - self.start_kib) / 1024
+        return torch.cuda.max_memory_allocated(self.device) / MIB if self.device.type == "cuda" else None
 
     def __exit__(self, *exc):
         return False
@@ -427,6 +310,23 @@ class PublishedImages(Dataset):
         return item
 
 
+def published_spatial_mix(images, logits, others, xs, ys):
+    """SpatialMix as the published code runs it, one image at a time with crop-and-paste of quadrants,
+    on the draws of ``utils.mixing.draw_spatial_mix``: the result of ``utils.mixing.mix_with_draws``.
+    The crops need the split points on the host: a synchronisation on a GPU, as in the published code."""
+    others, xs, ys = others.tolist(), xs.tolist(), ys.tolist()
+    outputs = []
+    for tensor in (images, logits):
+        mixed = torch.empty_like(tensor)
+        for i, (x, y, (j1, j2, j3)) in enumerate(zip(xs, ys, others)):
+            mixed[i, :, :y, :x] = tensor[i, :, :y, :x]
+            mixed[i, :, :y, x:] = tensor[j1, :, :y, x:]
+            mixed[i, :, y:, :x] = tensor[j2, :, y:, :x]
+            mixed[i, :, y:, x:] = tensor[j3, :, y:, x:]
+        outputs.append(mixed)
+    return tuple(outputs)
+
+
 # -- the project's modules in a Trainer ----------------------------------------------------------------
 
 class StepTimes(Callback):
@@ -497,18 +397,15 @@ class Bench:
                 "--accelerator", "gpu" if self.device.type == "cuda" else "cpu",
                 "--log-tb-dir", os.path.join(self.workdir, "experiments")]
         if module_name == "smhm":
-            argv += ["--restore-from", self.weights(), "--spatial-mix-impl", "loop" if cfg.loop_mix else "batched"]
+            argv += ["--restore-from", self.weights()]
         if cfg.compile != "off":
             argv += ["--compile", cfg.compile, "--compile-mode", cfg.compile_mode]
         return parse_args(argv)
 
     def module(self, module_name, cfg):
-        """The stage's module on the device with the training speed settings (channels-last, compilation)
-        and the configuration's BatchNorm."""
+        """The stage's module on the device with the training speed settings (channels-last, compilation)."""
         module = MODULES[module_name](self.args(module_name, cfg))
         module.to(self.device)
-        for net in module.networks():
-            use_batchnorm(net, cfg.batchnorm)
         module.configure_networks(self.device.type)
         return module
 
@@ -522,8 +419,10 @@ class Bench:
         lightning_log.setLevel(logging.WARNING)
         hardware = HardwareConfig(accelerator="gpu" if self.device.type == "cuda" else "cpu", devices=1,
                                   precision="bf16-mixed" if cfg.autocast else "32-true")
+        mixing = mock.patch.object(spatial_mix_module, "mix_with_draws", published_spatial_mix) if cfg.loop_mix \
+            else contextlib.nullcontext()
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), mixing:
                 warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
                 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
                 trainer = make_trainer(hardware, max_steps=steps, logger=False, enable_checkpointing=False,
@@ -603,7 +502,7 @@ def run_training(bench, stage, cfg, count):
     figures = result(times, o.batch_size, False, peak)
     # The first step compiles (--compile): its time, and how much longer than a steady step it took.
     figures["first_step_ms"] = timer.times[0] * 1000.0
-    if cfg.compile != "off" or cfg.batchnorm == "compiled":
+    if cfg.compile != "off":
         figures["compile_s"] = max(0.0, (figures["first_step_ms"] - figures["step_ms"]) / 1000.0)
     return figures, flops
 
@@ -792,9 +691,6 @@ def format_table(report):
                      f"{_number(_figure(report, 'resize', 'fast', 'label_ms'), 2)} ms")
     if report["device"]["type"] == "cuda":
         notes.append("peak MiB: torch.cuda.max_memory_allocated during the stage (weights, optimiser state, activations)")
-    else:
-        notes.append("peak MiB: peak resident set size of this process above its size at the stage's start "
-                     "(loader workers not included)")
     return "\n".join(lines + [""] + notes)
 
 
@@ -926,7 +822,7 @@ def warm_up_process(device):
 
 
 def _eager(cfg):
-    return cfg.compile == "off" and cfg.batchnorm != "compiled"
+    return cfg.compile == "off"
 
 
 def _ratio(a, b):

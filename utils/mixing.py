@@ -48,8 +48,7 @@ def draw_spatial_mix(n, h, w, position_beta, generator=None, device=None):
     """All random choices of one SpatialMix call.
 
     Returns ``others`` (N×3 long: the sources of the top-right, bottom-left and bottom-right
-    quadrants), ``xs`` and ``ys`` (N long split points), on ``device``. The batched and the loop
-    implementations both call this, so they consume randomness identically.
+    quadrants), ``xs`` and ``ys`` (N long split points), on ``device``.
     """
     if n < 2:
         raise ValueError(MIN_BATCH_MESSAGE.format(n=n))
@@ -119,36 +118,6 @@ def mix_with_draws(images, logits, others, xs, ys):
     randomness and no value read back to the host, the form ``--compile step`` compiles."""
     sources = _source_map(others, xs, ys, *images.shape[-2:])
     return mix_with_sources(images, sources), mix_with_sources(logits, sources)
-
-
-def spatial_mix_loop(images, logits, position_beta, generator=None):
-    """Reference SpatialMix, one image at a time with crop-and-paste of quadrants.
-
-    Same result and same random draws as :func:`spatial_mix`; it mirrors the straightforward
-    per-image formulation of the published code and serves as a check and a benchmark baseline.
-    """
-    _check(images, logits)
-    n, _, h, w = images.shape
-    return mix_loop_with_draws(images, logits, *draw_spatial_mix(n, h, w, position_beta, generator, images.device))
-
-
-def mix_loop_with_draws(images, logits, others, xs, ys):
-    """:func:`spatial_mix_loop` with the draws of :func:`draw_spatial_mix`. The crops need the split
-    points on the host: a synchronisation on a GPU, as in the published code."""
-    n = images.shape[0]
-    others, xs, ys = others.tolist(), xs.tolist(), ys.tolist()
-    outputs = []
-    for tensor in (images, logits):
-        mixed = torch.empty_like(tensor)
-        for i in range(n):
-            x, y = xs[i], ys[i]
-            j1, j2, j3 = others[i]
-            mixed[i, :, :y, :x] = tensor[i, :, :y, :x]
-            mixed[i, :, :y, x:] = tensor[j1, :, :y, x:]
-            mixed[i, :, y:, :x] = tensor[j2, :, y:, :x]
-            mixed[i, :, y:, x:] = tensor[j3, :, y:, x:]
-        outputs.append(mixed)
-    return tuple(outputs)
 
 
 def random_flip(images, logits, p=0.5, generator=None):
