@@ -59,21 +59,6 @@ def test_student_is_untouched_and_no_graph_is_built():
     assert all(t.grad_fn is None for t in teacher.parameters())
 
 
-def test_buffer_modes():
-    teacher, student = _net(0), _net(1)
-    before = copy.deepcopy(teacher)
-    ema_update(teacher, student, step=1, buffers="copy")
-    for t, s in zip(teacher.buffers(), student.buffers()):
-        assert torch.equal(t, s)
-    teacher = copy.deepcopy(before)
-    ema_update(teacher, student, step=1, buffers="ema")
-    bn, bn_before, bn_student = teacher[1], before[1], student[1]
-    torch.testing.assert_close(bn.running_mean, 0.5 * bn_before.running_mean + 0.5 * bn_student.running_mean)
-    assert torch.equal(bn.num_batches_tracked, bn_student.num_batches_tracked)
-    with pytest.raises(ValueError, match="buffers"):
-        ema_update(teacher, student, step=1, buffers="average")
-
-
 def test_different_architectures_are_an_error():
     with pytest.raises(ValueError, match="same architecture"):
         ema_update(nn.Linear(3, 4), nn.Linear(4, 3), step=1)
