@@ -35,7 +35,8 @@ def main(argv=None):
 
         return train_rounds(config, config.rounds)
     result = runner.train(config)
-    print(f"best checkpoint: {result['best_checkpoint']} (val mIoU {result['best_miou']})")
+    best = "none" if result["best_miou"] is None else f"{result['best_miou']:.2f}"
+    print(f"best checkpoint: {result['best_checkpoint']} (val mIoU {best})")
     return result
 
 

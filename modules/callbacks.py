@@ -21,27 +21,34 @@ from utils.visualize import labelled_picture
 
 
 class ScoreRecord(Callback):
-    """Print the per-class table and append a row to the record after each validation and test
-    (first process only; every process holds the same scores, summed over all of them). Scores per
-    condition (ACDC) add their means after the table and a row to each condition's own record,
-    ``<record>_<condition>.csv``, in the format of the main one, which stays as it is."""
+    """Append a row to the record after each validation and test (first process only; every process
+    holds the same scores, summed over all of them) and print a line per validation, the per-class
+    table after a test. Scores per condition (ACDC) add their means and a row to each condition's own
+    record, ``<record>_<condition>.csv``, in the format of the main one, which stays as it is."""
 
     def __init__(self, record_path, test_title):
         self.record_path = record_path
         self.test_title = test_title
+        self.best = None
 
-    def _write(self, trainer, scores, title):
+    def _write(self, trainer, scores, title=None):
         if trainer.is_global_zero and scores is not None:
             conditions = scores.get("conditions") or {}
-            table = format_table(scores, title=title)
-            rank_zero_info(table + ("\n" + format_condition_table(conditions) if conditions else ""))
+            if title is None:  # a validation: one line, the table is in the record
+                self.best = scores["miou"] if self.best is None else max(self.best, scores["miou"])
+                by_condition = "".join(f", {name} {c['miou']:.2f}" for name, c in conditions.items())
+                rank_zero_info(f"validation at step {trainer.global_step}: val mIoU {scores['miou']:.2f}"
+                               f"{by_condition} (best {self.best:.2f})")
+            else:
+                table = format_table(scores, title=title)
+                rank_zero_info(table + ("\n" + format_condition_table(conditions) if conditions else ""))
             append_record(self.record_path, scores)
             for condition, condition_scores in conditions.items():
                 append_record(condition_record_path(self.record_path, condition), condition_scores)
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
-            self._write(trainer, pl_module.last_scores, f"validation at step {trainer.global_step}")
+            self._write(trainer, pl_module.last_scores)
 
     def on_test_end(self, trainer, pl_module):
         self._write(trainer, pl_module.last_scores, self.test_title)

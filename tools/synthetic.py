@@ -42,9 +42,9 @@ from multiprocessing import get_context
 import cv2
 import numpy as np
 from cityscapesscripts.helpers.labels import name2label
-from tqdm import tqdm
 
 from utils.cli import ArgumentParser, UserError, at_least, input_size, probability, run, seed
+from utils.cli import progress as shown
 from utils.io import atomic_write_bytes, atomic_write_text, read_label, write_png
 from utils.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, cityscapes_label_id_lut
 from utils.run_folder import folder_lock
@@ -1016,13 +1016,12 @@ def generate_benchmark(root, seed=0, num_source=DEFAULT_NUM_SOURCE, num_train=DE
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     tasks = [(job, settings, overwrite) for job in jobs]
     histograms = {"source": 0, "target_train": 0, "target_val": 0}
-    bar = tqdm(total=len(tasks), desc="drawing scenes", unit="image", disable=not progress)
+    display = dict(total=len(tasks), desc="drawing scenes", unit="image", disable=not progress)
     if workers > 1:
         with get_context().Pool(workers) as pool:
-            results = list(_track(pool.imap(_make_image, tasks, chunksize=8), bar))
+            results = list(shown(pool.imap(_make_image, tasks, chunksize=8), **display))
     else:
-        results = list(_track(map(_make_image, tasks), bar))
-    bar.close()
+        results = list(shown(map(_make_image, tasks), **display))
     for (domain, stream, *_), histogram in zip(jobs, results):
         key = "source" if stream == 0 else ("target_train" if stream == 1 else "target_val")
         histograms[key] = histograms[key] + histogram
@@ -1048,12 +1047,6 @@ def target_args(root, target=DEFAULT_TARGET, labels=True):
     if target == "acdc":  # the reader's default is all four conditions; the benchmark draws two
         args += ["--conditions", ",".join(SPLIT_CONDITIONS["acdc"]["train"])]
     return args
-
-
-def _track(iterable, bar):
-    for item in iterable:
-        bar.update(1)
-        yield item
 
 
 # ----------------------------------------------------------------------------- command line

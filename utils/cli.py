@@ -9,6 +9,7 @@ infinity are refused by every float type.
 import argparse
 import math
 import sys
+import time
 
 
 class UserError(Exception):
@@ -16,10 +17,27 @@ class UserError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """An ``argparse`` parser whose mistakes are one line (``error: ...``) instead of the usage dump."""
+    """An ``argparse`` parser whose mistakes are one line (``error: ...``) instead of the usage dump,
+    naming the closest real flag of a mistyped one; abbreviations of flags are not taken (a typo
+    must not silently become another flag)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
+        if message.startswith("unrecognized arguments: "):
+            message = "; ".join(self.unknown_flag(word) for word in message.split(": ", 1)[1].split()
+                                if word.startswith("--")) or message
         raise UserError(f"{message} (see {self.prog} --help)")
+
+    def unknown_flag(self, word):
+        import difflib
+
+        flag = word.split("=", 1)[0]
+        known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        return f"unknown flag {flag}" + (f": did you mean {close[0]}?" if close else "")
 
 
 MAX_SIDE = 8192  # pixels per side of an input size: 4x Cityscapes' 2048; beyond it memory runs out, not the method
@@ -138,3 +156,69 @@ def run(main, argv=None):
         sys.exit(130)
     # An entry point returns an exit code, or its result for Python callers (then it succeeded).
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def interactive():
+    """Whether output goes to a terminal (then progress is a bar; in a log file, plain lines)."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class PlainLines:
+    """Progress for a log file: ``desc done/total[, extra], rate, time left`` on standard output about
+    every ``every`` seconds and once at the end, never a carriage return. ``rate_of`` counts what the
+    rate is of (``images`` given to :meth:`update`, else the items done)."""
+
+    def __init__(self, iterable=None, total=None, desc="", unit="it", every=30.0):
+        self.iterable, self.desc, self.unit, self.every = iterable, desc, unit, every
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.done = self.images = 0
+        self.started = self.last = time.monotonic()
+        self.printed_at = None
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def update(self, n=1, images=0, extra=""):
+        self.done += n
+        self.images += images
+        now = time.monotonic()
+        if now - self.last >= self.every or (self.total is not None and self.done >= self.total):
+            self.last = now
+            self.print(extra)
+
+    def print(self, extra=""):
+        elapsed = time.monotonic() - self.started
+        count, unit = (self.images, "images") if self.images else (self.done, f"{self.unit}")
+        rate = f", {count / elapsed:.1f} {unit}/s" if count and elapsed > 0 else ""
+        left = (f", {_duration(elapsed / self.done * (self.total - self.done))} left"
+                if self.total and self.done and self.done < self.total else "")
+        print(f"{self.desc + ' ' if self.desc else ''}{self.done}/{self.total if self.total is not None else '?'}"
+              f"{extra}{rate}{left}", flush=True)
+        self.printed_at = self.done
+
+    def close(self):
+        if self.done and self.printed_at != self.done:
+            self.print()
+
+    def set_postfix_str(self, text):  # what tqdm offers; a log file shows only the counts
+        pass
+
+
+def progress(iterable=None, total=None, desc="", unit="it", leave=True, disable=False):
+    """A progress display over ``iterable`` (or updated by hand): tqdm's bar on a terminal,
+    :class:`PlainLines` when output goes to a file, nothing with ``disable``."""
+    if disable:
+        return PlainLines(iterable, total, desc, unit, every=float("inf")) if iterable is None else iterable
+    if interactive():
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave)
+    return PlainLines(iterable, total, desc, unit)

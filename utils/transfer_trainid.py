@@ -24,9 +24,8 @@ from multiprocessing import Pool
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from tqdm import tqdm  # noqa: E402
 
-from utils.cli import ArgumentParser, UserError, at_least, run  # noqa: E402
+from utils.cli import ArgumentParser, UserError, at_least, progress, run  # noqa: E402
 from utils.io import read_label, write_png  # noqa: E402
 from utils.labels import NUM_CLASSES, label_ids_to_train_ids, read_synthia_label_ids  # noqa: E402
 
@@ -109,12 +108,12 @@ def main(argv=None):
     pending = [src for src, dst, _, _ in jobs if args.overwrite or not os.path.isfile(dst)]
     if pending:  # a folder of another kind (train ids already) is refused before anything is written
         check_not_train_ids(pending, args.dataset)
-    progress = dict(total=len(jobs), unit="file", desc=f"{args.dataset} label ids -> train ids")
+    settings = dict(total=len(jobs), unit="file", desc=f"{args.dataset} label ids -> train ids")
     if args.workers == 1 or len(jobs) == 1:
-        done = [_convert_job(job) for job in tqdm(jobs, **progress)]
+        done = [_convert_job(job) for job in progress(jobs, **settings)]
     else:
         with Pool(min(args.workers, len(jobs))) as pool:
-            done = list(tqdm(pool.imap_unordered(_convert_job, jobs, chunksize=16), **progress))
+            done = list(progress(pool.imap_unordered(_convert_job, jobs, chunksize=16), **settings))
     converted = sum(done)
     skipped = len(done) - converted
     note = " (already there; --overwrite redoes them)" if skipped else ""
