@@ -1,5 +1,5 @@
-"""tools/gpu_check.py: the prepared device run, rehearsed on a CPU (every part, tiny), and its driver:
-budgets, a part that fails or overruns, where the files go."""
+"""tools/gpu_check.py: the GPU check, rehearsed on a CPU (every part, tiny), and its driver: time
+limits, a part that fails or overruns, where the files go."""
 import json
 import os
 import sys
@@ -11,7 +11,7 @@ from tools import gpu_check
 
 @pytest.mark.slow
 def test_the_tiny_rehearsal_of_the_method_and_the_step_check(tmp_path, capsys):
-    """The two parts of the device run that are this tool's own code, rehearsed on a CPU; the
+    """The two parts of the GPU check that are this tool's own code, rehearsed on a CPU; the
     benchmark parts run tools/benchmark.py (tests/test_benchmark.py) with the commands checked below."""
     out = tmp_path / "out"
     assert gpu_check.main(["--tiny", "--out", str(out), "--parts", "method,step_check"]) == 0
@@ -26,8 +26,8 @@ def test_the_tiny_rehearsal_of_the_method_and_the_step_check(tmp_path, capsys):
 
     method = json.loads(found["method"].read_text())
     stages = [s["stage"] for s in method["stages"]]
-    assert stages[0] == "synthetic benchmark" and stages[-1] == "test"
-    for name in ("source_only", "pseudo-labels", "baseline", "hard patches", "smhm"):
+    assert stages[0] == "synthetic benchmark" and stages[-2:] == ["test", "predict"]
+    for name in ("source_only", "provider: export to ONNX", "pseudo-labels", "baseline", "hard patches", "smhm", "predict"):
         assert name in stages
     assert all(s["status"] == "ok" for s in method["stages"]) and 0 <= method["test_miou"] <= 100
 
@@ -56,7 +56,7 @@ def test_the_benchmark_parts_are_commands_the_benchmark_takes(tmp_path, tiny):
     assert ("compile_step_cudagraphs" in parsed["compiled_more"].configs) == (not tiny)  # no CUDA graphs on a CPU
     assert parsed["compiled"].compile_backend == ("eager" if tiny else "inductor")
     assert all(p.json.startswith(str(tmp_path)) for p in parsed.values())
-    assert len(set(paths.values())) == 7  # the device tool brings back 8 files at most
+    assert len(set(paths.values())) == 7  # a JSON file per part, the summary and the log
 
 
 def test_a_part_that_fails_or_overruns_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch, capsys):
@@ -81,23 +81,18 @@ def test_a_part_that_fails_or_overruns_is_recorded_and_the_next_one_runs(tmp_pat
     assert "step_check  timed out" in capsys.readouterr().out
 
 
-def test_files_go_to_OUT_where_set_else_docs_benchmarks(monkeypatch):
-    monkeypatch.setenv("OUT", "/device/out")
-    assert gpu_check.build_parser().parse_args([]).out == "/device/out"
-    monkeypatch.delenv("OUT")
-    assert gpu_check.build_parser().parse_args([]).out == os.path.join("docs", "benchmarks")
+def test_files_go_to_out_else_experiments(monkeypatch):
+    monkeypatch.setenv("OUT", "/elsewhere")  # an environment variable does not redirect them
+    assert gpu_check.build_parser().parse_args([]).out == os.path.join("experiments", "gpu_check")
+    assert gpu_check.build_parser().parse_args(["--out", "x"]).out == "x"
 
 
-def test_size_and_tiny_mode_come_from_the_environment_too(monkeypatch):
+def test_size_and_tiny_mode_come_from_flags(monkeypatch):
     seen = {}
     monkeypatch.setattr(gpu_check, "drive", lambda opts: seen.setdefault("opts", opts) and 0)
-    monkeypatch.setenv("GPU_CHECK_TINY", "1")
-    monkeypatch.setenv("GPU_CHECK_SIZE", "96x48")
-    gpu_check.main([])
+    gpu_check.main(["--tiny", "--size", "96x48"])
     opts = seen["opts"]
     assert opts.tiny and opts.size == (96, 48)
     plan = gpu_check.plan(opts)
     assert plan["arch"] == "deeplabv2_tiny" and plan["size"] == "96x48"
-    monkeypatch.delenv("GPU_CHECK_TINY")
-    monkeypatch.delenv("GPU_CHECK_SIZE")
     assert gpu_check.plan(gpu_check.build_parser().parse_args(["--size", "1024x512"]))["arch"] == "deeplabv2_r101"

@@ -1,37 +1,37 @@
-"""The prepared device run: the toolkit checked and measured on one GPU in under ten minutes.
+"""The GPU check: this toolkit measured on the GPU at hand, and the whole method run end to end there.
 
-    bash tools/gpu_check.sh --out DIR          # on the device machine: carried wheels installed, then this
-    python -m tools.gpu_check --out DIR        # the same where every requirement is installed
+    make gpu-check [OUT=DIR]                   # the same as the next line, in the project's environment
+    python -m tools.gpu_check --out DIR        # on any machine with a CUDA GPU and the requirements
     python -m tools.gpu_check --tiny --out DIR # a CPU rehearsal in a minute or two (tests/test_gpu_check.py)
 
 Parts, in this order, each a process of its own with a time limit; a part that fails or runs out of
 time is recorded and the next one starts:
 
 1. ``benchmark``: ``tools/benchmark.py`` at the check's size (1024x512) and batch 4, every stage,
-   published against fast, and in the training stages the BatchNorm variants (NCHW, float32, both);
-2. ``method``: the whole method end to end on synthetic data at the check's size, on the device in
+   the published configuration against the fast one;
+2. ``method``: the whole method end to end on synthetic data at the check's size, on the GPU in
    bf16 and channels-last: the synthetic benchmark (``tools/synthetic.py``), train ids, the provider
-   (source_only), pseudo-labels, baseline, hard patches, smhm, test mode;
+   (source_only) exported to ONNX, pseudo-labels from that file, baseline, hard patches, smhm, test mode;
 3. ``step_check``: ``--compile step`` (and on CUDA ``--compile-mode reduce-overhead``) against the
-   eager step on this device, the losses and weights of a few smhm steps in float32; and the
-   host-device synchronisations inside training steps (``torch.cuda.set_sync_debug_mode``), eager and
-   compiled;
+   eager step, the losses and weights of a few smhm steps in float32; and the host-device
+   synchronisations inside training steps (``torch.cuda.set_sync_debug_mode``), eager and compiled;
 4. ``compiled``: ``tools/benchmark.py``'s training stages (smhm first) with ``--compile step``
    against fast; after the others, as compiling DeepLabv2-R101 takes minutes;
-5. ``compiled_more``: the same with ``--compile step --compile-mode reduce-overhead`` (CUDA graphs),
-   ``--compile network`` and compiled BatchNorm; last, with what the other parts left of the budget
-   (the inductor cache on disk, filled by part 4, shortens its compiling).
+5. ``compiled_more``: the same with ``--compile step --compile-mode reduce-overhead`` (CUDA graphs)
+   and ``--compile network``; last, with what the other parts left of the time (the inductor cache
+   on disk, filled by part 4, shortens its compiling).
 
-Written to ``--out`` (default ``$OUT`` where set, else ``docs/benchmarks``), at most eight plain
-files: ``gpu-<date>-<part>.json`` for each part, ``gpu-<date>-check.json`` (device, date, versions,
-every part's status, seconds and command) and ``gpu-<date>-check.log`` (everything the parts
-printed). JSON files are rewritten as a part goes, so a part stopped at its limit keeps what it
-measured.
+Time limits: the whole check takes at most ``--budget`` seconds (default 900, fifteen minutes); each
+part is given its planned share (:data:`PLANNED`, scaled to the budget) plus what earlier parts left,
+and is stopped at its limit. Written to ``--out`` (default ``experiments/gpu_check``), plain files:
+``gpu-<date>-<part>.json`` for each part, ``gpu-<date>-check.json`` (device, date, versions, every
+part's status, seconds and command) and ``gpu-<date>-check.log`` (everything the parts printed).
+JSON files are rewritten as a part goes, so a part stopped at its limit keeps what it measured.
 
-``--tiny`` (or ``GPU_CHECK_TINY=1``) rehearses all of it on a CPU: DeepLabv2-tiny at 64x32 (or
-``GPU_CHECK_SIZE``), a few images and steps, fewer compiled variants, and torch.compile's ``eager``
-backend (graph capture without code generation: the plumbing, not the numbers, in seconds instead
-of minutes; tests/test_compile.py checks the numbers of compiled steps).
+``--tiny`` rehearses all of it on a CPU: DeepLabv2-tiny at 64x32 (or ``--size``), a few images and
+steps, fewer compiled variants, and torch.compile's ``eager`` backend (graph capture without code
+generation: the plumbing, not the numbers, in seconds instead of minutes; tests/test_compile.py
+checks the numbers of compiled steps).
 """
 import argparse
 import csv
@@ -52,19 +52,20 @@ from utils.cli import ArgumentParser, UserError, at_least, input_size, run
 from utils.io import atomic_write_text
 
 PARTS = ("benchmark", "method", "step_check", "compiled", "compiled_more")
-# Seconds each part is planned to take on the device; a part may also use what earlier parts left.
-PLANNED = {"benchmark": 120, "method": 100, "step_check": 80, "compiled": 150, "compiled_more": 60}
+# Seconds each part is planned to take with the default budget on one recent GPU; a part may also use
+# what earlier parts left.
+PLANNED = {"benchmark": 200, "method": 170, "step_check": 130, "compiled": 250, "compiled_more": 100}
 MIN_PART_S = 20  # a part is not started with less
-BUDGET_S = 540  # the whole run: under the device tool's 600 s for one command
+BUDGET_S = 900  # the whole check, fifteen minutes
 TINY_BUDGET_S = 400
-BN_CONFIGS = "published,fast,bn_nchw,bn_fp32,bn_nchw_fp32"
+BENCHMARK_CONFIGS = "published,fast"
 COMPILED_CONFIGS = "fast,compile_step"
-MORE_COMPILED_CONFIGS = "compile_step_cudagraphs,compile_network,bn_compiled"
-MORE_COMPILED_CONFIGS_TINY = "compile_network,bn_compiled"  # no CUDA graphs on a CPU
+MORE_COMPILED_CONFIGS = "compile_step_cudagraphs,compile_network"
+MORE_COMPILED_CONFIGS_TINY = "compile_network"  # no CUDA graphs on a CPU
 
 
 def plan(opts):
-    """What each part runs: the device run, or the CPU rehearsal (``--tiny``)."""
+    """What each part runs: the GPU check, or the CPU rehearsal (``--tiny``)."""
     tiny = opts.tiny
     return {
         "accelerator": opts.accelerator,
@@ -115,7 +116,7 @@ def commands(opts, p, paths, cuda):
     if opts.tiny:
         own.append("--tiny")
     return {
-        "benchmark": benchmark_argv(p, BN_CONFIGS, "baseline,smhm,pseudo_label,val,data,resize", paths["benchmark"], cuda),
+        "benchmark": benchmark_argv(p, BENCHMARK_CONFIGS, "baseline,smhm,pseudo_label,val,data,resize", paths["benchmark"], cuda),
         "method": own + ["--part", "method", "--part-json", paths["method"]],
         "step_check": own + ["--part", "step_check", "--part-json", paths["step_check"]],
         "compiled": benchmark_argv(p, COMPILED_CONFIGS, "smhm,baseline", paths["compiled"], cuda),
@@ -289,9 +290,12 @@ def run_method(opts, path):
           ["--dataset", "cityscapes", "--ori-label-root", os.path.join(cityscapes, "gtFine"),
            "--dst-label-root", os.path.join(cityscapes, "gtFine2")])
     provider = training("source_only", ["--source-dataset", "gta5", "--source-root", os.path.join(data, "gta5")])
+    onnx = os.path.join(weights, "source_only.onnx")
+    stage("provider: export to ONNX", "-m tools.export_provider",
+          ["--restore-from", provider, "--arch", p["arch"], "--input-size", size, "--onnx", onnx])
     pseudo = os.path.join(root, "pseudo_label")
     stage("pseudo-labels", "generate_pseudo_labels.py",
-          ["--data-dir", cityscapes, "--restore-from", provider, "--save", pseudo, "--arch", p["arch"], "--input-size", size,
+          ["--data-dir", cityscapes, "--restore-from", onnx, "--save", pseudo, "--input-size", size,
            "--batch-size", batch, *workers, *hardware])
     baseline = training("baseline", ["--pseudo-label-root", pseudo])
     patches = os.path.join(root, "hard_patches")
@@ -305,6 +309,10 @@ def run_method(opts, path):
            "--input-size", size, "--test-batch-size", batch, *workers, *hardware, "--log-tb-dir", runs,
            "--experiment-name", "test_smhm", "--restore-from", student])
     record["test_miou"] = last_mean_iou(os.path.join(runs, "basic", "test_smhm", "miou_record.csv"))
+    stage("predict", "main.py",
+          ["--mode", "predict", "--target-dataset", "folder", "--data-dir", os.path.join(cityscapes, "leftImg8bit", "val"),
+           "--restore-from", student, "--arch", p["arch"], "--input-size", size, "--test-batch-size", batch, *workers,
+           *hardware, "--log-tb-dir", runs, "--save-predictions", os.path.join(root, "predictions")])
     record["verdict"] = f"every stage ran on {'CUDA, bf16, channels-last' if cuda else 'CPU'}"
     write_json(path, record)
     return 0
@@ -479,15 +487,14 @@ def part_list(text):
 
 def build_parser():
     parser = ArgumentParser(prog="python -m tools.gpu_check", description=__doc__.split("\n\n")[0],
-                            epilog="See docs/benchmarks.md, 'The prepared device run'.")
-    parser.add_argument("--out", default=os.environ.get("OUT") or os.path.join("docs", "benchmarks"),
-                        help="folder of the JSON files and the log (default: $OUT where set, else docs/benchmarks)")
-    parser.add_argument("--tiny", action="store_true", default=os.environ.get("GPU_CHECK_TINY") == "1",
+                            epilog="See docs/benchmarks.md, 'The GPU check'.")
+    parser.add_argument("--out", default=os.path.join("experiments", "gpu_check"),
+                        help="folder of the JSON files and the log (default: %(default)s)")
+    parser.add_argument("--tiny", action="store_true",
                         help="the CPU rehearsal: DeepLabv2-tiny at 64x32, a few images and steps, graph capture "
-                             "without code generation for the compiled parts (also GPU_CHECK_TINY=1)")
+                             "without code generation for the compiled parts")
     parser.add_argument("--size", type=input_size, default=None, metavar="WxH",
-                        help="image and input size of every part (default: GPU_CHECK_SIZE, else 1024x512, or 64x32 "
-                             "with --tiny)")
+                        help="image and input size of every part (default: 1024x512, or 64x32 with --tiny)")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto = cuda when available (default: %(default)s)")
     parser.add_argument("--budget", type=at_least(10), default=None, metavar="SECONDS",
@@ -502,8 +509,7 @@ def build_parser():
 def main(argv=None):
     opts = build_parser().parse_args(argv)
     if opts.size is None:
-        env = os.environ.get("GPU_CHECK_SIZE")
-        opts.size = input_size(env) if env else ((64, 32) if opts.tiny else (1024, 512))
+        opts.size = (64, 32) if opts.tiny else (1024, 512)
     if opts.part is not None:  # one part, in this process (the driver runs each part so)
         import torch
 
