@@ -40,18 +40,14 @@ def smhm_argv(tree, out, name, *extra):
             "--hard-patches-root", tree["patches"], "--confidence-threshold", "0", *extra]
 
 
-def test_levels_and_the_saved_values_of_earlier_versions(tree, tmp_path):
+def test_levels(tree, tmp_path):
     def hardware(*extra):
         return parse_args(smhm_argv(tree, tmp_path, "t", *extra)).hardware
 
     assert (hardware().compile, hardware().compile_mode) == ("off", "default")
-    assert hardware("--compile").compile == "network"  # the flag alone, as before
+    assert hardware("--compile").compile == "network"  # the flag alone
     assert hardware("--compile", "step", "--compile-mode", "max-autotune").compile_mode == "max-autotune"
     assert hardware("--compile", "off").compile == "off"
-    for saved, level in (("true", "network"), ("false", "off")):  # config.json of earlier versions
-        config = tmp_path / f"{saved}.json"
-        config.write_text('{"module_name": "basic", "hardware": {"compile": %s}}' % saved)
-        assert parse_args(["--config", str(config)]).hardware.compile == level
 
 
 @pytest.mark.parametrize("extra, names", [

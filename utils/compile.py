@@ -22,7 +22,7 @@ Compiled code is kept across runs: the inductor cache (``TORCHINDUCTOR_CACHE_DIR
 ``<--log-tb-dir>/inductor_cache`` unless the user set it, so a second run of the same networks and
 shapes loads its kernels instead of compiling them again.
 
-Not yet proven on a GPU (docs/benchmarks.md, "The prepared device run"), hence off by default; on
+Not yet proven on a GPU (docs/benchmarks.md, "The GPU check"), hence off by default; on
 CPU a compiled step gives the eager step's losses and weights within float rounding
 (tests/test_compile.py).
 """
@@ -45,12 +45,8 @@ _cache_dirs_set = set()  # the values of CACHE_ENV this process set itself
 
 
 def compile_level(text):
-    """``--compile``: off, network or step. ``true`` / ``false`` are the saved ``config.json`` of
-    earlier versions, where ``--compile`` compiled the networks."""
+    """``--compile``: off, network or step."""
     value = str(text).strip().lower()
-    legacy = {"true": "network", "false": "off"}
-    if value in legacy:
-        return legacy[value]
     if value not in COMPILE_LEVELS:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(COMPILE_LEVELS)}, got {text!r}")
     return value

@@ -6,7 +6,6 @@ the whole split (ground-truth pixels marked ignore are skipped), IoU = TP / (TP 
 class, and the mean taken over the classes whose IoU is defined (TP + FP + FN > 0).
 """
 import csv
-import io
 import math
 import os
 
@@ -15,7 +14,6 @@ import torch
 from torchmetrics import Metric
 
 from utils.cli import UserError
-from utils.io import atomic_write_text
 from utils.labels import (IGNORE_INDEX, MIOU13_EXCLUDED, MIOU13_PUBLISHED_EXCLUDED, MIOU16_EXCLUDED, NUM_CLASSES,
                           class_names)
 
@@ -135,39 +133,15 @@ def record_header(num_classes=NUM_CLASSES):
     return list(class_names(num_classes)) + list(MEAN_COLUMNS)
 
 
-def _upgrade_record(csv_path, rows, header):
-    """Rewrite a record made by an older version (the same columns, some means missing) under
-    ``header``, its earlier rows left empty in the new columns, so that appended rows line up."""
-    old = rows[0]
-    if any(len(row) != len(old) for row in rows[1:] if row):
-        raise UserError(f"{csv_path}: rows do not match its header; choose another record file")
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(header)
-    for row in rows[1:]:
-        if row:
-            cells = dict(zip(old, row))
-            writer.writerow([cells.get(column, "") for column in header])
-    atomic_write_text(csv_path, out.getvalue())
-    print(f"{csv_path}: added column(s) {', '.join(c for c in header if c not in old)} "
-          "(empty in the rows written before)", flush=True)
-
-
 def append_record(csv_path, scores):
     """Append one evaluation (per-class IoUs and the means, in percent) to a CSV record, creating
-    the file and its header on first use and adding new mean columns to an older record."""
+    the file and its header on first use."""
     header = record_header(len(scores["per_class"]))
     os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
     if os.path.isfile(csv_path) and os.path.getsize(csv_path) > 0:
         with open(csv_path, newline="") as f:
             rows = list(csv.reader(f))
-        existing = rows[0] if rows else []
-        # An older version wrote the same classes and fewer means, in the same order.
-        n = len(scores["per_class"])
-        older = existing[:n] == header[:n] and len(existing) < len(header)
-        if older and [c for c in header if c in existing] == existing:
-            _upgrade_record(csv_path, rows, header)
-        elif existing != header:
+        if (rows[0] if rows else []) != header:
             raise UserError(f"{csv_path} has a different header (not a record of {len(scores['per_class'])} classes); "
                             "choose another record file")
         new_file = False
@@ -179,12 +153,3 @@ def append_record(csv_path, scores):
         if new_file:
             writer.writerow(header)
         writer.writerow([f"{v:.2f}" for v in values])
-
-
-def read_record(csv_path):
-    """Read a record written by :func:`append_record`: a list of ``{column: float}`` rows (``nan``
-    where a row predates its column)."""
-    with open(csv_path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        return [dict(zip(header, (float(v) if v else math.nan for v in row))) for row in reader if row]
