@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.cli import UserError
-from utils.torch_files import TorchFileError, load_torch_file
+from utils.torch_files import TorchFileError, key_mismatch, load_torch_file, read_state_dict, select_prefix
 
 # blocks per layer (layer1..layer4) and the stem / first-layer width; the head sees 32 * width channels.
 ARCHS = {
@@ -184,11 +184,11 @@ class NetworkConfig:
 
 def add_network_args(parser, title="network"):
     """The flags that choose the network and its input size, shared by every entry point."""
-    from models.networks import ARCH_NAMES  # the registry of every network (DeepLabv2 and the students)
+    from models.students import STUDENTS
     from utils.cli import at_least, input_size
 
     group = parser.add_argument_group(title)
-    group.add_argument("--arch", default="deeplabv2_r101", choices=ARCH_NAMES,
+    group.add_argument("--arch", default="deeplabv2_r101", choices=(*ARCHS, *STUDENTS),
                        help="deeplabv2_r101 (published), deeplabv2_r50, deeplabv2_tiny for CPU trials, or a student "
                             "from segmentation-models-pytorch: segformer_b0..segformer_b5, deeplabv3plus_r50, "
                             "deeplabv3plus_r101 (README: students) (default: %(default)s)")
@@ -220,83 +220,23 @@ def get_deeplabv2(num_classes=19, restore_from=None, arch="deeplabv2_r101", head
 WeightFileError = TorchFileError
 
 
-def _prefixes(state):
-    return sorted({k.split(".", 1)[0] for k in state if "." in k})
-
-
-def _select_prefix(state, prefix, path):
-    """The entries under ``prefix.`` with the prefix removed; an error listing the prefixes otherwise."""
-    prefix = prefix.rstrip(".") + "."
-    selected = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not selected:
-        raise WeightFileError(f"{path} has no weights under '{prefix}' (prefixes present: "
-                              f"{', '.join(_prefixes(state)) or 'none'})")
-    return selected
-
-
-def _strip_common_prefix(state, prefix):
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}, True
-    return state, False
-
-
 def _read(path, prefix=None):
     """``(state_dict, fresh_head)``: the clean state dict of ``path`` and whether the head must stay fresh."""
-    obj = load_torch_file(path, "weight file")
-    if not isinstance(obj, dict):
-        raise WeightFileError(f"{path} holds a {type(obj).__name__}, not a state dict or Lightning checkpoint")
-    state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
-    if prefix:
-        state = _select_prefix(state, prefix, path)
-    else:  # a Lightning checkpoint of a self-distillation stage holds the student (net) and the teacher (ema_net)
-        for candidate in ("net.", "ema_net."):
-            if any(k.startswith(candidate) for k in state):
-                state = _select_prefix(state, candidate, path)
-                break
-    state, _ = _strip_common_prefix(state, "module.")  # saved from DataParallel / DDP
-    state, is_imagenet_init = _strip_common_prefix(state, "Scale.")
+    state = read_state_dict(path, prefix)
+    is_imagenet_init = bool(state) and all(k.startswith("Scale.") for k in state)
     if is_imagenet_init:
         # The ImageNet DeepLab initialisation carries a classifier for other classes (fc*, layer5.*):
         # only the backbone is taken, the head stays freshly initialised.
-        state = {k: v for k, v in state.items() if not (k.startswith("fc") or k.startswith("layer5."))}
-    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise WeightFileError(f"{path} is not a state dict: entries that are not tensors: {_listing(not_tensors)}")
+        state = {k: v for k, v in ((k[len("Scale."):], v) for k, v in state.items())
+                 if not (k.startswith("fc") or k.startswith("layer5."))}
     return state, is_imagenet_init
 
 
 def read_weight_file(path, prefix=None):
-    """The network weights in ``path`` as a plain state dict, whatever form the file has.
-
-    Accepted: a plain state dict; a Lightning checkpoint (weights under ``net.``, else ``ema_net.``,
-    or under an explicit ``prefix``); the ImageNet DeepLab init (``Scale.`` keys; its ``fc``/``layer5``
-    entries are dropped); any of these saved with a ``module.`` prefix.
-    """
+    """The network weights in ``path`` as a plain state dict, whatever form the file has: those of
+    ``utils.torch_files.read_state_dict``, and the ImageNet DeepLab init (``Scale.`` keys; its
+    ``fc``/``layer5`` entries are dropped)."""
     return _read(path, prefix)[0]
-
-
-def _listing(keys, limit=10):
-    keys = list(keys)
-    shown = ", ".join(keys[:limit])
-    more = f", ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"({len(keys)}) {shown}{more}"
-
-
-def key_mismatch(state, expected):
-    """What keeps ``state`` from loading into a network whose state dict is ``expected``: the
-    mis-shaped, missing and unexpected keys, each listed (empty when it fits)."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    problems = []
-    if misshaped:
-        problems.append("mis-shaped " + _listing(
-            f"{k} (file {list(state[k].shape)}, network {list(expected[k].shape)})" for k in misshaped))
-    if missing:
-        problems.append("missing " + _listing(missing))
-    if unexpected:
-        problems.append("unexpected " + _listing(unexpected))
-    return problems
 
 
 def load_weights(net, path, prefix=None):
@@ -332,4 +272,4 @@ def extract_state_dict(checkpoint_path, prefix="net"):
         if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             hint = " (it already is a plain state dict: pass it to --restore-from as it is)"
         raise WeightFileError(f"not a Lightning checkpoint (no 'state_dict' entry): {checkpoint_path}{hint}")
-    return _select_prefix(obj["state_dict"], prefix, checkpoint_path)
+    return select_prefix(obj["state_dict"], prefix, checkpoint_path)

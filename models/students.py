@@ -23,14 +23,14 @@ NVlabs' ``mit_b*.pth`` (keys ``patch_embed1.proj.weight``, ``block1.0.attn.q.wei
 names as SMP's MixVisionTransformerEncoder, whose code is NVIDIA's; the ImageNet classifier
 ``head.*`` is dropped) and torchvision / timm ResNet state dicts (``conv1.weight``, ``layer1.0.conv1.weight``,
 ...; ``fc.*`` dropped). Files are read with ``utils/torch_files.py`` (never the full unpickler); a file
-that does not fit gets a ``WeightFileError`` naming the missing, unexpected and mis-shaped keys.
+that does not fit gets a ``TorchFileError`` naming the missing, unexpected and mis-shaped keys.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.deeplabv2 import WeightFileError, key_mismatch, read_weight_file
 from utils.cli import UserError
+from utils.torch_files import TorchFileError, key_mismatch, read_state_dict
 
 # The toolkit's one network input: BGR 0-255 minus this mean (datasets/pixels.IMG_MEAN_BGR; models/ sits
 # beside datasets/ and does not import it, tests/test_students.py checks the two agree).
@@ -133,15 +133,15 @@ def get_student(arch, num_classes=19, restore_from=None, freeze_bn_stats=False):
 
 
 def _fit(state, expected, path, what):
-    """``WeightFileError`` naming every key of ``state`` that does not fit ``expected``."""
+    """``TorchFileError`` naming every key of ``state`` that does not fit ``expected``."""
     problems = key_mismatch(state, expected)
     if problems:
-        raise WeightFileError(f"weights in {path} do not fit {what}: " + "; ".join(problems))
+        raise TorchFileError(f"weights in {path} do not fit {what}: " + "; ".join(problems))
 
 
 def load_student_weights(net, path, prefix=None):
     """Load a whole student, or an ImageNet encoder file into ``net.model.encoder`` (see the module doc)."""
-    state = read_weight_file(path, prefix)
+    state = read_state_dict(path, prefix)
     for key, value in net.state_dict().items():  # files from PyTorch < 0.4.1 have no BN step counters
         if key.endswith("num_batches_tracked") and key not in state and any(k.startswith("model.") for k in state):
             state[key] = value

@@ -47,3 +47,25 @@ def test_the_stage_list_exists_once():
             continue
         assert '("basic", "source_only"' not in text, f"{path} lists the stages again; use modules.MODULES"
     assert set(MODULES) == {"basic", "source_only", "baseline", "spatial_mix", "smhm"}
+
+
+def test_the_networks_import_each_other_without_a_circle():
+    """models/networks.py is the registry that imports the networks; no network imports it back."""
+    graph = {}
+    for path in glob.glob(os.path.join(ROOT, "models", "*.py")):
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        graph[os.path.basename(path)[:-3]] = {node.module.split(".")[1] for node in ast.walk(tree)
+                                              if isinstance(node, ast.ImportFrom) and node.module
+                                              and node.module.startswith("models.")}
+
+    def reachable(start):
+        seen, todo = set(), list(graph[start])
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo += graph.get(name, ())
+        return seen
+
+    assert {"deeplabv2", "students"} <= graph["networks"]
+    assert not [name for name in graph if name in reachable(name)]

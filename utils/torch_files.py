@@ -92,3 +92,63 @@ def load_torch_file(path, what="weight file", mmap=False):
 
 def _first_line(err):
     return str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+
+
+# -- weight files: the state dict inside the forms of file people have ----------------------------------
+
+def _listing(keys, limit=10):
+    keys = list(keys)
+    shown = ", ".join(keys[:limit])
+    more = f", ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"({len(keys)}) {shown}{more}"
+
+
+def select_prefix(state, prefix, path):
+    """The entries under ``prefix.`` with the prefix removed; an error listing the prefixes otherwise."""
+    prefix = prefix.rstrip(".") + "."
+    selected = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not selected:
+        present = sorted({k.split(".", 1)[0] for k in state if "." in k})
+        raise TorchFileError(f"{path} has no weights under '{prefix}' (prefixes present: "
+                             f"{', '.join(present) or 'none'})")
+    return selected
+
+
+def read_state_dict(path, prefix=None):
+    """The network weights in ``path`` as a plain state dict of tensors: a plain state dict; a
+    Lightning checkpoint (weights under ``net.``, else ``ema_net.``, or under an explicit ``prefix``);
+    either saved with a ``module.`` prefix (DataParallel / DDP)."""
+    obj = load_torch_file(path, "weight file")
+    if not isinstance(obj, dict):
+        raise TorchFileError(f"{path} holds a {type(obj).__name__}, not a state dict or Lightning checkpoint")
+    state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
+    if prefix:
+        state = select_prefix(state, prefix, path)
+    else:  # a Lightning checkpoint of a self-distillation stage holds the student (net) and the teacher (ema_net)
+        for candidate in ("net.", "ema_net."):
+            if any(k.startswith(candidate) for k in state):
+                state = select_prefix(state, candidate, path)
+                break
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise TorchFileError(f"{path} is not a state dict: entries that are not tensors: {_listing(not_tensors)}")
+    return state
+
+
+def key_mismatch(state, expected):
+    """What keeps ``state`` from loading into a network whose state dict is ``expected``: the
+    mis-shaped, missing and unexpected keys, each listed (empty when it fits)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    if misshaped:
+        problems.append("mis-shaped " + _listing(
+            f"{k} (file {list(state[k].shape)}, network {list(expected[k].shape)})" for k in misshaped))
+    if missing:
+        problems.append("missing " + _listing(missing))
+    if unexpected:
+        problems.append("unexpected " + _listing(unexpected))
+    return problems
