@@ -29,7 +29,7 @@ def build_parser():
                              "finished: no summary.json), or by hand: no weights needed")
     source.add_argument("--restore-from", default=None, metavar="W",
                         help="the provider, to compute the pseudo-labels here: DeepLabv2 weights, or a provider "
-                             "file (.onnx, .pt2) as for generate_pseudo_labels.py")
+                             "file (.onnx) as for generate_pseudo_labels.py")
     mining = parser.add_argument_group("mining")
     mining.add_argument("--save", default="./experiments/hard_patch_from_gta5_model/",
                         help="output folder (default: %(default)s)")

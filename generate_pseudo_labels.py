@@ -25,8 +25,8 @@ def build_parser():
     add_target_args(parser)
     parser.add_argument("--restore-from", default="./pretrained/gta5_only.pth",
                         help="the provider: DeepLabv2 weights (a state dict or a Lightning checkpoint), or a "
-                             "provider file that is only run, an ONNX model (.onnx) or a PyTorch exported program "
-                             "(.pt2), see README 'Provider files' (default: %(default)s)")
+                             "provider file that is only run, an ONNX model (.onnx), see README 'Provider files' "
+                             "(default: %(default)s)")
     parser.add_argument("--save", default="./experiments/gta5_pseudo_label/", help="output folder (default: %(default)s)")
     parser.add_argument("--label-root", "--label-dir", dest="label_root", default=None,
                         help="ground truth in train ids, <label-root>/<split>/<city>/<stem>_gtFine_labelIds.png, to "

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from datasets.pixels import check_resize_backend, resize_image, resize_label, to_network_input
 from utils.cli import UserError
-from utils.io import read_image_bgr, read_label
+from utils.io import read_image_bgr, read_label, stored_shape
 from utils.labels import IGNORE_INDEX
 
 
@@ -45,8 +45,9 @@ def _size_text(shape):
 
 def check_size_on_disk(image_path, label_path, check=None):
     """Refuse a label whose stored size is not its image's (``check(label_shape, image_shape,
-    label_path)`` for another rule), from the headers alone; unreadable headers are let through."""
-    image_shape, label_shape = stored_shape(image_path), stored_shape(label_path)
+    label_path)`` for another rule), from the headers alone; unreadable headers are let through,
+    sizes beyond the bounds of ``utils/io.py`` are refused."""
+    image_shape, label_shape = stored_shape(image_path), stored_shape(label_path, "label")
     if image_shape is None or label_shape is None:
         return
     if check is not None:
@@ -54,21 +55,6 @@ def check_size_on_disk(image_path, label_path, check=None):
     elif label_shape != image_shape:
         raise UserError(f"label size {_size_text(label_shape)} does not match its image "
                         f"({_size_text(image_shape)}): {label_path}")
-
-
-def stored_shape(path):
-    """``(height, width)`` of an image file as OpenCV reads it, from its header alone; ``None`` when
-    the header cannot be read. (A JPEG's EXIF orientation turns it, as OpenCV does.)"""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if image.format == "JPEG" and image.getexif().get(0x0112) in (5, 6, 7, 8):
-                width, height = height, width
-    except (OSError, UnidentifiedImageError, ValueError):
-        return None
-    return height, width
 
 
 class LabelledImages(Dataset):

@@ -35,7 +35,7 @@ from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
 from utils.labels import class_names, colorize, parse_rare_classes
 from utils.loaders import num_workers_or_default
 from utils.writers import BackgroundWriter
-from utils.run_folder import claim_folder, folder_lock
+from utils.run_folder import claim_folder, folder_lock, remove_claim
 
 OUTPUT_FOLDERS = ("patches", "labels", "color_labels")
 
@@ -224,7 +224,7 @@ def summarize(records, rare, rare_source, num_classes, grid, input_size, label_s
 
 
 def write_summary(save, summary):
-    atomic_write_text(os.path.join(save, "summary.json"), json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(os.path.join(save, "summary.json"), json.dumps(summary, indent=1, allow_nan=False) + "\n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,9 +294,14 @@ def _construct(config):
 
     settings = {**inputs, "split": config.target.split, "input_size": list(config.network.input_size),
                 "resize_backend": config.target.resize_backend, "grid": list(config.grid), "rare_classes": list(rare)}
-    claim_folder(os.path.join(config.save, ".state"), settings, config.overwrite,
-                 outputs=[os.path.join(config.save, f) for f in (*OUTPUT_FOLDERS, "summary.json")])
-    records, skipped = mine(dataset, names, config.save, boxes, rare, config.prediction.num_workers)
+    state, outputs = os.path.join(config.save, ".state"), [os.path.join(config.save, f) for f in
+                                                            (*OUTPUT_FOLDERS, "summary.json")]
+    claim_folder(state, settings, config.overwrite, outputs)
+    try:
+        records, skipped = mine(dataset, names, config.save, boxes, rare, config.prediction.num_workers)
+    except UserError:  # a damaged image or label: finished files are kept, else nothing
+        remove_claim(state, outputs, unless_finished=True)
+        raise
     summary = summarize(records, rare, rare_source, config.network.num_classes, config.grid, config.network.input_size,
                         label_source, counts, absent)
     write_summary(config.save, summary)

@@ -27,14 +27,15 @@ import os
 import cv2
 import torch
 
-from datasets.base import TargetDataset, stored_shape
+from datasets.base import TargetDataset
 from modules.prediction import FileWriter, PredictionData, PredictionModule, check_item, run_predict
+from modules.providers import check_finite
 from utils.cli import UserError
 from utils.fingerprint import fingerprint
 from utils.inference import multiscale_logits, upsampled_argmax
-from utils.io import read_image_bgr, write_png, write_rgb_png
+from utils.io import read_image_bgr, stored_shape, write_png, write_rgb_png
 from utils.labels import colorize
-from utils.run_folder import claim_folder, folder_lock
+from utils.run_folder import check_outside_images, claim_folder, folder_lock
 from utils.visualize import labelled_picture
 
 KINDS = ("train_ids", "color", "pictures")  # the files of one image, the picture written last
@@ -62,10 +63,7 @@ def check_predict_config(config):
         raise UserError("--mode predict needs --save-predictions: the folder to write the predictions to")
     if os.path.exists(save) and not os.path.isdir(save):
         raise UserError(f"--save-predictions {save} is a file; the predictions go to a folder")
-    images = os.path.realpath(config.data.target().images)
-    if (os.path.realpath(save) + os.sep).startswith(images + os.sep):
-        raise UserError(f"--save-predictions {save} is inside the image folder {images}: a later run would take its "
-                        "PNGs for images; choose a folder outside it")
+    check_outside_images(save, "--save-predictions", config.data.target().images)
 
 
 def predict_dataset(config):
@@ -76,7 +74,7 @@ def predict_dataset(config):
                             resize_backend=d.resize_backend)
     sizes = []
     for image_path, _, _ in dataset.samples:
-        shape = stored_shape(image_path) if cv2.haveImageReader(image_path) else None
+        shape = stored_shape(image_path)
         if shape is None:
             raise UserError(f"cannot read image (not an image file): {image_path}")
         sizes.append(shape)
@@ -87,14 +85,15 @@ class ImagePredictionModule(PredictionModule):
     """The network for ``Trainer.predict``: a step returns each image's train ids at its original
     size (``sizes[index]``), from the logits upsampled as evaluation upsamples them."""
 
-    def __init__(self, net, sizes, flip=False, scales=(1.0,), fold_bn=True):
-        super().__init__(net, flip=flip, scales=scales, fold_bn=fold_bn)
+    def __init__(self, net, sizes, flip=False, scales=(1.0,), fold_bn=True, source="the network"):
+        super().__init__(net, flip=flip, scales=scales, fold_bn=fold_bn, source=source)
         self.sizes = list(sizes)
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         check_item(batch)
         # One scale: the network's output, upsampled once, as evaluation does; several: their mean at the input size.
         logits = multiscale_logits(self.net, batch["image"], self.scales, self.flip)
+        check_finite(logits, batch["name"], self.source)
         indices = batch["index"].tolist()
         labels = [upsampled_argmax(logits[i], self.sizes[index]).to(torch.uint8).cpu() for i, index in enumerate(indices)]
         return {"name": list(batch["name"]), "label": labels, "index": indices}
@@ -150,7 +149,8 @@ def predict(config):
         done = frozenset() if config.evaluation.overwrite else frozenset(done_names(save, names))
         if len(done) < len(names):
             module = ImagePredictionModule(net, sizes, flip=config.evaluation.flip_when_test,
-                                           scales=config.evaluation.scales, fold_bn=config.hardware.fold_bn)
+                                           scales=config.evaluation.scales, fold_bn=config.hardware.fold_bn,
+                                           source=config.restore_from)
             data = PredictionData(dataset, names, config.data.test_batch_size, config.data.num_workers, done)
             writer = PredictionFiles(save, [path for path, _, _ in dataset.samples], config.network.num_classes)
             run_predict(module, data, writer, config.hardware)

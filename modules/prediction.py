@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from datasets.base import collate
 from datasets.samplers import ShardSampler
 from models.fold_bn import fold_batchnorm
-from modules.providers import ProviderNetwork
+from modules.providers import ProviderNetwork, check_finite
 from utils.cli import UserError, at_least
 from utils.inference import entropy_map, multiscale_logits
 from utils.lightning import add_hardware_args, interruptible, make_trainer
@@ -57,16 +57,18 @@ class PredictionModule(pl.LightningModule):
     (bilinear), the flip-augmented logits of each scale are resized back to the input size and
     averaged (``utils.inference.multiscale_logits``). A step returns ``name`` (list), ``label``
     (uint8 N×H×W train ids, CPU) and ``entropy`` (float64 N, CPU: mean per-pixel entropy of the
-    softmax of those logits).
+    softmax of those logits). Logits that are not finite stop the run with one line naming the
+    image and ``source``, the network's file (``modules/providers.py``'s ``check_finite``).
 
     With ``fold_bn`` (``--fold-bn``, the default) a torch network runs as a copy with its BatchNorm
     folded into its convolutions (``models/fold_bn.py``: the same logits up to float rounding); a
     provider file (``modules/providers.py``) runs as it is.
     """
 
-    def __init__(self, net, flip=True, scales=(1.0,), fold_bn=True):
+    def __init__(self, net, flip=True, scales=(1.0,), fold_bn=True, source="the network"):
         super().__init__()
         self.net = fold_batchnorm(net) if fold_bn and not isinstance(net, ProviderNetwork) else net
+        self.source = source
         self.flip = flip
         self.scales = tuple(scales)
         # A process may have nothing left to predict (a resumed run, more processes than batches).
@@ -79,6 +81,7 @@ class PredictionModule(pl.LightningModule):
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         check_item(batch)
         logits = self.logits(batch["image"])
+        check_finite(logits, batch["name"], self.source)
         return {"name": list(batch["name"]),
                 "label": logits.argmax(dim=1).to(torch.uint8).cpu(),
                 # Averaged in double: the value is written out in full and decides the easy/hard split.
@@ -176,7 +179,8 @@ class RecordFile:
         if os.path.exists(path):
             _cut_torn_tail(path)
         self.path = path
-        self.file = open(path, "a", encoding="utf-8")
+        # surrogateescape: a file name that is not UTF-8 is recorded as its bytes
+        self.file = open(path, "a", encoding="utf-8", errors="surrogateescape")
 
     def append(self, rows):
         """Append rows (``(name, field, ...)`` tuples of strings) and make them durable."""
@@ -198,7 +202,7 @@ def read_records(folder):
     """All records under ``folder/*.tsv`` as ``{name: [field, ...]}`` (one entry per name)."""
     records = {}
     for path in sorted(glob.glob(os.path.join(folder, "*.tsv"))):
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
             for line in f:
                 if not line.endswith("\n"):
                     break

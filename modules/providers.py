@@ -1,5 +1,5 @@
 """The provider of the data stages (pseudo-labels, hard patch mining): a DeepLabv2 weight file, or a
-provider file that is only run (``models/provider_files.py``: ONNX, PyTorch exported program).
+provider file that is only run (``models/provider_files.py``: an ONNX model).
 
 A provider file gets the contract's input and its scores are brought to the network interface the
 stages use (``forward(images, size)`` -> logits N×C×H×W at ``size``, ``models/deeplabv2.py``), so
@@ -17,8 +17,9 @@ flip test-time augmentation, multi-scale, entropy and the easy/hard split run un
   themselves. Averaging probabilities would not give that back.
 
 Every check of the file (readable, one float32 RGB input, scores with ``--num-classes`` channels
-and two spatial dimensions, probabilities that are probabilities) runs when it is loaded, on one
-grey image at the input size, before a stage writes anything.
+and two spatial dimensions, finite, probabilities that are probabilities) runs when it is loaded, on
+one grey image at the input size and within ``CHECK_SECONDS``, before a stage writes anything.
+Every batch's scores are then checked to be finite (:func:`check_finite`), whatever the network.
 """
 import torch
 import torch.nn as nn
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 
 from datasets.pixels import network_input_to_rgb255
 from models.networks import get_network
-from models.provider_files import PROVIDER_FILE_KINDS, ProviderFileError, open_provider_file, provider_file_kind
+from models.provider_files import CHECK_SECONDS, ProviderFileError, is_provider_file, open_provider_file
 from utils.cli import UserError
 
 PROVIDER_OUTPUTS = ("logits", "probabilities")
@@ -35,7 +36,7 @@ _TINY = torch.finfo(torch.float32).tiny  # log(0) would be -inf: the smallest no
 
 def add_provider_output_arg(group):
     group.add_argument("--provider-output", choices=PROVIDER_OUTPUTS, default=PROVIDER_OUTPUTS[0],
-                       help="what the first output of a provider file (.onnx, .pt2) holds: logits (class scores "
+                       help="what the first output of a provider file (.onnx) holds: logits (class scores "
                             "before a softmax) or probabilities (each pixel's scores sum to 1; the flip "
                             "augmentation then sums log-probabilities, see README) (default: %(default)s)")
 
@@ -50,9 +51,9 @@ class ProviderNetwork(nn.Module):
         self.provider, self.num_classes, self.output = provider, num_classes, output
         self.path = provider.path
 
-    def scores(self, images):
+    def scores(self, images, time_limit=None):
         """The provider's first output for a network-input batch, checked against the contract."""
-        scores = self.provider(network_input_to_rgb255(images.float()))
+        scores = self.provider(network_input_to_rgb255(images.float()), time_limit)
         if scores.dim() != 4 or scores.shape[0] != images.shape[0] or min(scores.shape[2:]) < 1:
             raise ProviderFileError(f"{self.path}: its first output has shape {list(scores.shape)} for "
                                     f"{images.shape[0]} image(s), not class scores N×C×h×w (one map per class)")
@@ -82,9 +83,8 @@ class ProviderNetwork(nn.Module):
                                         f"{size[1]}x{size[0]} (export it for that size, or with a free size)")
         grey = torch.zeros(1, 3, height, width)  # 0 in network input: the Caffe mean, a mid grey
         with torch.no_grad():
-            scores = self.scores(grey)
-        if not torch.isfinite(scores).all():
-            raise ProviderFileError(f"{self.path}: its first output holds NaN or infinite scores on a grey image")
+            scores = self.scores(grey, CHECK_SECONDS)
+        check_finite(scores, ["a grey image"], self.path)
         if self.output == "probabilities":
             sums = scores.sum(dim=1)
             if scores.min() < 0 or scores.max() > 1 or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
@@ -95,13 +95,23 @@ class ProviderNetwork(nn.Module):
         return self
 
 
+def check_finite(scores, names, source):
+    """Scores (N×C×h×w) must be finite: one line naming ``source`` (the provider) and the first
+    image of ``names`` whose scores hold NaN or an infinity, which would become labels."""
+    finite = torch.isfinite(scores).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        name = names[int((~finite).nonzero()[0])]
+        raise ProviderFileError(f"{source}: its scores for {name} hold NaN or infinite values; nothing is "
+                                "labelled from them")
+
+
 def load_provider(restore_from, network, provider_output="logits", scales=(1.0,)):
-    """The provider of ``--restore-from`` as a network: a provider file (``.onnx``, ``.pt2``), checked
-    on one image, or a DeepLabv2 weight file built as ``network`` (``models.deeplabv2.NetworkConfig``)."""
-    if provider_file_kind(restore_from) is None:
+    """The provider of ``--restore-from`` as a network: a provider file (``.onnx``), checked on one
+    image, or a DeepLabv2 weight file built as ``network`` (``models.deeplabv2.NetworkConfig``)."""
+    if not is_provider_file(restore_from):
         if provider_output != "logits":
-            raise UserError(f"--provider-output {provider_output} is for a provider file "
-                            f"({', '.join(PROVIDER_FILE_KINDS)}); a DeepLabv2 weight file gives logits")
+            raise UserError(f"--provider-output {provider_output} is for a provider file (.onnx); a DeepLabv2 "
+                            "weight file gives logits")
         return get_network(num_classes=network.num_classes, restore_from=restore_from, arch=network.arch,
                            head_branches=network.head_branches)
     provider = ProviderNetwork(open_provider_file(restore_from), network.num_classes, provider_output)

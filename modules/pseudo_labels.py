@@ -22,12 +22,12 @@ image is recorded (its entropy in full precision and its class pixel counts) in
 ``.state/<split>/<rank>.tsv`` after its files were written atomically, so the resumed run
 predicts only what is missing and its result is identical, byte for byte, to an uninterrupted run.
 """
+import contextlib
 import dataclasses
 import json
 import os
 from typing import Optional
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -42,12 +42,12 @@ from modules.prediction import (ErrorsAsItems, PredictionConfig, PredictionData,
 from modules.providers import add_provider_output_arg, load_provider
 from utils.cli import UserError, float_list, positive_float
 from utils.fingerprint import fingerprint
-from utils.io import atomic_write_text, json_number, read_label, write_png, write_rgb_png
+from utils.io import atomic_write_text, json_number, read_label, stored_shape, write_png, write_rgb_png
 from utils.labels import IGNORE_INDEX, class_names, colorize
 from utils.lightning import HardwareConfig
 from utils.loaders import num_workers_or_default
 from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
-from utils.run_folder import claim_folder
+from utils.run_folder import check_outside_images, claim_folder, remove_claim
 
 
 
@@ -174,22 +174,30 @@ def list_root_of(target):
 
 
 def target_dataset(config, pseudo_label_root=None):
-    """The split's images at the input size (and the pseudo-labels of ``pseudo_label_root``)."""
-    image_root_of(config.target)
+    """The split's images at the input size (and the pseudo-labels of ``pseudo_label_root``), checked
+    from their names and headers; ``--save`` must lie outside the image folder."""
+    check_outside_images(config.save, "--save", image_root_of(config.target))
     dataset = TargetDataset(layout_of(config.target), config.target.split, input_size=config.network.input_size,
                             list_root=list_root_of(config.target),
                             pseudo_label_root=pseudo_label_root, num_classes=config.network.num_classes,
                             resize_backend=config.target.resize_backend)
-    # Only the file signatures are read here (cheap): a file that is no image at all fails before
-    # anything is written; a damaged image stops the run when it is reached.
-    for image_path, _, _ in dataset.samples:
-        if not cv2.haveImageReader(image_path):
+    # The records (modules/prediction.py) are lines of tab-separated fields, the name first.
+    for name in dataset.names:
+        if any(c in name for c in "\t\n\r"):
+            raise UserError(f"image name {name!r} holds a tab or a line break, which the run's records cannot "
+                            "hold: rename the file")
+    # Only the headers are read here (cheap): a file that is no image at all, or one too large, fails
+    # before anything is written; a damaged image stops the run when it is reached.
+    for image_path, label_path, _ in dataset.samples:
+        if stored_shape(image_path) is None:
             raise UserError(f"cannot read image (not an image file): {image_path}")
+        if label_path is not None:
+            stored_shape(label_path, "label")
     return dataset
 
 
 def load_network(config):
-    """The provider of ``--restore-from``: DeepLabv2 weights, or a provider file (``.onnx``, ``.pt2``)
+    """The provider of ``--restore-from``: DeepLabv2 weights, or a provider file (``.onnx``)
     checked on one image (``modules/providers.py``); errors name the file and what is wrong."""
     if not config.restore_from:
         raise UserError("--restore-from: the provider's weight file is needed")
@@ -297,19 +305,25 @@ def generate(config, save, write_color=True, truth=None):
     names, suffix = dataset.names, dataset.target.pseudo_label_suffix
     check_truth_sizes(dataset, truth)
     net = load_network(config)
-    claim_folder(state_dir(save, config.target.split), {**settings_of(config), **inputs_of(config, dataset)},
-                 config.overwrite,
-                 outputs=[os.path.join(save, kind, config.target.split) for kind in ("label_ids", "label_color")]
-                 + list(report_names(save, config.target.split).values()))
+    state = state_dir(save, config.target.split)
+    outputs = ([os.path.join(save, kind, config.target.split) for kind in ("label_ids", "label_color")]
+               + list(report_names(save, config.target.split).values()))
+    claim_folder(state, {**settings_of(config), **inputs_of(config, dataset)}, config.overwrite, outputs)
     # With --overwrite nothing counts as done, even where the first process has not yet removed it.
     done = frozenset() if config.overwrite else finished(save, config.target.split, names, write_color, suffix)
     first = True
     if len(done) < len(names):
         module = PredictionModule(net, flip=config.labelling.flip, scales=scales_of(config.labelling),
-                                  fold_bn=config.hardware.fold_bn)
+                                  fold_bn=config.hardware.fold_bn, source=config.restore_from)
         data = PredictionData(dataset, names, config.prediction.batch_size, config.prediction.num_workers, done)
         writer = PseudoLabelWriter(save, config.target.split, config.network.num_classes, write_color, suffix)
-        first = run_predict(module, data, writer, config.hardware)
+        try:
+            first = run_predict(module, data, writer, config.hardware)
+        except UserError:  # a damaged image, non-finite scores: finished files are kept, else nothing
+            remove_claim(state, outputs, unless_finished=True)
+            with contextlib.suppress(OSError):  # construct_hard_patch.py's .pseudo_labels, left empty
+                os.rmdir(save)
+            raise
     if not first:
         return None
     records = read_records(state_dir(save, config.target.split))
@@ -405,5 +419,5 @@ def write_report(save, split, result, config, layout):
             "iou": {n: json_number(v, 4) for n, v in zip(names_of_classes, scores["per_class"])},
             **{key: json_number(scores[key], 4) for key in MEAN_KEYS},  # miou, miou16, miou13, miou13_published
         }
-    atomic_write_text(files["summary"], json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(files["summary"], json.dumps(summary, indent=1, allow_nan=False) + "\n")
     return summary, scores, truth_note

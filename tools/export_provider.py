@@ -4,7 +4,7 @@ inside the exported file, as in any model file: exporting is no protection of th
 
     python -m tools.export_provider --restore-from ./pretrained/gta5_only.pth --onnx ./gta5_only.onnx
     python -m tools.export_provider --restore-from W --arch deeplabv2_tiny --num-classes 19 \\
-        --input-size 1024x512 --onnx OUT.onnx --pt2 OUT.pt2
+        --input-size 1024x512 --onnx OUT.onnx
 
 The files follow the provider contract that ``generate_pseudo_labels.py --restore-from`` and
 ``construct_hard_patch.py --restore-from`` accept (README, "Provider files"): one input, RGB images
@@ -13,9 +13,9 @@ input; the stages upsample them). The input normalisation (RGB to BGR, minus the
 inside the file. The batch size is free; so are the height and width unless ``--fixed-size``.
 ``--input-size`` is the size of the example image the network is traced with and checked on.
 
-After writing, each file is read back the way the stages read it and run on a test image: the
+After writing, the file is read back the way the stages read it and run on a test image: the
 tool prints the share of pixels whose label equals the weight file's and the largest logit
-difference. Files are written atomically (a complete file or none).
+difference. The file is written atomically (a complete file or none).
 """
 import argparse
 import io
@@ -35,12 +35,9 @@ def build_parser():
     parser.add_argument("--restore-from", required=True, metavar="W",
                         help="the provider's weights: a state dict or a Lightning checkpoint, as for "
                              "generate_pseudo_labels.py (read as data, nothing in it runs)")
-    out = parser.add_argument_group("outputs (at least one)")
-    out.add_argument("--onnx", default=None, metavar="OUT.onnx",
+    out = parser.add_argument_group("output")
+    out.add_argument("--onnx", required=True, metavar="OUT.onnx",
                      help="write an ONNX model (opset %d) here, run by onnxruntime" % ONNX_OPSET)
-    out.add_argument("--pt2", default=None, metavar="OUT.pt2",
-                     help="write a PyTorch exported program (torch.export.save) here; the stages read it "
-                          "without torch.export.load, as data")
     out.add_argument("--fixed-size", action="store_true",
                      help="export for --input-size images only (for runtimes that need fixed shapes); by default "
                           "the height and width are free, as the batch size always is")
@@ -70,15 +67,13 @@ def exported_provider(net):
     return Provider(net).eval()
 
 
-def _check_path(flag, path, ending, restore_from):
-    if path is None:
-        return
-    if not path.lower().endswith(ending):
-        raise UserError(f"{flag} {path}: the name must end in {ending} (the stages tell a provider file by its ending)")
+def _check_path(path, restore_from):
+    if not path.lower().endswith(".onnx"):
+        raise UserError(f"--onnx {path}: the name must end in .onnx (the stages tell a provider file by its ending)")
     if os.path.isdir(path):
-        raise UserError(f"{flag} {path} is a folder: the file to write cannot replace it")
+        raise UserError(f"--onnx {path} is a folder: the file to write cannot replace it")
     if os.path.abspath(path) == os.path.abspath(restore_from):
-        raise UserError(f"{flag} {path} would overwrite the weight file it reads")
+        raise UserError(f"--onnx {path} would overwrite the weight file it reads")
 
 
 def export_program(provider, input_size, fixed_size):
@@ -141,14 +136,9 @@ def check_file(path, net, example, num_classes):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.onnx is None and args.pt2 is None:
-        raise UserError("give --onnx OUT.onnx, --pt2 OUT.pt2 or both: there is nothing to write")
     if not os.path.isfile(args.restore_from):
         raise UserError(f"--restore-from: weight file not found: {args.restore_from}")
-    _check_path("--onnx", args.onnx, ".onnx", args.restore_from)
-    _check_path("--pt2", args.pt2, ".pt2", args.restore_from)
-
-    import torch
+    _check_path(args.onnx, args.restore_from)
 
     from models.networks import get_network
     from utils.io import atomic_write_bytes
@@ -156,20 +146,13 @@ def main(argv=None):
     net = get_network(num_classes=args.num_classes, restore_from=args.restore_from, arch=args.arch,
                       head_branches=args.head_branches).eval()
     program, example = export_program(exported_provider(net), args.input_size, args.fixed_size)
-    outputs = []
-    if args.onnx is not None:
-        outputs.append(("ONNX model", args.onnx, onnx_bytes(program, args.num_classes, args.arch)))
-    if args.pt2 is not None:
-        buffer = io.BytesIO()
-        torch.export.save(program, buffer)
-        outputs.append(("PyTorch exported program", args.pt2, buffer.getvalue()))
+    data = onnx_bytes(program, args.num_classes, args.arch)
     size = "N×3×H×W" if not args.fixed_size else f"N×3×{args.input_size[1]}×{args.input_size[0]}"
-    for what, path, data in outputs:
-        atomic_write_bytes(path, data)
-        same, diff, largest = check_file(path, net, example[:1], args.num_classes)
-        print(f"wrote {path}: {what}, {len(data) / 2 ** 20:.1f} MiB; input RGB float32 0..255 {size}, output logits "
-              f"N×{args.num_classes}×h×w; checked on a test image: {100 * same:.2f}% of pixels labelled as by "
-              f"{args.restore_from}, largest logit difference {diff:.2g} (logits up to {largest:.3g})")
+    atomic_write_bytes(args.onnx, data)
+    same, diff, largest = check_file(args.onnx, net, example[:1], args.num_classes)
+    print(f"wrote {args.onnx}: ONNX model, {len(data) / 2 ** 20:.1f} MiB; input RGB float32 0..255 {size}, output "
+          f"logits N×{args.num_classes}×h×w; checked on a test image: {100 * same:.2f}% of pixels labelled as by "
+          f"{args.restore_from}, largest logit difference {diff:.2g} (logits up to {largest:.3g})")
     return 0
 
 

@@ -28,7 +28,7 @@ def fingerprint(paths, names=None, sample=SAMPLE_BYTES):
     digest = hashlib.sha256()
     for path, name in zip(paths, names, strict=True):
         status = os.stat(path)
-        digest.update(f"{name}\0{status.st_size}\0{status.st_mtime_ns}\0".encode())
+        digest.update(f"{name}\0{status.st_size}\0{status.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))
         if sample > 0:
             with open(path, "rb") as f:
                 digest.update(f.read(sample))

@@ -1,47 +1,94 @@
-"""Image and label files: OpenCV decoding with errors that name the file, atomic PNG writes."""
+"""Image and label files: the one reader of every stage (bytes read in Python, headers checked
+against size bounds, then decoded from memory), atomic PNG writes.
+
+No path is handed to OpenCV: it crashes on names that are not UTF-8 (a byte 0xff in a file name).
+A file is read whole (at most :data:`MAX_FILE_BYTES`), its header's size checked (at most
+:data:`MAX_SIDE` pixels per side and :data:`MAX_PIXELS` in all: a PNG may declare 100000×100000
+pixels in a few bytes), and only then decoded. Label maps must hold integers of at most 16 bits.
+"""
+import io
 import os
 import tempfile
+import warnings
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from utils.cli import UserError
 
 cv2.setNumThreads(1)  # loaders run in many worker processes; one thread each avoids oversubscription
 
+MAX_FILE_BYTES = 1 << 30  # an image or label file
+MAX_SIDE = 16384  # pixels per side of an image or label
+MAX_PIXELS = 1 << 26  # 64 megapixels (16384x4096, 8192x8192)
+# The bounds above are the toolkit's own, checked on every header; PIL's warning below them is noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _too_large(path, what, size=""):
+    return UserError(f"{what} too large{size}: {path} (at most {MAX_SIDE} pixels per side and "
+                     f"{MAX_PIXELS // 2 ** 20} megapixels)")
+
+
+def stored_shape(path, what="image", data=None):
+    """``(height, width)`` of an image file from its header alone (of ``data``, its bytes, when
+    given), as OpenCV decodes it (a JPEG's EXIF orientation turns it); ``None`` when the file is
+    missing or no image format is recognised. A size beyond the bounds is a one-line ``UserError``."""
+    try:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
+            width, height = image.size
+            if image.format == "JPEG" and image.getexif().get(0x0112) in (5, 6, 7, 8):
+                width, height = height, width
+    except Image.DecompressionBombError:
+        raise _too_large(path, what) from None
+    except Exception:  # missing, not an image, or a damaged header: PIL's plugins raise many kinds
+        return None
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        raise _too_large(path, what, f" ({width}x{height})")
+    return height, width
+
+
+def _decode(path, what, flags):
+    """The file ``path`` decoded with OpenCV ``flags`` from its bytes, after its header was checked."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise UserError(f"{what} not found: {path}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise UserError(f"{what} file larger than {MAX_FILE_BYTES // 2 ** 30} GiB: {path}")
+    if stored_shape(path, what, data) is None:
+        raise UserError(f"cannot read {what} (not an image file, or a damaged one): {path}")
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if array is None:
+        raise UserError(f"cannot read {what} (unreadable or truncated): {path}")
+    return array, data
+
 
 def read_image_bgr(path):
     """Read a colour image as ``uint8`` H×W×3 in BGR order (OpenCV's and the network's order)."""
-    if not os.path.isfile(path):
-        raise UserError(f"image not found: {path}")
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"cannot read image (unreadable or truncated): {path}")
+    image, _ = _decode(path, "image", cv2.IMREAD_COLOR)
     return image
 
 
-def _is_palette_png(path):
-    """Whether ``path`` is a PNG of palette indices (colour type 3 in its IHDR chunk)."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[25] == 3
+def _is_palette_png(data):
+    """Whether ``data`` is a PNG of palette indices (colour type 3 in its IHDR chunk)."""
+    return len(data) >= 26 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and data[25] == 3
 
 
 def read_label(path, channel=None):
-    """Read a label map (train ids or label ids) as H×W, keeping its bit depth. A palette PNG (as
-    GTA5's labels are) gives its indices, not the colours they stand for. From a multi-channel file,
-    take ``channel`` in OpenCV's BGR(A) order; without one, the channels must be equal (some tools
-    save grey labels that way): a colour picture of the classes is not a label map."""
-    if not os.path.isfile(path):
-        raise UserError(f"label not found: {path}")
-    label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise UserError(f"cannot read label (unreadable or truncated): {path}")
+    """Read a label map (train ids or label ids) as H×W, keeping its bit depth (integers of at most
+    16 bits). A palette PNG (as GTA5's labels are) gives its indices, not the colours they stand
+    for. From a multi-channel file, take ``channel`` in OpenCV's BGR(A) order; without one, the
+    channels must be equal (some tools save grey labels that way): a colour picture of the classes
+    is not a label map."""
+    label, data = _decode(path, "label", cv2.IMREAD_UNCHANGED)
+    if label.dtype.kind not in "iu" or label.dtype.itemsize > 2:
+        raise UserError(f"{path} holds {label.dtype} values, not label ids (integers of 8 or 16 bits, as in a PNG)")
     if label.ndim == 3:
-        if _is_palette_png(path):  # OpenCV turned the palette indices into colours: read the indices
-            from PIL import Image
-
-            with Image.open(path) as image:
+        if _is_palette_png(data):  # OpenCV turned the palette indices into colours: read the indices
+            with Image.open(io.BytesIO(data)) as image:
                 return np.asarray(image)
         if channel is None:
             if not all(np.array_equal(label[:, :, 0], label[:, :, c]) for c in range(1, label.shape[2])):
@@ -118,4 +165,5 @@ def write_rgb_png(path, rgb):
 
 
 def atomic_write_text(path, text):
-    atomic_write_bytes(path, text.encode("utf-8"))
+    # surrogateescape: a file name that is not UTF-8 (read from the disk) is written back as its bytes
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))

@@ -251,6 +251,15 @@ def folder_lock(folder, choose_another):
         lock.release()
 
 
+def check_outside_images(folder, flag, images):
+    """Refuse an output ``folder`` inside the image folder ``images`` (or that folder itself), also
+    through a symbolic link: a later run would take its PNGs for images."""
+    images = os.path.realpath(images)
+    if (os.path.realpath(folder) + os.sep).startswith(images + os.sep):
+        raise UserError(f"{flag} {folder} is inside the image folder {images}: a later run would take its PNGs for "
+                        "images; choose a folder outside it")
+
+
 # -- claiming a folder for one set of settings ---------------------------------------------------------
 
 def _remove_temporary_files(folder):
@@ -313,16 +322,30 @@ def claim_folder(folder, settings, overwrite, outputs=(), flag="--save"):
     if overwrite:
         if not first:
             return
-        for target in (*outputs, folder):
-            if os.path.isdir(target):
-                shutil.rmtree(target)
-            elif os.path.isfile(target):
-                os.remove(target)
+        remove_claim(folder, outputs)
     if first:
         for target in outputs:
             if os.path.isdir(target):
                 _remove_temporary_files(target)
         atomic_write_text(path, text)
+
+
+def remove_claim(folder, outputs=(), unless_finished=False):
+    """Remove a claim's state ``folder`` and its ``outputs`` (before ``--overwrite``); with
+    ``unless_finished``, only when no output holds a result: a run stopped on a user error before it
+    finished anything leaves nothing behind (one that did keeps its finished files, to resume)."""
+    if unless_finished and (not launched_as_first_process() or any(_holds_results(t) for t in outputs)):
+        return
+    root = os.path.commonpath([os.path.abspath(p) for p in (folder, *outputs)])
+    for target in (*outputs, folder):
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        elif os.path.isfile(target):
+            os.remove(target)
+        parent = os.path.dirname(os.path.abspath(target))  # and the folders left empty, up to the root
+        while parent.startswith(root + os.sep) and os.path.isdir(parent) and not os.listdir(parent):
+            os.rmdir(parent)
+            parent = os.path.dirname(parent)
 
 
 # -- a training run's checkpoints -----------------------------------------------------------------------
