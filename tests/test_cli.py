@@ -12,18 +12,26 @@ def ended(capsys, main):
 
 
 class BadItem(Dataset):
+    def __init__(self, error=UserError):
+        self.error = error
+
     def __len__(self):
         return 1
 
     def __getitem__(self, index):
-        raise UserError("truncated image: a.png")
+        raise self.error("truncated image: a.png")
 
 
-def test_user_error_is_one_line_exit_2_also_from_a_loader_process(capsys):
-    assert ended(capsys, lambda argv: (_ for _ in ()).throw(UserError("bad --flag"))) == (2, "error: bad --flag\n")
+class FileError(UserError):
+    """A kind of user error, as utils.torch_files.TorchFileError."""
+
+
+@pytest.mark.parametrize("error", [UserError, FileError])
+def test_user_error_is_one_line_exit_2_also_from_a_loader_process(capsys, error):
+    assert ended(capsys, lambda argv: (_ for _ in ()).throw(error("bad --flag"))) == (2, "error: bad --flag\n")
 
     def load(argv):
-        for _ in DataLoader(BadItem(), num_workers=1):
+        for _ in DataLoader(BadItem(error), num_workers=1):
             pass
 
     assert ended(capsys, load) == (2, "error: truncated image: a.png\n")

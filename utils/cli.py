@@ -128,11 +128,12 @@ def devices(text):
 
 
 def user_message(err):
-    """The one-line message of a :class:`UserError`. One raised in a DataLoader worker process comes
-    back re-raised with the worker's traceback as its text; its last line holds the message."""
+    """The one-line message of a :class:`UserError` (or a subclass). One raised in a DataLoader worker
+    process comes back re-raised with the worker's traceback as its text; its last line holds the
+    message, after the error's class name."""
     text = str(err)
-    if text.startswith("Caught UserError in DataLoader worker"):
-        text = text.rstrip().splitlines()[-1].split("UserError: ", 1)[-1]
+    if text.startswith("Caught ") and " in DataLoader worker" in text.split("\n", 1)[0]:
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
     return text
 
 
