@@ -23,13 +23,12 @@ from typing import Optional
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from datasets.pixels import resize_label, to_bgr_uint8
 from modules.prediction import ErrorsAsItems, RecordFile, check_item, read_records
 from modules.pseudo_labels import IMAGE_SAMPLE_BYTES, ProviderRun, generate, target_dataset
 from modules.stage_output import check_pseudo_labels_finished
-from utils.cli import UserError
+from utils.cli import UserError, progress
 from utils.fingerprint import fingerprint
 from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
 from utils.labels import class_names, colorize, parse_rare_classes
@@ -87,7 +86,7 @@ def class_pixel_counts(label_paths, input_size, num_classes, num_workers=0, resi
     counts = np.zeros(num_classes, dtype=np.int64)
     loader = DataLoader(ErrorsAsItems(_Labels(label_paths, input_size, num_classes, resize_backend)), batch_size=None,
                         num_workers=num_workers_or_default(num_workers))
-    for image_counts in tqdm(loader, desc="counting class pixels", leave=False):
+    for image_counts in progress(loader, desc="counting class pixels", leave=False):
         counts += np.asarray(check_item(image_counts), dtype=np.int64)
     return counts
 
@@ -186,7 +185,7 @@ def mine(dataset, names, save, boxes, rare, num_workers=0):
         loader = DataLoader(ErrorsAsItems(Subset(dataset, pending)), batch_size=None,
                             num_workers=num_workers_or_default(num_workers))
         with BackgroundWriter() as writer:
-            for item in tqdm(loader, total=len(pending), desc="mining hard patches"):
+            for item in progress(loader, total=len(pending), desc="mining hard patches"):
                 check_item(item)
                 label = item["label"].numpy().astype(np.uint8)
                 kept = select_patches(label, boxes, rare)
