@@ -1,6 +1,7 @@
 """The synthetic two-domain benchmark: real layouts, determinism, label ids, class coverage, a
 street layout, a real appearance gap, the command line, and that the real loaders read it."""
 import glob
+import hashlib
 import json
 import os
 
@@ -173,8 +174,8 @@ def test_cli_summary_rerun_and_bad_flags(tmp_path, capsys):
 
 def test_help_explains_every_flag():
     text = synthetic.build_parser().format_help()
-    for flag in ("--root", "--seed", "--num-source", "--num-train", "--num-val", "--size", "--domain-gap",
-                 "--workers", "--overwrite"):
+    for flag in ("--root", "--seed", "--num-source", "--num-train", "--num-val", "--num-test", "--size",
+                 "--domain-gap", "--workers", "--overwrite"):
         assert flag in text
 
 
@@ -387,3 +388,89 @@ def test_target_args_read_what_was_written(targets):
         assert len(val) == TARGET_COUNTS["num_val"] and len(train) == TARGET_COUNTS["num_train"]
         assert set(np.unique(val[0]["label"].numpy())) <= set(range(NUM_CLASSES)) | {IGNORE_INDEX}
     assert "--label-dir" not in synthetic.target_args(targets["folder"], "folder", labels=False)
+
+
+# -- --num-test: a labelled test split, held out from model selection, in every layout ---------------------
+
+TEST_COUNTS = dict(num_source=1, num_train=3, num_val=2, size=(64, 32), workers=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def with_test(tmp_path_factory):
+    """``{target: (root without a test split, root with 2 test images)}``."""
+    roots = {}
+    for target in synthetic.TARGETS:
+        roots[target] = tuple(str(tmp_path_factory.mktemp(f"{target}_{n}")) for n in (0, 2))
+        for root, num_test in zip(roots[target], (0, 2)):
+            generate_benchmark(root, target=target, num_test=num_test, **TEST_COUNTS)
+    return roots
+
+
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_num_test_leaves_train_val_and_the_manifest_as_they_were(with_test):
+    for target, (plain, tested) in with_test.items():
+        names = files_under(plain)
+        added = sorted(set(files_under(tested)) - set(names))
+        assert len(added) == 4 and all("/test/" in n for n in added), (target, added)
+        assert {n: digest(os.path.join(plain, n)) for n in names if n != "synthetic.json"} == \
+            {n: digest(os.path.join(tested, n)) for n in names if n != "synthetic.json"}, target
+        with open(os.path.join(plain, "synthetic.json")) as f:
+            manifest = json.load(f)
+        assert "num_test" not in manifest["settings"]
+        assert list(manifest["pixel_shares"]) == ["source", "target_train", "target_val"]
+        with open(os.path.join(tested, "synthetic.json")) as f:
+            manifest = json.load(f)
+        assert manifest["settings"]["num_test"] == 2 and "target_test" in manifest["pixel_shares"]
+        # The test split has its own random stream (3): its first image is no copy of val's first.
+        jobs = synthetic.plan_files(tested, 1, 3, 2, target, num_test=2)
+        val, test = (next(job[3] for job in jobs if job[1] == stream) for stream in (2, 3))
+        assert "/test/" in test and digest(val) != digest(test)
+
+
+def test_the_readers_read_the_test_split_with_its_labels(with_test):
+    from datasets.base import TargetDataset
+    from datasets.targets import make_target
+    from utils import transfer_trainid
+
+    for target, (_, root) in with_test.items():
+        if target == "cityscapes":  # label ids, converted into gtFine2 as stage 1 does: the test split too
+            with pytest.raises(SystemExit) as exit_:
+                run(transfer_trainid.main, ["--ori-label-root", os.path.join(root, "cityscapes", "gtFine"),
+                                            "--dst-label-root", os.path.join(root, "cityscapes", "gtFine2"),
+                                            "--workers", "1"])
+            assert exit_.value.code == 0
+        args = synthetic.target_args(root, target)
+        flags = dict(zip(args[::2], args[1::2]))
+        layout = make_target(target, flags["--data-dir"], label_root=flags.get("--label-dir"),
+                             conditions=tuple(flags["--conditions"].split(",")) if "--conditions" in flags else None)
+        test = TargetDataset(layout, "test", input_size=(64, 32), labels=True, resize_label=False)
+        assert len(test) == 2, target
+        for item in test:
+            assert set(np.unique(item["label"].numpy())) <= set(range(NUM_CLASSES)) | {IGNORE_INDEX}
+            assert (item["label"].numpy()[-1] == IGNORE_INDEX).all()  # out of roi
+        if target == "cityscapes":
+            assert {name.split("/")[0] for name in test.names} <= set(synthetic.TEST_CITIES)
+        if target in ("acdc", "darkzurich"):
+            assert {name.split("/")[0] for name in test.names} == set(synthetic.SPLIT_CONDITIONS[target]["val"])
+
+
+def test_cli_num_test_in_the_summary_and_bad_counts(tmp_path, capsys):
+    argv = ["--root", str(tmp_path / "b"), "--num-source", "1", "--num-train", "2", "--num-val", "2", "--size",
+            "64x32", "--workers", "0", "--target", "acdc"]
+    with pytest.raises(SystemExit) as exit_:
+        run(main, argv + ["--num-test", "2"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "2 val, 2 test images" in out and "target_test" in out
+    with pytest.raises(synthetic.OtherSettings, match="--overwrite"):  # a test split is another benchmark
+        generate_benchmark(str(tmp_path / "b"), num_source=1, num_train=2, num_val=2, size=(64, 32), workers=0,
+                           progress=False, target="acdc")
+    for bad in ("-1", "1"):  # acdc: one fog and one night image at least
+        with pytest.raises(SystemExit) as exit_:
+            run(main, argv[:1] + [str(tmp_path / "c")] + argv[2:] + ["--num-test", bad])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("error: ") and "--num-test" in err, err
+    assert not (tmp_path / "c").exists()

@@ -13,6 +13,9 @@ label conversion are exercised unchanged::
 
     python -m tools.synthetic --root ./data/synthetic --seed 0
 
+``--num-test N`` adds a labelled ``test`` split, held out from model selection, in every layout
+(Cityscapes: the cities of its real test split; the other layouts: laid out like val).
+
 ``--target acdc|darkzurich|folder`` writes the target in another layout that ``--target-dataset``
 reads, with train-id labels (no conversion), instead of ``<root>/cityscapes``::
 
@@ -67,6 +70,9 @@ HUE_TURNS = 0.25
 MIN_SIZE = (32, 16)
 TRAIN_CITIES = ("aachen", "bochum")
 VAL_CITIES = ("frankfurt", "lindau")
+TEST_CITIES = ("berlin", "bielefeld", "bonn", "leverkusen", "mainz", "munich")  # Cityscapes' real test cities
+SPLITS = ("train", "val", "test")  # the target's splits; split i is drawn from random stream i + 1
+CITIES = dict(zip(SPLITS, (TRAIN_CITIES, VAL_CITIES, TEST_CITIES)))
 FRAME = 19  # Cityscapes annotates the 20th frame of every snippet
 # The target's layout (--target): the layouts --target-dataset reads, under <root>/<folder>. Cityscapes
 # gets label ids (stage 1 converts them); the others get train ids, as ACDC and Dark Zurich ship them.
@@ -76,12 +82,14 @@ TARGET_FOLDERS = {"cityscapes": ("cityscapes/leftImg8bit", "cityscapes/gtFine"),
                   "darkzurich": ("darkzurich/rgb_anon", "darkzurich/gt"), "folder": ("folder/images", "folder/labels")}
 # What each split of a target is rendered in, in order: a split's images are spread over these in
 # equal runs (the first half of ACDC's fog, the second half night). "day" is the plain target domain.
-SPLIT_CONDITIONS = {"cityscapes": {"train": ("day",), "val": ("day",)},
-                    "acdc": {"train": ("fog", "night"), "val": ("fog", "night")},
-                    "darkzurich": {"train": ("day", "twilight", "night"), "val": ("night",)},
-                    "folder": {"train": ("day",), "val": ("day",)}}
+# The test split (--num-test) is rendered as val.
+SPLIT_CONDITIONS = {"cityscapes": {"train": ("day",), "val": ("day",), "test": ("day",)},
+                    "acdc": {"train": ("fog", "night"), "val": ("fog", "night"), "test": ("fog", "night")},
+                    "darkzurich": {"train": ("day", "twilight", "night"), "val": ("night",), "test": ("night",)},
+                    "folder": {"train": ("day",), "val": ("day",), "test": ("day",)}}
 SEQUENCES = 2  # ACDC and Dark Zurich: recording sequences per condition and split
-FOLDER_DIRS = {"train": ("drive_01", "drive_02/part_a"), "val": ("drive_03", "drive_04/part_a")}
+FOLDER_DIRS = {"train": ("drive_01", "drive_02/part_a"), "val": ("drive_03", "drive_04/part_a"),
+               "test": ("drive_05", "drive_06/part_a")}
 FOLDER_JPEG_EVERY, JPEG_QUALITY = 3, 95  # every third image of the folder target is a JPEG
 MANIFEST = "synthetic.json"
 VERSION = 2  # bump when the drawing changes: a manifest of another version is not "complete"
@@ -829,15 +837,14 @@ def _sequence(condition, split, k):
     """A GoPro recording's name, as ACDC and Dark Zurich name their sequences: distinct per
     condition, split and ``k``."""
     rank = ("day", "twilight", "fog", "night").index(condition)
-    return f"GOPR{100 * (rank + 1) + 10 * (split == 'val') + k:04d}"
+    return f"GOPR{100 * (rank + 1) + 10 * SPLITS.index(split) + k:04d}"
 
 
 def target_files(root, target, split, count):
     """``(condition, image path, label path or None, label holds train ids)`` of a split's images."""
     files = []
     if target == "cityscapes":
-        cities = TRAIN_CITIES if split == "train" else VAL_CITIES
-        for stem in target_stems(count, cities):
+        for stem in target_stems(count, CITIES[split]):
             files.append(("day", os.path.join(root, "cityscapes", "leftImg8bit", split, stem + "_leftImg8bit.png"),
                           os.path.join(root, "cityscapes", "gtFine", split, stem + "_gtFine_labelIds.png"), False))
     elif target == "folder":
@@ -851,22 +858,22 @@ def target_files(root, target, split, count):
         for (condition, k), n in _spread(count, groups):
             sequence = _sequence(condition, split, k)
             stem = f"{sequence}/{sequence}_frame_{n:06d}"
-            # ACDC: <condition>/<split>/...; Dark Zurich: <split>/<time of day>/..., labels for val only.
+            # ACDC: <condition>/<split>/...; Dark Zurich: <split>/<time of day>/..., labels for val and test only.
             inner = os.path.join(condition, split) if target == "acdc" else os.path.join(split, condition)
             label = os.path.join(root, target, "gt", inner, stem + "_gt_labelTrainIds.png")
             files.append((condition, os.path.join(root, target, "rgb_anon", inner, stem + "_rgb_anon.png"),
-                          label if target == "acdc" or split == "val" else None, True))
+                          label if target == "acdc" or split != "train" else None, True))
     return files
 
 
-def plan_files(root, num_source, num_train, num_val, target=DEFAULT_TARGET):
+def plan_files(root, num_source, num_train, num_val, target=DEFAULT_TARGET, num_test=0):
     """One job per image: (domain, stream, index, image path, label path or None, condition, whether
-    the label holds train ids)."""
+    the label holds train ids); stream 0 is the source, 1 to 3 the target's train, val and test."""
     jobs = []
     for k, name in enumerate(source_names(num_source)):
         jobs.append(("source", 0, k, os.path.join(root, "gta5", "images", name), os.path.join(root, "gta5", "labels", name),
                      "day", False))
-    for stream, (split, count) in enumerate((("train", num_train), ("val", num_val)), 1):
+    for stream, (split, count) in enumerate(zip(SPLITS, (num_train, num_val, num_test)), 1):
         for k, (condition, image_path, label_path, train_ids) in enumerate(target_files(root, target, split, count)):
             jobs.append(("target", stream, k, image_path, label_path, condition, train_ids))
     return jobs
@@ -924,7 +931,8 @@ def format_summary(shares):
     return "\n".join(lines)
 
 
-def _check_settings(seed, num_source, num_train, num_val, size, domain_gap, workers, target=DEFAULT_TARGET):
+def _check_settings(seed, num_source, num_train, num_val, size, domain_gap, workers, target=DEFAULT_TARGET,
+                    num_test=0):
     if target not in TARGETS:
         raise UserError(f"--target: unknown target {target!r} (choose from {', '.join(TARGETS)})")
     if seed < 0:
@@ -932,9 +940,12 @@ def _check_settings(seed, num_source, num_train, num_val, size, domain_gap, work
     for flag, value in (("--num-source", num_source), ("--num-train", num_train), ("--num-val", num_val)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
-    for flag, split, value in (("--num-train", "train", num_train), ("--num-val", "val", num_val)):
+    if num_test < 0:
+        raise UserError(f"--num-test must be >= 0, got {num_test}")
+    for flag, split, value in (("--num-train", "train", num_train), ("--num-val", "val", num_val),
+                               ("--num-test", "test", num_test)):
         conditions = SPLIT_CONDITIONS[target][split]
-        if value < len(conditions):  # the readers refuse a condition folder that is missing
+        if 0 < value < len(conditions):  # the readers refuse a condition folder that is missing
             raise UserError(f"{flag} must be at least {len(conditions)} with --target {target}: one image for each "
                             f"of {', '.join(conditions)}, got {value}")
     if size[0] < MIN_SIZE[0] or size[1] < MIN_SIZE[1]:
@@ -993,21 +1004,24 @@ def _prepare_root(root, settings, overwrite):
 
 def generate_benchmark(root, seed=0, num_source=DEFAULT_NUM_SOURCE, num_train=DEFAULT_NUM_TRAIN,
                        num_val=DEFAULT_NUM_VAL, size=DEFAULT_SIZE, domain_gap=DEFAULT_DOMAIN_GAP, workers=None,
-                       overwrite=False, progress=True, target=DEFAULT_TARGET):
+                       overwrite=False, progress=True, target=DEFAULT_TARGET, num_test=0):
     """Write the benchmark under ``root`` (see the module docstring), its target in the layout of
-    ``target`` (``cityscapes``, ``acdc``, ``darkzurich`` or ``folder``), and return its manifest.
+    ``target`` (``cityscapes``, ``acdc``, ``darkzurich`` or ``folder``), with a labelled ``test``
+    split of ``num_test`` images when that is above 0, and return its manifest.
 
     Images that already exist are kept (a rerun resumes or, when complete, only re-reads the
     labels for the summary) unless ``overwrite``; a ``root`` made with other settings (another
     ``target`` too) is an error. :func:`target_args` gives the flags that read the target.
     """
-    _check_settings(seed, num_source, num_train, num_val, size, domain_gap, workers, target)
+    _check_settings(seed, num_source, num_train, num_val, size, domain_gap, workers, target, num_test)
     settings = dict(version=VERSION, seed=int(seed), num_source=int(num_source), num_train=int(num_train),
                     num_val=int(num_val), size=[int(size[0]), int(size[1])], domain_gap=float(domain_gap))
     if target != DEFAULT_TARGET:  # absent for Cityscapes: a benchmark made before --target existed stays complete
         settings["target"] = target
+    if num_test:  # absent without a test split, likewise
+        settings["num_test"] = int(num_test)
     previous = _prepare_root(root, settings, overwrite)
-    jobs = plan_files(root, num_source, num_train, num_val, target)
+    jobs = plan_files(root, num_source, num_train, num_val, target, num_test)
     if previous is not None and previous.get("complete") and all(_job_done(j) for j in jobs):
         return previous
     manifest = dict(generator="tools.synthetic", settings=settings, complete=False)
@@ -1015,7 +1029,8 @@ def generate_benchmark(root, seed=0, num_source=DEFAULT_NUM_SOURCE, num_train=DE
 
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     tasks = [(job, settings, overwrite) for job in jobs]
-    histograms = {"source": 0, "target_train": 0, "target_val": 0}
+    keys = ["source"] + ["target_" + split for split in SPLITS]  # by stream
+    histograms = {key: 0 for key, count in zip(keys, (num_source, num_train, num_val, num_test)) if count}
     display = dict(total=len(tasks), desc="drawing scenes", unit="image", disable=not progress)
     if workers > 1:
         with get_context().Pool(workers) as pool:
@@ -1023,8 +1038,7 @@ def generate_benchmark(root, seed=0, num_source=DEFAULT_NUM_SOURCE, num_train=DE
     else:
         results = list(shown(map(_make_image, tasks), **display))
     for (domain, stream, *_), histogram in zip(jobs, results):
-        key = "source" if stream == 0 else ("target_train" if stream == 1 else "target_val")
-        histograms[key] = histograms[key] + histogram
+        histograms[keys[stream]] += histogram
     manifest["pixel_shares"] = {key: {k: round(v, 3) for k, v in pixel_shares(h).items()}
                                 for key, h in histograms.items()}
     manifest["complete"] = True
@@ -1080,6 +1094,10 @@ def build_parser():
     parser.add_argument("--num-val", type=at_least(1), default=DEFAULT_NUM_VAL, metavar="N",
                         help=f"target validation images with ground truth, cities {', '.join(VAL_CITIES)} "
                              f"(acdc: fog and night, darkzurich: night) (default: %(default)s)")
+    parser.add_argument("--num-test", type=at_least(0), default=0, metavar="N",
+                        help=f"target test images with ground truth, held out from model selection (read them with "
+                             f"--val-split test), cities {', '.join(TEST_CITIES)} (other targets: the conditions of "
+                             f"val); 0: no test split (default: %(default)s)")
     parser.add_argument("--size", type=input_size, default=DEFAULT_SIZE, metavar="WxH",
                         help="image size WIDTHxHEIGHT of both domains (default: %dx%d)" % DEFAULT_SIZE)
     parser.add_argument("--domain-gap", type=probability, default=DEFAULT_DOMAIN_GAP, metavar="G",
@@ -1102,12 +1120,14 @@ def main(argv=None):
     with folder_lock(args.root, "--root"):  # one generator per folder (utils/run_folder.py)
         manifest = generate_benchmark(args.root, seed=args.seed, num_source=args.num_source, num_train=args.num_train,
                                       num_val=args.num_val, size=args.size, domain_gap=args.domain_gap,
-                                      workers=args.workers, overwrite=args.overwrite, target=args.target)
+                                      workers=args.workers, overwrite=args.overwrite, target=args.target,
+                                      num_test=args.num_test)
     s = manifest["settings"]
     print(f"synthetic benchmark in {args.root} (seed {s['seed']}, {s['size'][0]}x{s['size'][1]}, "
           f"domain gap {s['domain_gap']}):")
     print(f"  source  {os.path.join(args.root, 'gta5')}: {s['num_source']} images")
-    print(f"  target  {os.path.join(args.root, args.target)}: {s['num_train']} train, {s['num_val']} val images")
+    test = f", {s['num_test']} test" if s.get("num_test") else ""
+    print(f"  target  {os.path.join(args.root, args.target)}: {s['num_train']} train, {s['num_val']} val{test} images")
     print("class pixel shares:")
     print(format_summary(manifest["pixel_shares"]))
     if args.target != DEFAULT_TARGET:
