@@ -2,22 +2,24 @@
 
     python demo.py            # or: make demo
 
-Stages, each run through the same entry points as the real staged commands (printed as it goes):
-generate a two-domain benchmark (source in GTA5 layout, target in Cityscapes layout), convert the
-target labels to train ids, train the provider on the source, export it to an ONNX file (the black
-box: from here on only that file is run), let it pseudo-label the target, distil a baseline from
-the pseudo-labels alone, mine hard patches from the pseudo-labels alone (strictly black-box), run
-the smhm self-distillation rounds, train the target oracle, evaluate every stage on target val.
-The provider is always a tiny DeepLabv2; ``--student`` chooses the target model (baseline, smhm
-rounds and oracle), e.g. ``--student segformer_b0``; ``--target`` the target domain's layout and
-look, e.g. ``--target acdc`` (the target rendered in fog and at night, in ACDC's layout, scored per
-condition too). Results: ``experiments/demo/results.json`` and a
-picture ``experiments/demo/predictions.png`` (image | ground truth | source-only | baseline | final).
+It makes a black box and then adapts it exactly as a user would (``adapt.py``), printing every
+command: generate a two-domain benchmark (source in GTA5 layout, target in Cityscapes layout, with a
+held-out labelled *test* split), convert the target labels to train ids, train a provider on the
+source and export it to an ONNX file (the black box: from here on only that file is run), then
+``adapt.py``: pseudo-labels, baseline, hard patches and the self-distillation rounds, each stage
+keeping its checkpoint by a label-free score on the val images (``--select-by val-miou`` for the
+published protocol instead), the adapted model exported and reported against the black box. Last,
+a target oracle trained on the target labels, and every stage scored on the test split, whose
+labels no selection ever sees. The provider is always a tiny DeepLabv2; ``--student`` chooses the
+target model, e.g. ``--student segformer_b0``; ``--target`` the target domain's layout and look, e.g.
+``--target acdc`` (fog and night in ACDC's layout, scored per condition too). Results:
+``experiments/demo/results.json`` and the adaptation report in ``experiments/demo/adapt/``.
 
-A stage whose weights already exist is skipped, so an interrupted demo continues where it stopped;
+A stage whose results already exist is skipped, so an interrupted demo continues where it stopped;
 ``--fresh`` starts over.
 """
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -28,15 +30,16 @@ from datasets.targets import TARGETS
 from models.networks import ARCH_NAMES
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run, seed
 from utils.io import atomic_write_text, json_number
+from utils.label_free import CRITERIA, DEFAULT_CRITERION
 from utils.run_folder import LOCK_NAME, folder_lock, has_checkpoints
 
 # The demo schedule; its measured results and timing are in docs/demo.md. Rare classes "auto": the
 # provider hardly ever predicts most of the published GTA5 rare classes on this benchmark, so the
 # patches follow the rarest classes it does predict.
-DEFAULTS = dict(num_source=200, num_train=200, num_val=50, data_size="256x128", input_size="256x128",
+DEFAULTS = dict(num_source=200, num_train=200, num_val=50, num_test=100, data_size="256x128", input_size="256x128",
                 arch="deeplabv2_tiny", batch_size=4, provider_steps=600, baseline_steps=1000, oracle_steps=600,
                 round_steps=300, rounds=3, lr=1e-3, smhm_lr=2e-4, rare_classes="auto")
-QUICK = dict(num_source=8, num_train=8, num_val=4, data_size="64x32", input_size="64x32",
+QUICK = dict(num_source=8, num_train=8, num_val=4, num_test=4, data_size="64x32", input_size="64x32",
              provider_steps=4, baseline_steps=4, oracle_steps=4, round_steps=2, rounds=2,
              rare_classes="auto")  # an untrained provider predicts no rare class: take its rarest ones
 
@@ -63,13 +66,17 @@ def build_parser():
                              "renderings in ACDC's layout, scored per condition too), darkzurich (day, twilight and "
                              "night in Dark Zurich's layout; no train labels, so no oracle) or folder (a plain tree of "
                              "images) (default: %(default)s)")
+    parser.add_argument("--select-by", choices=(*CRITERIA, "val-miou"), default=DEFAULT_CRITERION,
+                        help="how every stage keeps its checkpoint: a label-free score, or val-miou (the published "
+                             "protocol, with the val labels); the test split is never used (default: %(default)s)")
     parser.add_argument("--num-workers", type=at_least(0), default=0, help="data loader processes (default: %(default)s)")
     return parser
 
 
-def default_out(seed, quick, student=DEFAULTS["arch"], target="cityscapes"):
+def default_out(seed, quick, student=DEFAULTS["arch"], target="cityscapes", select_by=DEFAULT_CRITERION):
     return ("./experiments/demo" + (f"_{target}" if target != "cityscapes" else "")
             + (f"_{student}" if student != DEFAULTS["arch"] else "")
+            + (f"_{select_by.replace('-', '_')}" if select_by != DEFAULT_CRITERION else "")
             + (f"_seed{seed}" if seed != 0 else "") + ("_quick" if quick else ""))
 
 
@@ -79,7 +86,7 @@ class Demo:
         self.cfg = dict(DEFAULTS, **(QUICK if args.quick else {}))
         if args.rounds is not None:
             self.cfg["rounds"] = args.rounds
-        self.out = args.out or default_out(args.seed, args.quick, args.student, args.target)
+        self.out = args.out or default_out(args.seed, args.quick, args.student, args.target, args.select_by)
         self.data = os.path.join(self.out, "data")
         self.cityscapes = os.path.join(self.data, "cityscapes")
         self.weights = os.path.join(self.out, "weights")
@@ -118,7 +125,8 @@ class Demo:
                 "--lr-schedule", "constant"]
 
     def train(self, name, module, steps, lr, extra):
-        """Train a stage (resuming an interrupted run) and extract its best network to weights/<name>.pth."""
+        """Train the provider or the oracle (resuming an interrupted run) and extract its best network
+        to weights/<name>.pth. Both are built with labels (of the source, of the target): kept by val mIoU."""
         from extract_model_state_dict import main as extract
         from main import main as train_main
 
@@ -128,7 +136,8 @@ class Demo:
             return target
         argv = ["--module-name", module, "--mode", "train", *self.common_training(self.arch_of(name)),
                 "--experiment-name", name,
-                "--max-steps", str(steps), "--lr", str(lr), "--val-interval", str(max(1, steps // 4)), *extra]
+                "--max-steps", str(steps), "--lr", str(lr), "--val-interval", str(max(1, steps // 4)),
+                "--select-by", "val-miou", *extra]
         if has_checkpoints(os.path.join(self.runs, module, name)):
             argv += ["--resume", "last"]
         best = self.step(f"{name}: train", "main.py", argv, train_main)["best_checkpoint"]
@@ -152,22 +161,30 @@ class Demo:
                    "--onnx", target], export)
         return target
 
-    def smhm_rounds(self, baseline, patches):
-        """``main.py --rounds N``: each round restarts smhm from the best student of the previous one."""
-        from main import main as train_main
+    def adapt(self, black_box):
+        """``adapt.py``: the user's command, on the benchmark's target; returns its report and the
+        weights of every stage it trained (baseline, each round)."""
+        from adapt import main as adapt
 
-        c = self.cfg
-        argv = ["--module-name", "smhm", "--mode", "train", *self.common_training(self.args.student),
-                "--experiment-name", "smhm",
-                "--rounds", str(c["rounds"]), "--restore-from", baseline, "--hard-patches-root", patches,
-                "--position-beta", "0.25", "--max-steps", str(c["round_steps"]), "--lr", str(c["smhm_lr"]),
-                "--val-interval", str(max(1, c["round_steps"] // 4))]
-        rounds = self.step("smhm self-distillation rounds", "main.py", argv, train_main)
-        return [r["student"] for r in rounds]
+        c, a = self.cfg, self.args
+        out = os.path.join(self.out, "adapt")
+        argv = ["--black-box", black_box, *self.target_args(), "--val-split", "val", "--report-split", "test",
+                "--out", out, "--student", a.student, "--input-size", c["input_size"], "--rounds", str(c["rounds"]),
+                "--max-steps", str(c["baseline_steps"]), "--round-steps", str(c["round_steps"]), "--lr", str(c["lr"]),
+                "--round-lr", str(c["smhm_lr"]), "--lr-schedule", "constant", "--batch-size", str(c["batch_size"]),
+                "--select-by", a.select_by, "--seed", str(a.seed), "--accelerator", "cpu",
+                "--num-workers", str(a.num_workers)]
+        report = self.step("adapt the black box to the target (adapt.py)", "adapt.py", argv, adapt)
+        with open(os.path.join(out, "runs", "smhm", "smhm_rounds.csv")) as f:
+            rounds = list(csv.DictReader(f))
+        stages = {"baseline": os.path.join(out, "weights", "baseline.pth")}
+        stages.update({f"smhm_round_{r['round']}": r["student"] for r in rounds if r["round"] != "0"})
+        stages["adapted"] = report["files"]["student"]
+        return report, stages
 
-    def evaluate(self, stages):
-        """``main.py --mode test`` for every stage's weights; returns
-        {stage: {weights, miou, miou16, miou13, miou13_published, per_class}}."""
+    def evaluate(self, stages, selected_by):
+        """``main.py --mode test --val-split test`` for every stage's weights (the black box's ONNX file
+        included): scores on the held-out test split; returns {stage: {weights, selected_by, test}}."""
         from main import main as test_main
         from utils.labels import CLASS_NAMES
         from utils.metrics import MEAN_KEYS
@@ -175,57 +192,29 @@ class Demo:
         results = {}
         for stage, weights in stages.items():
             argv = ["--module-name", "basic", "--mode", "test", *self.common_training(self.arch_of(stage)),
-                    "--experiment-name", f"eval_{stage}", "--restore-from", weights]
-            scores = self.step(f"evaluate {stage}", "main.py", argv, test_main)
-            results[stage] = {"weights": weights, **{key: json_number(scores[key]) for key in MEAN_KEYS},
-                              "per_class": {n: json_number(v) for n, v in zip(CLASS_NAMES, scores["per_class"])}}
+                    "--val-split", "test", "--experiment-name", f"test_{stage}", "--restore-from", weights]
+            scores = self.step(f"test split: {stage}", "main.py", argv, test_main)
+            test = {**{key: json_number(scores[key]) for key in MEAN_KEYS},
+                    "per_class": {n: json_number(v) for n, v in zip(CLASS_NAMES, scores["per_class"])},
+                    "label_free": scores["label_free"]}
             if "conditions" in scores:  # ACDC, Dark Zurich: each condition scored on its own as well
-                results[stage]["conditions"] = {name: {key: json_number(part[key]) for key in MEAN_KEYS}
-                                                for name, part in scores["conditions"].items()}
+                test["conditions"] = {name: {key: json_number(part[key]) for key in MEAN_KEYS}
+                                      for name, part in scores["conditions"].items()}
+            results[stage] = {"weights": weights, "selected_by": selected_by.get(stage), "test": test}
         return results
-
-    def picture(self, stages, columns, count=4):
-        """Rows of image | ground truth | one prediction per column, for the first val images, under
-        column titles and with a legend of the classes in them."""
-        import torch
-
-        from datasets.base import TargetDataset
-        from datasets.pixels import to_bgr_uint8
-        from datasets.targets import add_target_dataset_args, make_target
-        from models.networks import get_network
-        from utils.io import write_rgb_png
-        from utils.visualize import labelled_picture
-
-        c = self.cfg
-        flags = add_target_dataset_args(argparse.ArgumentParser()).parse_args(self.target_args())
-        target = make_target(flags.target_dataset, flags.data_dir, flags.image_root, flags.label_root, flags.conditions)
-        data = TargetDataset(target, "val", input_size=input_size(c["input_size"]), labels=True, resize_label=False)
-        # Spread over the split, so that every condition of ACDC or Dark Zurich shows.
-        count = min(count, len(data))
-        items = [data[i * (len(data) - 1) // max(1, count - 1)] for i in range(count)]
-        predictions = []
-        for column in columns:
-            net = get_network(arch=self.arch_of(column), restore_from=stages[column]).eval()
-            with torch.no_grad():
-                predictions.append([net(item["image"][None], size=item["label"].shape)[0].argmax(0).numpy()
-                                    for item in items])
-        rows = [(to_bgr_uint8(item["image"])[:, :, ::-1], [item["label"].numpy()] + [p[i] for p in predictions])
-                for i, item in enumerate(items)]
-        path = os.path.join(self.out, "predictions.png")
-        write_rgb_png(path, labelled_picture(rows, ["image", "ground truth", *columns]))
-        print(f"\npicture: {path} (image | ground truth | {' | '.join(columns)})")
 
     def table(self, results, total):
         # The last column is the published code's 13-class mean (without fence, pole, traffic light).
         # ACDC and Dark Zurich add each condition's mIoU-19.
-        conditions = list(next(iter(results.values())).get("conditions", {}))
-        print(f"\n{'stage':<16} {'mIoU-19':>8} {'mIoU-16':>8} {'mIoU-13':>8} {'13 (pub.)':>9}"
+        conditions = list(next(iter(results.values()))["test"].get("conditions", {}))
+        print(f"\ntest split{'':<6} {'mIoU-19':>8} {'mIoU-16':>8} {'mIoU-13':>8} {'13 (pub.)':>9}"
               + "".join(f" {name:>9}" for name in conditions))
 
         def number(value, width):
             return f"{value if value is not None else float('nan'):{width}.2f}"
 
         for stage, r in results.items():
+            r = r["test"]
             print(f"{stage:<16} " + " ".join(number(r[k], w) for k, w in (("miou", 8), ("miou16", 8), ("miou13", 8),
                                                                           ("miou13_published", 9)))
                   + "".join(f" {number(r['conditions'][name]['miou'], 9)}" for name in conditions))
@@ -253,7 +242,8 @@ class Demo:
         try:
             self.step("benchmark: generate", "-m tools.synthetic",
                       ["--root", self.data, "--seed", str(a.seed), "--num-source", str(c["num_source"]),
-                       "--num-train", str(c["num_train"]), "--num-val", str(c["num_val"]), "--size", c["data_size"],
+                       "--num-train", str(c["num_train"]), "--num-val", str(c["num_val"]), "--num-test", str(c["num_test"]),
+                       "--size", c["data_size"],
                        *(["--target", a.target] if a.target != "cityscapes" else [])],
                       synthetic)
         except OtherSettings:
@@ -267,39 +257,21 @@ class Demo:
 
         provider = self.train("source_only", "source_only", c["provider_steps"], c["lr"],
                               ["--source-dataset", "gta5", "--source-root", os.path.join(self.data, "gta5")])
-
         black_box = self.export(provider)
-
-        from generate_pseudo_labels import main as pseudo
-        pseudo_root = os.path.join(self.out, "pseudo_label")
-        self.step("pseudo-labels (the black box's predictions, by onnxruntime)", "generate_pseudo_labels.py",
-                  [*self.target_args(), "--restore-from", black_box, "--save", pseudo_root,
-                   "--input-size", c["input_size"], "--batch-size", "10", "--num-workers", str(a.num_workers),
-                   "--accelerator", "cpu"], pseudo)
-
-        # Strict black-box: the target model starts without the provider's weights.
-        baseline = self.train("baseline", "baseline", c["baseline_steps"], c["lr"],
-                              ["--pseudo-label-root", pseudo_root])
-
-        from construct_hard_patch import main as mine
-        patches = os.path.join(self.out, "hard_patches")
-        self.step("hard patches (from the pseudo-labels alone)", "construct_hard_patch.py",
-                  [*self.target_args(labels=False), "--pseudo-label-root", pseudo_root, "--save", patches, "--rare-classes", c["rare_classes"],
-                   "--input-size", c["input_size"], "--grid", "4x4", "--num-workers", str(a.num_workers)], mine)
-
-        rounds = self.smhm_rounds(baseline, patches)
-
-        stages = {"source_only": provider, "baseline": baseline,
-                  **{f"smhm_round_{k}": w for k, w in enumerate(rounds, 1)}}
+        report, trained = self.adapt(black_box)
+        stages = {"black_box": black_box, **trained}
+        selected_by = {"black_box": "val-miou", **{name: a.select_by for name in trained}}
         if a.target != "darkzurich":  # Dark Zurich has no train labels to train an oracle on
             stages["oracle"] = self.train("oracle", "basic", c["oracle_steps"], c["lr"], [])
-        results = self.evaluate(stages)
-        self.picture(stages, ["source_only", "baseline", f"smhm_round_{len(rounds)}"])
+            selected_by["oracle"] = "val-miou"
+        results = self.evaluate(stages, selected_by)
         total = round(time.time() - start, 1)
         atomic_write_text(os.path.join(self.out, "results.json"), json.dumps(
-            {"stages": results, "seconds": self.timings, "total_seconds": total,
-             "settings": dict(self.cfg, seed=a.seed, student=a.student, target=a.target)}, indent=2))
+            {"stages": results, "report": report, "seconds": self.timings, "total_seconds": total,
+             "settings": dict(self.cfg, seed=a.seed, student=a.student, target=a.target, select_by=a.select_by)},
+            indent=2, allow_nan=False))
         self.table(results, total)
+        print(f"\n{report['verdict']}")
         return results
 
 

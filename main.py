@@ -35,8 +35,8 @@ def main(argv=None):
 
         return train_rounds(config, config.rounds)
     result = runner.train(config)
-    best = "none" if result["best_miou"] is None else f"{result['best_miou']:.2f}"
-    print(f"best checkpoint: {result['best_checkpoint']} (val mIoU {best})")
+    best = "none" if result["best_score"] is None else f"{result['best_score']:.4g}"
+    print(f"best checkpoint: {result['best_checkpoint']} ({result['selected_by']} {best})")
     return result
 
 

@@ -67,5 +67,5 @@ class ImageFolder(Target):
         return os.path.join(self._label_root(split), name + ".png")
 
     def no_labels(self):
-        raise UserError("--target-dataset folder: evaluation needs labels: give --label-dir (train-id PNGs "
-                        "mirroring the images' relative paths, <stem>.png)")
+        raise UserError("--target-dataset folder: no labels given: give --label-dir (train-id PNGs mirroring the "
+                        "images' relative paths, <stem>.png)")

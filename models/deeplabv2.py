@@ -149,7 +149,7 @@ class DeepLabV2(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         logits = self.layer5(x).contiguous()
         if size is not None:
-            logits = F.interpolate(logits, size=tuple(int(s) for s in size), mode="bilinear", align_corners=True)
+            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
         return logits
 
     def train(self, mode=True):

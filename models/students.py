@@ -95,8 +95,8 @@ class LibraryStudent(nn.Module):
             logits = F.interpolate(logits, size=(height + pad_h, width + pad_w), mode="bilinear", align_corners=True)
             logits = logits[..., :height, :width]
         logits = logits.contiguous()
-        if size is not None and tuple(logits.shape[-2:]) != tuple(int(s) for s in size):
-            logits = F.interpolate(logits, size=tuple(int(s) for s in size), mode="bilinear", align_corners=True)
+        if size is not None and tuple(logits.shape[-2:]) != tuple(size):
+            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
         return logits
 
     def train(self, mode=True):

@@ -4,26 +4,34 @@ Every stage of the method (oracle, source-only provider, cross-domain distillati
 self-distillation variants) is a subclass that says what it trains on (``train_source``) and,
 where it differs from pixel-wise cross-entropy on labelled images, how one training step goes.
 Validation and testing are identical for all stages: predict the target val split at the input
-size (test mode: averaged over ``--scales``, as ``--mode predict``), upsample logits to the
-ground-truth resolution, accumulate one confusion matrix (synchronised across processes) and
-compute per-class IoU and the means (utils/metrics.py); a target scored per condition (ACDC) also
-gets one matrix per condition, its scores under ``scores["conditions"]``. Evaluation runs a copy of
+size and score it without labels (``utils/label_free.py``: agreement under a flip, confident and
+diverse predictions), by which each stage keeps its checkpoint unless ``--select-by val-miou``.
+Where the split has labels, the logits (test mode: averaged over ``--scales``, as ``--mode
+predict``) are also upsampled to the ground-truth resolution into one confusion matrix
+(synchronised across processes) for per-class IoU and the means (utils/metrics.py); a target
+scored per condition (ACDC) also gets one matrix per condition, its scores under
+``scores["conditions"]``. Evaluation runs a copy of
 the student with its BatchNorm folded into its convolutions (``models/fold_bn.py``, ``--fold-bn``).
 The module computes and logs numbers; what is written from them (table, record, pictures, PNGs)
 is the job of ``modules/callbacks.py``.
 """
+import warnings
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
 from models.fold_bn import fold_batchnorm
+from models.provider_files import is_provider_file
 from models.networks import family, get_network
 from models.students import LibraryStudent
+from modules.providers import ProviderNetwork, check_finite, load_provider
 from utils.cli import UserError
 from utils.compile import CUDA_GRAPH_MODES, StepFunctions, compile_network
 from utils.config import flat
 from utils.inference import multiscale_logits, upsampled_argmax
+from utils.label_free import LabelFreeScores, flipped_logits
 from utils.labels import IGNORE_INDEX
 from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
 
@@ -88,10 +96,16 @@ class SegmentationModule(pl.LightningModule):
         # The losses and the rest of a step's tensor work, compiled at --compile step (utils/compile.py).
         self.step_functions = StepFunctions(config.hardware.compile, config.hardware.compile_mode)
         n = config.network
-        self.net = get_network(num_classes=n.num_classes, restore_from=config.restore_from, arch=n.arch,
-                               head_branches=n.head_branches, freeze_bn_stats=n.freeze_bn_stats)
+        if config.mode != "train" and config.restore_from and is_provider_file(config.restore_from):
+            # The black box itself (an ONNX file), scored and pictured as the adapted models are.
+            self.net = load_provider(config.restore_from, n, scales=config.evaluation.scales)
+        else:
+            self.net = get_network(num_classes=n.num_classes, restore_from=config.restore_from, arch=n.arch,
+                                   head_branches=n.head_branches, freeze_bn_stats=n.freeze_bn_stats)
         self.val_confusion = ConfusionMatrix(n.num_classes, IGNORE_INDEX)
         self.test_confusion = ConfusionMatrix(n.num_classes, IGNORE_INDEX)
+        self.val_label_free = LabelFreeScores(n.num_classes)
+        self.test_label_free = LabelFreeScores(n.num_classes)
         # One more matrix per condition (items named <condition>/...), for validation and test alike.
         self.condition_confusion = torch.nn.ModuleDict(
             {c: ConfusionMatrix(n.num_classes, IGNORE_INDEX) for c in config.data.scored_conditions()})
@@ -197,7 +211,7 @@ class SegmentationModule(pl.LightningModule):
         every validation would be compiled again every time."""
         self.evaluation_nets.clear()
         compiled = self.hardware.compile != "off"  # "network" or "step" (utils/compile.py)
-        if self.hardware.fold_bn and (testing or not compiled):
+        if self.hardware.fold_bn and (testing or not compiled) and not isinstance(self.net, ProviderNetwork):
             net = fold_batchnorm(self.net)
             if compiled:
                 compile_network(net, self.hardware.compile_mode)
@@ -209,14 +223,24 @@ class SegmentationModule(pl.LightningModule):
     def on_test_epoch_start(self):
         self.start_evaluation(testing=True)
 
-    def _evaluate(self, batch, confusion):
-        """Update ``confusion`` with the batch; returns the predictions at ground-truth resolution."""
-        images, labels = batch["image"], batch["label"]
+    def _evaluate(self, batch, confusion, label_free):
+        """Update ``label_free`` with the batch, and ``confusion`` where it has labels; returns the
+        predictions at ground-truth resolution (``None`` without labels)."""
+        images = batch["image"]
         net = self.evaluation_nets[0] if self.evaluation_nets else self.net
-        # One scale (always so in training): the network's output, upsampled once below.
-        logits = multiscale_logits(net, images, self.evaluation.scales, flip=self.evaluation.flip_when_test)
+        # At the network's output resolution: the logits of the images and of their mirror images.
+        plain, mirrored = net(images), flipped_logits(net, images)
+        if isinstance(net, ProviderNetwork):  # a black box's scores must be finite (our networks' are)
+            check_finite(torch.cat([plain, mirrored]), batch["name"] * 2, net.path)
+        label_free.update(plain, mirrored)
+        if "label" not in batch:
+            return None
+        if tuple(self.evaluation.scales) == (1.0,):  # one scale (always so in training): upsampled once below
+            logits = plain + mirrored if self.evaluation.flip_when_test else plain
+        else:
+            logits = multiscale_logits(net, images, self.evaluation.scales, flip=self.evaluation.flip_when_test)
         predictions = []
-        for i, label in enumerate(labels):
+        for i, label in enumerate(batch["label"]):
             # Logits are upsampled to the ground truth's own resolution (2048x1024 for Cityscapes,
             # 1920x1080 for ACDC and Dark Zurich).
             prediction = upsampled_argmax(logits[i], label.shape[-2:])
@@ -228,15 +252,28 @@ class SegmentationModule(pl.LightningModule):
         return predictions
 
     def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, self.val_confusion)
+        self._evaluate(batch, self.val_confusion, self.val_label_free)
 
     def test_step(self, batch, batch_idx):
-        return {"predictions": self._evaluate(batch, self.test_confusion)}
+        return {"predictions": self._evaluate(batch, self.test_confusion, self.test_label_free)}
 
-    def _scores(self, confusion):
-        # compute() sums the matrices of all processes, so every rank sees the same scores.
-        scores = scores_from_confusion(confusion.compute().cpu().numpy())
+    def _scores(self, confusion, label_free):
+        """``{"label_free": {...}}`` and, where labels were scored, the IoUs and means."""
+        free = {name: float(value) for name, value in label_free.compute().items()}
+        label_free.reset()
+        # compute() sums the matrices of all processes, so every rank sees the same scores. A split
+        # without labels leaves the matrix empty on purpose (its sum says so, on every process).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric .* was called before")
+            matrix = confusion.compute()
         confusion.reset()
+        if not int(matrix.sum()):
+            for m in self.condition_confusion.values():
+                m.reset()
+            self.last_scores = {"label_free": free}
+            return self.last_scores
+        scores = scores_from_confusion(matrix.cpu().numpy())
+        scores["label_free"] = free
         if len(self.condition_confusion):
             scores["conditions"] = {c: scores_from_confusion(m.compute().cpu().numpy())
                                     for c, m in self.condition_confusion.items()}
@@ -249,19 +286,27 @@ class SegmentationModule(pl.LightningModule):
         self.evaluation_nets.clear()
         if self.trainer.sanity_checking:
             self.val_confusion.reset()
+            self.val_label_free.reset()
             for m in self.condition_confusion.values():
                 m.reset()
             return
-        scores = self._scores(self.val_confusion)
-        miou = scores["miou"] if np.isfinite(scores["miou"]) else 0.0
-        self.log("val_miou", float(miou), prog_bar=True, sync_dist=False)
+        scores = self._scores(self.val_confusion, self.val_label_free)
+        for name, value in scores["label_free"].items():
+            self.log(f"val/{name}", value, sync_dist=False)
+        if self.evaluation.select_by in scores["label_free"]:  # what keeps the best checkpoint (--select-by)
+            self.log("val_score", scores["label_free"][self.evaluation.select_by], prog_bar=True, sync_dist=False)
+        if "miou" in scores:
+            miou = scores["miou"] if np.isfinite(scores["miou"]) else 0.0
+            self.log("val_miou", float(miou), prog_bar=True, sync_dist=False)
         for condition, condition_scores in scores.get("conditions", {}).items():
             self.log(f"val/miou_{condition}", float(condition_scores["miou"]), sync_dist=False)
 
     def on_test_epoch_end(self):
         self.evaluation_nets.clear()
-        scores = self._scores(self.test_confusion)
-        for key in MEAN_KEYS:  # miou, miou16, miou13 and miou13_published
+        scores = self._scores(self.test_confusion, self.test_label_free)
+        for name, value in scores["label_free"].items():
+            self.log(f"test/{name}", value, sync_dist=False)
+        for key in MEAN_KEYS if "miou" in scores else ():  # miou, miou16, miou13 and miou13_published
             self.log(f"test/{key}", float(scores[key]), sync_dist=False)
         for condition, condition_scores in scores.get("conditions", {}).items():
             self.log(f"test/miou_{condition}", float(condition_scores["miou"]), sync_dist=False)

@@ -4,6 +4,7 @@ condition after the table and a row in ``miou_record_<condition>.csv``), the tra
 TensorBoard, the predicted PNGs of ``--save-predictions``, and with ``--compile`` the compile time apart from
 the step time. The stage modules compute and log numbers and return what these callbacks turn into files;
 the runner attaches them."""
+import csv
 import os
 import time
 
@@ -14,34 +15,49 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 from datasets.pixels import to_bgr_uint8
+from utils.cli import UserError
 from utils.io import write_png, write_rgb_png
+from utils.label_free import CRITERIA
 from utils.labels import colorize
 from utils.metrics import append_record, condition_record_path, format_condition_table, format_table
 from utils.visualize import labelled_picture
 
 
 class ScoreRecord(Callback):
-    """Append a row to the record after each validation and test (first process only; every process
-    holds the same scores, summed over all of them) and print a line per validation, the per-class
-    table after a test. Scores per condition (ACDC) add their means and a row to each condition's own
-    record, ``<record>_<condition>.csv``, in the format of the main one, which stays as it is."""
+    """After each validation and test (first process only; every process holds the same scores,
+    summed over all of them): print a line per validation, the per-class table after a test, and
+    append a row to the records: the label-free scores to ``label_free_record.csv`` beside the mIoU
+    record, where labels were scored, the IoUs to the mIoU record. Scores per condition (ACDC) add
+    their means and a row to each condition's own record, ``<record>_<condition>.csv``, in the format
+    of the main one, which stays as it is."""
 
-    def __init__(self, record_path, test_title):
+    def __init__(self, record_path, test_title, select_by):
         self.record_path = record_path
-        self.test_title = test_title
+        self.label_free_path = os.path.join(os.path.dirname(record_path), "label_free_record.csv")
+        self.test_title, self.select_by = test_title, select_by
         self.best = None
 
     def _write(self, trainer, scores, title=None):
-        if trainer.is_global_zero and scores is not None:
-            conditions = scores.get("conditions") or {}
-            if title is None:  # a validation: one line, the table is in the record
-                self.best = scores["miou"] if self.best is None else max(self.best, scores["miou"])
-                by_condition = "".join(f", {name} {c['miou']:.2f}" for name, c in conditions.items())
-                rank_zero_info(f"validation at step {trainer.global_step}: val mIoU {scores['miou']:.2f}"
-                               f"{by_condition} (best {self.best:.2f})")
-            else:
+        if not trainer.is_global_zero or scores is None:
+            return
+        conditions = scores.get("conditions") or {}
+        free = scores["label_free"]
+        chosen = scores.get("miou") if self.select_by == "val-miou" else free.get(self.select_by)
+        if title is None:  # a validation: one line, the table is in the record
+            if chosen is not None:
+                self.best = chosen if self.best is None else max(self.best, chosen)
+            miou = f", val mIoU {scores['miou']:.2f}" if "miou" in scores and self.select_by != "val-miou" else ""
+            by_condition = "".join(f", {name} {c['miou']:.2f}" for name, c in conditions.items())
+            name = "val mIoU" if self.select_by == "val-miou" else self.select_by
+            rank_zero_info(f"validation at step {trainer.global_step}: {name} {chosen:.4f} (best "
+                           f"{self.best:.4f}){miou}{by_condition}")
+        else:
+            if "miou" in scores:
                 table = format_table(scores, title=title)
                 rank_zero_info(table + ("\n" + format_condition_table(conditions) if conditions else ""))
+            rank_zero_info(f"{title}: label-free " + ", ".join(f"{k} {v:.4f}" for k, v in free.items()))
+        append_label_free_record(self.label_free_path, trainer.global_step if title is None else "test", free)
+        if "miou" in scores:
             append_record(self.record_path, scores)
             for condition, condition_scores in conditions.items():
                 append_record(condition_record_path(self.record_path, condition), condition_scores)
@@ -52,6 +68,16 @@ class ScoreRecord(Callback):
 
     def on_test_end(self, trainer, pl_module):
         self._write(trainer, pl_module.last_scores, self.test_title)
+
+
+def append_label_free_record(path, step, scores):
+    """One row of label-free scores (``utils/label_free.py``) after the header ``step`` + criteria."""
+    new = not os.path.isfile(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(["step", *CRITERIA])
+        writer.writerow([step, *(f"{scores[c]:.6f}" for c in CRITERIA)])
 
 
 class TrainingPictures(Callback):
@@ -86,6 +112,9 @@ class PredictionPNGs(Callback):
         self.save_dir = save_dir
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if outputs["predictions"] is None:
+            raise UserError("--save-predictions in test mode writes predictions at the labels' resolution, and "
+                            "this split has no labels: use --mode predict for images without labels")
         for name, prediction in zip(batch["name"], outputs["predictions"]):
             train_ids = prediction.to(torch.uint8).cpu().numpy()
             write_png(os.path.join(self.save_dir, "train_ids", name + ".png"), train_ids)

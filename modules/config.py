@@ -17,6 +17,7 @@ from modules.data import DataConfig
 from utils.cli import ArgumentParser, UserError, at_least, float_list, learning_rate, positive_float, seed
 from utils.compile import COMPILE_MODES, compile_level
 from utils.config import build, config_argv, read_config_values
+from utils.label_free import CRITERIA, DEFAULT_CRITERION
 from utils.lightning import HardwareConfig
 
 DESCRIPTION = """Train or evaluate one stage of black-box domain adaptation (SpatialMix + hard patches).
@@ -59,12 +60,21 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     val_interval: Any = 1.0
+    select_by: str = DEFAULT_CRITERION
     flip_when_test: bool = False
     save_predictions: Optional[str] = None
     overwrite: bool = False
     scales: tuple = (1.0,)
     log_interval: int = 50
     visualize_interval: int = 500
+
+    @property
+    def monitor(self):
+        """The logged value by which the best checkpoint is kept (``--select-by``) and the name of
+        the best checkpoint's file."""
+        if self.select_by == "val-miou":
+            return "val_miou", "checkpoint-step_{step}-miou_{val_miou:.2f}"
+        return "val_score", "checkpoint-step_{step}-score_{val_score:.4f}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +94,7 @@ class RunConfig:
     hardware: TrainingHardware
     data: DataConfig
     stage: Any = None
+    round_guard: bool = True
 
     @property
     def experiment_dir(self):
@@ -139,6 +150,10 @@ def add_run_args(parser):
                              "outputs in <experiment-name>_round_<k> (with the best student extracted to "
                              "student.pth) and a <experiment-name>_rounds.csv table, also for --rounds 1 "
                              "(default: a single run in <experiment-name>, as published)")
+    parser.add_argument("--round-guard", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --rounds: score the starting weights first, keep a round only if its best "
+                             "--select-by score is above the one before, and stop at the first that is not; "
+                             "--no-round-guard runs every round, as published (default: on)")
     parser.add_argument("--resume", default=None, metavar="PATH|last",
                         help="continue training from a Lightning checkpoint, or 'last' for the experiment's last.ckpt")
 
@@ -173,6 +188,11 @@ def add_run_args(parser):
     ev.add_argument("--val-interval", type=interval, default=1.0,
                     help="validate every fraction of an epoch (1.0 = each epoch) or every N steps (an integer) "
                          "(default: %(default)s)")
+    ev.add_argument("--select-by", choices=(*CRITERIA, "val-miou"), default=DEFAULT_CRITERION,
+                    help="how a stage keeps its best checkpoint: a label-free score of the val split's images "
+                         "(utils/label_free.py: flip_im = agreement under a flip and confident, diverse predictions; "
+                         "or one of its parts), needing no target labels; or val-miou, the published protocol, "
+                         "which selects with the labels of the split it reports on (default: %(default)s)")
     ev.add_argument("--flip-when-test", action="store_true", help="add horizontal-flip test-time augmentation")
     ev.add_argument("--save-predictions", default=None, metavar="DIR",
                     help="test mode: write predicted train-id PNGs (train_ids/) and colour PNGs (color/) at "

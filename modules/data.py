@@ -3,8 +3,8 @@
 Each training stage names what it learns from (``train_source``): ground-truth labels of the
 target (``labels``, the oracle), the provider's pseudo-labels (``pseudo_labels``), bare target
 images for self-distillation (``images``) or a labelled source domain (``source``). The target is
-any of ``datasets/targets.py`` (``--target-dataset``). Validation and testing always use the
-target val split with full-resolution ground truth. Samplers are built
+any of ``datasets/targets.py`` (``--target-dataset``). Validation and testing use the target's
+``--val-split`` images, with their full-resolution ground truth where there is one. Samplers are built
 here, per rank, so that evaluation counts every image once and hard patches differ across ranks.
 """
 import dataclasses
@@ -135,6 +135,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     def __init__(self, config, train_source, use_patches=False):
         super().__init__()
         self.data, self.options, self.seed = config.data, config.stage, config.optim.seed
+        self.select_by = config.evaluation.select_by
         self.default_cache = os.path.join(config.log_tb_dir, DEFAULT_FOLDER)  # of --image-cache auto
         self.input_size, self.num_classes = config.network.input_size, config.network.num_classes
         self.train_source = train_source
@@ -165,8 +166,17 @@ class SegmentationDataModule(pl.LightningDataModule):
         return TargetDataset(d.target(), "train", **kwargs)
 
     def _build_eval(self):
+        """The ``--val-split`` images, with their labels where the target has them: without labels
+        they are scored label-free only (what keeps the best checkpoint by default)."""
         d = self.data
-        return TargetDataset(d.target(), d.val_split, input_size=self.input_size, labels=True, list_root=d.lists,
+        target = d.target()
+        missing = target.missing_label_dir(d.val_split)
+        if missing and self.select_by == "val-miou":
+            raise UserError(f"--select-by val-miou needs labels of the {d.val_split!r} split: {missing}; "
+                            "leave --select-by out to keep checkpoints by a label-free score")
+        if missing:
+            rank_zero_info(f"scoring the {d.val_split!r} split without labels ({missing})")
+        return TargetDataset(target, d.val_split, input_size=self.input_size, labels=not missing, list_root=d.lists,
                              resize_label=False, num_classes=self.num_classes, resize_backend=d.resize_backend)
 
     def _build_patches(self):
@@ -181,11 +191,11 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def check(self, stage):
         """Build the datasets a stage needs now: bad paths fail before any training starts."""
+        self._dataset("eval")
         if stage == "fit":
             self._dataset("train")
             if self.use_patches:
                 self._dataset("patches")
-        self._dataset("eval")
 
     def setup(self, stage):
         self.check(stage)

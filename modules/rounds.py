@@ -1,11 +1,14 @@
-"""Self-distillation rounds without hand-work (stage 7).
+"""Self-distillation rounds without hand-work (stage 7), each kept only if it helped.
 
 The published recipe repeats self-distillation by hand: extract the best student of a round and
 restart ``smhm`` from it. ``main.py --rounds N`` does exactly that: round ``k`` trains in
-``<log-tb-dir>/<module>/<experiment-name>_round_<k>``, its best student (by val mIoU) is
-extracted to ``student.pth`` there and starts round ``k + 1``. A finished round leaves
-``round.json``, so rerunning the command after an interruption continues where it stopped.
-A table of the rounds goes to ``<log-tb-dir>/<module>/<experiment-name>_rounds.csv``.
+``<log-tb-dir>/<module>/<experiment-name>_round_<k>``, its best student (by ``--select-by``, a
+label-free score unless told otherwise) is extracted to ``student.pth`` there and starts round
+``k + 1``. The guard: the weights the rounds start from are scored first, on the same images and by
+the same criterion (``<experiment-name>_round_0``); a round whose best score is not above the one
+before it is not kept, and the rounds stop there. A finished round leaves ``round.json``, so
+rerunning the command after an interruption continues where it stopped. A table of the rounds goes
+to ``<log-tb-dir>/<module>/<experiment-name>_rounds.csv``.
 """
 import contextlib
 import csv
@@ -29,17 +32,19 @@ def _save_state_dict(state, path):
 
 
 def train_rounds(config, rounds):
-    """Train ``rounds`` rounds; returns one dict per round (round, restore_from, best_miou, student)."""
+    """Train up to ``rounds`` rounds; returns one dict per round scored (round 0: the weights they start
+    from; round, restore_from, best_score, selected_by, student, kept), the last kept one the result."""
     if not config.restore_from:
         raise UserError("--rounds needs --restore-from: the weights the first round starts from")
     if config.resume not in (None, "last"):
         raise UserError("--resume PATH does not combine with --rounds: rerun the same --rounds command and "
                         "each unfinished round continues from its own last checkpoint")
-    folders = [_round_config(config, k).experiment_dir for k in range(1, rounds + 1)]
+    # Folder 0 holds the score of the starting weights (the guard's first comparison).
+    folders = [_round_config(config, k).experiment_dir for k in range(rounds + 1)]
     with contextlib.ExitStack() as stack:
         # Every round folder is held for the whole command (utils/run_folder.py): a second command
         # with this name stops at once, instead of slipping in between two rounds.
-        for folder in folders:
+        for folder in folders if config.round_guard else folders[1:]:
             stack.enter_context(folder_lock(folder, "--experiment-name"))
         results = _train_rounds(config, folders)
         write_round_table(os.path.join(config.log_tb_dir, config.module_name, f"{config.experiment_name}_rounds.csv"),
@@ -59,43 +64,77 @@ def _in_folder(path, folder):
     return os.path.join(folder, os.path.basename(path))
 
 
+RECORD_FIELDS = {"round": int, "student": str, "best_score": (int, float), "selected_by": str, "kept": bool}
+
+
+def selection_score(scores, select_by):
+    """The ``--select-by`` value of a test-mode evaluation's scores."""
+    return scores["miou"] if select_by == "val-miou" else scores["label_free"][select_by]
+
+
+def _score_start(config, folder):
+    """Round 0: the weights the rounds start from, scored as the rounds' checkpoints are."""
+    marker = os.path.join(folder, "round.json")
+    if os.path.isfile(marker):
+        return read_record(marker, RECORD_FIELDS, "a finished round")
+    print(f"round 0: scoring the weights the rounds start from, {config.restore_from}")
+    scores = runner.test(_round_config(config, 0, mode="test"))
+    result = {"round": 0, "restore_from": None, "student": config.restore_from, "best_checkpoint": None,
+              "best_score": selection_score(scores, config.evaluation.select_by),
+              "selected_by": config.evaluation.select_by, "kept": True}
+    atomic_write_text(marker, json.dumps(result, indent=2))
+    return result
+
+
 def _train_rounds(config, folders):
-    results, restore_from = [], config.restore_from
-    for k, folder in enumerate(folders, 1):
+    start = {"round": 0, "student": config.restore_from, "kept": True}
+    results = [_score_start(config, folders[0])] if config.round_guard else []
+    for k, folder in enumerate(folders[1:], 1):
+        kept = results[-1] if results else start  # the rounds stop at the first one not kept
         marker = os.path.join(folder, "round.json")
         if os.path.isfile(marker):
-            result = read_record(marker, {"student": str, "best_checkpoint": str, "best_miou": (int, float)},
-                                 "a finished round")
+            result = read_record(marker, RECORD_FIELDS, "a finished round")
             result["student"] = _in_folder(result["student"], folder)
-            result["best_checkpoint"] = _in_folder(result["best_checkpoint"], folder)
-            print(f"round {k}: already finished (best val mIoU {result['best_miou']:.2f}), skipped")
+            print(f"round {k}: already finished ({result['selected_by']} {result['best_score']:.4f}), skipped")
         else:
             # Each round resumes on its own (an interrupted one from its last checkpoint, a new one
             # from the start), also when the command says --resume last.
             resume = "last" if has_checkpoints(folder) else None
-            print(f"round {k}/{len(folders)}: {config.module_name} from {restore_from}")
-            trained = runner.train(_round_config(config, k, restore_from=restore_from, resume=resume))
+            print(f"round {k}/{len(folders) - 1}: {config.module_name} from {kept['student']}")
+            trained = runner.train(_round_config(config, k, restore_from=kept["student"], resume=resume))
             if not trained["best_checkpoint"]:
                 raise UserError(f"round {k} ended without a validated checkpoint in {folder}: "
                                 "lower --val-interval or raise --max-steps")
             student = os.path.join(folder, "student.pth")
             _save_state_dict(extract_state_dict(trained["best_checkpoint"], "net"), student)
-            result = {"round": k, "restore_from": restore_from, "best_checkpoint": trained["best_checkpoint"],
-                      "best_miou": trained["best_miou"], "student": student}
+            better = not config.round_guard or trained["best_score"] > kept["best_score"]
+            result = {"round": k, "restore_from": kept["student"], "best_checkpoint": trained["best_checkpoint"],
+                      "best_score": trained["best_score"], "selected_by": trained["selected_by"],
+                      "student": student, "kept": better}
             atomic_write_text(marker, json.dumps(result, indent=2))
         results.append(result)
-        restore_from = result["student"]
+        if not result["kept"]:
+            print(f"round {k} is not kept: its best {result['selected_by']} {result['best_score']:.4f} is not above "
+                  f"{kept['best_score']:.4f} of {'round ' + str(kept['round']) if kept['round'] else 'the start'}; "
+                  f"the rounds stop here, the result is {kept['student']}")
+            break
     return results
+
+
+def final_student(results):
+    """The student the rounds end with: the last kept one (the starting weights if none was)."""
+    return [r for r in results if r["kept"]][-1]["student"]
 
 
 def write_round_table(path, results):
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["round", "best_val_miou", "student", "restore_from"])
+    writer.writerow(["round", "best_score", "selected_by", "kept", "student", "restore_from"])
     for r in results:
-        writer.writerow([r["round"], f"{r['best_miou']:.2f}", r["student"], r["restore_from"]])
+        writer.writerow([r["round"], f"{r['best_score']:.6f}", r["selected_by"], r["kept"], r["student"],
+                         r.get("restore_from") or ""])
     atomic_write_text(path, out.getvalue())
-    print("\nround  best val mIoU")
+    print(f"\nround  {results[0]['selected_by']:>12}  kept")
     for r in results:
-        print(f"{r['round']:>5}  {r['best_miou']:13.2f}")
-    print(f"table: {path}")
+        print(f"{r['round']:>5}  {r['best_score']:12.4f}  {'yes' if r['kept'] else 'no'}")
+    print(f"result: {final_student(results)}\ntable: {path}")

@@ -109,7 +109,7 @@ def holding_outputs(config):
 
 
 class BestCheckpoint(ModelCheckpoint):
-    """The best checkpoint by val mIoU, kept in the experiment folder. Lightning saves this
+    """The best checkpoint by ``--select-by`` (a label-free score, or val mIoU), kept in the experiment folder. Lightning saves this
     callback's state in every checkpoint with absolute paths (the best checkpoints and their
     scores), and on resume keeps only the best path when the folder differs: a copied or moved
     experiment resumed under its new name would report, and extract, the original folder's best
@@ -201,8 +201,9 @@ def build_trainer(config):
     callbacks = []
     if config.mode == "train":
         callbacks += [
-            BestCheckpoint(dirpath=config.experiment_dir, filename="checkpoint-step_{step}-miou_{val_miou:.2f}",
-                           monitor="val_miou", mode="max", save_top_k=1, auto_insert_metric_name=False),
+            BestCheckpoint(dirpath=config.experiment_dir, filename=config.evaluation.monitor[1],
+                           monitor=config.evaluation.monitor[0], mode="max", save_top_k=1,
+                           auto_insert_metric_name=False),
             LastCheckpoint(config.experiment_dir),
             LearningRateMonitor(logging_interval="step"),
         ]
@@ -213,7 +214,8 @@ def build_trainer(config):
     elif config.hardware.compile != "off":
         use_cache_dir(config.log_tb_dir)
     callbacks.append(ScoreRecord(os.path.join(config.experiment_dir, "miou_record.csv"),
-                                 test_title=f"test ({config.restore_from or 'no weights'})"))
+                                 test_title=f"test ({config.restore_from or 'no weights'})",
+                                 select_by=config.evaluation.select_by))
     if config.mode == "test" and config.evaluation.save_predictions:
         callbacks.append(PredictionPNGs(config.evaluation.save_predictions))
     val_interval = config.evaluation.val_interval
@@ -232,7 +234,8 @@ def build_trainer(config):
 
 
 def train(config):
-    """Train a stage; returns ``{"best_checkpoint", "best_miou", "last_checkpoint", "experiment_dir"}``."""
+    """Train a stage; returns ``{"best_checkpoint", "best_score", "selected_by", "last_checkpoint",
+    "experiment_dir"}`` (the best checkpoint's ``--select-by`` score)."""
     with holding_outputs(config):
         module, data, resume = build(config)
         trainer = build_trainer(config)
@@ -245,7 +248,7 @@ def train(config):
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score
     return {"best_checkpoint": checkpoint.best_model_path or None,
-            "best_miou": float(best) if best is not None else None,
+            "best_score": float(best) if best is not None else None, "selected_by": config.evaluation.select_by,
             "last_checkpoint": os.path.join(config.experiment_dir, "last.ckpt"),
             "experiment_dir": config.experiment_dir}
 

@@ -12,44 +12,62 @@ from demo import Demo, build_parser, main
 from utils.cli import run
 
 
+def check_stages(stages, rounds_at_most):
+    """The stages of a quick demo: the black box, the adapted model's stages, the oracle; every one
+    scored on the test split and saying how its checkpoint was kept."""
+    names = list(stages)
+    rounds = [n for n in names if n.startswith("smhm_round_")]
+    assert names[:2] == ["black_box", "baseline"] and names[2:2 + len(rounds)] == rounds
+    assert 1 <= len(rounds) <= rounds_at_most and names[2 + len(rounds)] == "adapted"
+    for name, stage in stages.items():
+        test = stage["test"]
+        assert math.isfinite(test["miou"]) and 0 <= test["miou"] <= 100 and len(test["per_class"]) == 19
+        assert os.path.isfile(stage["weights"]) and set(test["label_free"]) >= {"flip_im", "flip"}
+        # The black box and the oracle are made with labels; adaptation selects without them.
+        assert stage["selected_by"] == ("val-miou" if name in ("black_box", "oracle") else "flip_im")
+
+
 def test_quick_demo_runs_every_stage(tmp_path):
     out = tmp_path / "demo"
     assert main(["--quick", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     stages = results["stages"]
-    assert list(stages) == ["source_only", "baseline", "smhm_round_1", "smhm_round_2", "oracle"]
-    for stage in stages.values():
-        assert math.isfinite(stage["miou"]) and 0 <= stage["miou"] <= 100
-        assert len(stage["per_class"]) == 19 and os.path.isfile(stage["weights"])
-    # Artefacts of the stages in between.
-    assert (out / "data" / "cityscapes" / "gtFine2" / "val").is_dir()
-    assert (out / "pseudo_label" / "easy.txt").is_file() and (out / "pseudo_label" / "hard.txt").is_file()
-    # The black box is the exported ONNX file: the pseudo-labels come from it, not from the weights.
-    summary = json.loads((out / "pseudo_label" / "summary.json").read_text())
-    assert summary["restore_from"] == str(out / "weights" / "source_only.onnx")
-    assert os.path.getsize(summary["restore_from"]) > 0
-    assert os.listdir(out / "hard_patches" / "patches")
-    assert (out / "runs" / "smhm" / "smhm_rounds.csv").is_file()
-    picture = cv2.imread(str(out / "predictions.png"))
+    check_stages(stages, 2)
+    assert list(stages)[-1] == "oracle"
+    # The black box is the exported ONNX file: it is scored as it is, and the pseudo-labels come from it.
+    assert stages["black_box"]["weights"] == str(out / "weights" / "source_only.onnx")
+    adapt = out / "adapt"
+    summary = json.loads((adapt / "pseudo_labels" / "summary.json").read_text())
+    assert summary["restore_from"] == stages["black_box"]["weights"]
+    assert os.listdir(adapt / "hard_patches" / "patches")
+    assert (adapt / "runs" / "smhm" / "smhm_rounds.csv").is_file()
+    # adapt.py's outputs: the report compares the two on the test split, the labels giving an interval.
+    report = json.loads((adapt / "report.json").read_text())
+    assert report["split"] == "test" and report == results["report"]
+    for model in ("black_box", "adapted"):
+        assert set(report[model]["label_free"]) >= {"flip_im"} and math.isfinite(report[model]["miou"])
+    assert report["adapted"]["miou"] == pytest.approx(stages["adapted"]["test"]["miou"], abs=0.01)
+    low, high = report["difference_ci95"]
+    assert low <= report["adapted"]["miou"] - report["black_box"]["miou"] <= high
+    assert (adapt / "adapted.onnx").is_file() and (adapt / "student.pth").is_file()
+    picture = cv2.imread(str(adapt / "report.png"))
     assert picture is not None and picture.shape[1] > 4 * 64
-    # A second run finds every stage done and only re-evaluates.
+    # A second run finds every stage done and only scores again.
     assert main(["--quick", "--out", str(out)]) == 0
 
 
 def test_quick_demo_with_a_transformer_student(tmp_path):
-    """``--student``: baseline, smhm rounds and oracle are SegFormer-B0 networks; the provider stays DeepLabv2."""
+    """``--student``: baseline, smhm rounds and oracle are SegFormer-B0 networks; the black box stays DeepLabv2."""
     from utils.torch_files import load_torch_file
 
     out = tmp_path / "demo"
     assert main(["--quick", "--student", "segformer_b0", "--rounds", "1", "--out", str(out)]) == 0
     stages = json.loads((out / "results.json").read_text())["stages"]
-    assert list(stages) == ["source_only", "baseline", "smhm_round_1", "oracle"]
-    assert all(math.isfinite(stage["miou"]) for stage in stages.values())
-    for stage, family_key in (("source_only", "layer1"), ("baseline", "encoder"), ("smhm_round_1", "encoder"),
-                              ("oracle", "encoder")):
-        keys = load_torch_file(stages[stage]["weights"], what="weights").keys()
-        assert any(family_key in k for k in keys), (stage, list(keys)[:5])
-    assert not any("encoder" in k for k in load_torch_file(stages["source_only"]["weights"], what="weights"))
+    check_stages(stages, 1)
+    for stage in stages:
+        if stage != "black_box":
+            keys = load_torch_file(stages[stage]["weights"], what="weights").keys()
+            assert any("encoder" in k for k in keys), (stage, list(keys)[:5])
 
 
 def test_another_seed_goes_beside_the_first_demo_or_is_refused(tmp_path, capsys):
@@ -60,7 +78,7 @@ def test_another_seed_goes_beside_the_first_demo_or_is_refused(tmp_path, capsys)
         "./experiments/demo_segformer_b0_seed1"
     out = tmp_path / "demo"  # holds the benchmark of seed 0
     assert synthetic(["--root", str(out / "data"), "--seed", "0", "--num-source", "1", "--num-train", "1",
-                      "--num-val", "1", "--size", "64x32", "--workers", "0"]) == 0
+                      "--num-val", "1", "--num-test", "1", "--size", "64x32", "--workers", "0"]) == 0
     with pytest.raises(SystemExit) as exit_info:
         run(main, ["--quick", "--seed", "1", "--out", str(out)])
     assert exit_info.value.code == 2
@@ -76,13 +94,12 @@ def test_quick_demo_on_an_adverse_condition_target(tmp_path, capsys, target, con
     assert main(["--quick", "--target", target, "--rounds", "1", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     stages = results["stages"]
-    expected = ["source_only", "baseline", "smhm_round_1"] + (["oracle"] if target == "acdc" else [])
-    assert list(stages) == expected and results["settings"]["target"] == target
+    check_stages(stages, 1)
+    assert (list(stages)[-1] == "oracle") == (target == "acdc") and results["settings"]["target"] == target
     for stage in stages.values():
-        assert math.isfinite(stage["miou"])
-        assert set(stage.get("conditions", {})) == conditions
-        assert all(math.isfinite(c["miou"]) for c in stage.get("conditions", {}).values())
+        assert set(stage["test"].get("conditions", {})) == conditions
+        assert all(math.isfinite(c["miou"]) for c in stage["test"].get("conditions", {}).values())
     assert (out / "data" / target / "rgb_anon").is_dir() and not (out / "data" / "cityscapes").exists()
-    assert cv2.imread(str(out / "predictions.png")) is not None
+    assert cv2.imread(str(out / "adapt" / "report.png")) is not None
     printed = capsys.readouterr().out
     assert "transfer_trainid" not in printed and all(name in printed for name in conditions)

@@ -58,13 +58,17 @@ def test_stage_trains_and_writes_outputs(tree, tmp_path, module):
     folder = tmp_path / "exp" / module / "t"
     assert result["experiment_dir"] == str(folder)
     assert os.path.isfile(folder / "last.ckpt")
-    best = glob.glob(str(folder / "checkpoint-step_2-miou_*.ckpt"))
+    best = glob.glob(str(folder / "checkpoint-step_2-score_*.ckpt"))  # kept by the label-free flip_im
     assert best and result["best_checkpoint"] == best[0]
-    assert np.isfinite(result["best_miou"])
+    assert np.isfinite(result["best_score"])
     with open(folder / "miou_record.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0][-4:] == ["Mean", "Mean-16", "Mean-13", "Mean-13 (published code)"]
     assert rows[0][0] == "road" and len(rows) == 2 and len(rows[1]) == len(rows[0])
+    with open(folder / "label_free_record.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", "flip_im", "flip", "im", "diversity", "confidence"] and rows[1][0] == "2"
+    assert float(rows[1][1]) == pytest.approx(result["best_score"], abs=1e-6)
     assert os.path.isfile(folder / "hparams.yaml")
     events = glob.glob(str(folder / "events.out.tfevents.*"))
     assert events
@@ -140,7 +144,7 @@ def test_last_checkpoint_follows_training_not_the_best_score(tree, tmp_path):
     args = stage_args(tree, tmp_path, "baseline", *frozen, "--resume", "last")
     args = args.replace(optim__max_steps=3)
     again = runner.train(args)
-    assert again["best_checkpoint"] == result["best_checkpoint"] and again["best_miou"] == result["best_miou"]
+    assert again["best_checkpoint"] == result["best_checkpoint"] and again["best_score"] == result["best_score"]
     with open(os.path.join(result["experiment_dir"], "miou_record.csv")) as f:
         assert len(list(csv.reader(f))) == 4  # no step was trained or validated again
 
@@ -270,7 +274,8 @@ def test_each_evaluation_runs_a_fresh_folded_copy_kept_out_of_checkpoints(tree, 
     # The evaluation step predicts with that copy (here one that says class 7 everywhere).
     module.evaluation_nets[0] = lambda images, size=None: torch.eye(19)[7].view(1, 19, 1, 1).expand(len(images), 19, 4, 8)
     images, label = torch.zeros(2, 3, 32, 64), torch.zeros(2, 32, 64, dtype=torch.long)
-    predictions = module._evaluate({"image": images, "label": label, "name": ["a/x", "a/y"]}, module.val_confusion)
+    predictions = module._evaluate({"image": images, "label": label, "name": ["a/x", "a/y"]}, module.val_confusion,
+                                  module.val_label_free)
     assert all((p == 7).all() for p in predictions)
 
     for flags in (["--no-fold-bn"], ["--compile"]):  # compiled: validation runs the compiled student itself
@@ -294,7 +299,7 @@ def test_rounds_chain_students_and_resume(tree, tmp_path):
     from modules.rounds import train_rounds
 
     args = stage_args(tree, tmp_path, "smhm", "--restore-from", tree["weights"], "--hard-patches-root",
-                      tree["patches"], "--rounds", "2")
+                      tree["patches"], "--rounds", "2", "--no-round-guard")  # every round, as published
     results = train_rounds(args, 2)
     base = tmp_path / "exp" / "smhm"
     assert [r["round"] for r in results] == [1, 2]
@@ -307,11 +312,11 @@ def test_rounds_chain_students_and_resume(tree, tmp_path):
         assert [row[0] for row in csv.reader(f)] == ["round", "1", "2"]
     # Rerunning finds both rounds finished and trains nothing.
     again = train_rounds(stage_args(tree, tmp_path, "smhm", "--restore-from", tree["weights"],
-                                    "--hard-patches-root", tree["patches"]), 2)
+                                    "--hard-patches-root", tree["patches"], "--no-round-guard"), 2)
     assert again == results
     # A third round asked for with --resume last (the advice a refused rerun gives) starts fresh.
     resumed = stage_args(tree, tmp_path, "smhm", "--restore-from", tree["weights"], "--hard-patches-root",
-                         tree["patches"], "--resume", "last")
+                         tree["patches"], "--resume", "last", "--no-round-guard")
     more = train_rounds(resumed, 3)
     assert more[:2] == results and more[2]["restore_from"] == results[1]["student"]
     with pytest.raises(UserError, match="--resume PATH"):
@@ -350,7 +355,7 @@ def test_main_rounds_1_uses_the_round_layout_and_no_flag_a_single_run(tree, tmp_
               "--log-tb-dir", str(tmp_path / "exp"), "--num-workers", "0", "--accelerator", "cpu",
               "--train-batch-size", "2", "--max-steps", "1", "--val-interval", "1", "--restore-from", tree["weights"],
               "--hard-patches-root", tree["patches"]]
-    rounds = main(common + ["--experiment-name", "one", "--rounds", "1"])  # main() returns what it did
+    rounds = main(common + ["--experiment-name", "one", "--rounds", "1", "--no-round-guard"])  # returns what it did
     base = tmp_path / "exp" / "smhm"
     assert [r["student"] for r in rounds] == [str(base / "one_round_1" / "student.pth")]
     assert os.path.isfile(base / "one_round_1" / "student.pth") and os.path.isfile(base / "one_rounds.csv")

@@ -106,8 +106,8 @@ def ddp(tree, tmp_path_factory):
 def test_two_process_smhm(ddp, tree, arch):
     ranks, _ = ddp[arch]
     result = ranks[0]["result"]
-    assert os.path.isfile(result["best_checkpoint"]) and np.isfinite(result["best_miou"])
-    assert ranks[1]["result"]["best_miou"] == result["best_miou"]  # the confusion matrices are summed
+    assert os.path.isfile(result["best_checkpoint"]) and np.isfinite(result["best_score"])
+    assert ranks[1]["result"]["best_score"] == result["best_score"]  # the confusion matrices are summed
     checkpoint = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 2
     with open(os.path.join(result["experiment_dir"], "miou_record.csv")) as f:

@@ -14,6 +14,7 @@ import construct_hard_patch
 import generate_pseudo_labels
 import main as main_script
 from models.deeplabv2 import get_deeplabv2
+from utils.cli import UserError
 from tests.fixtures import assert_one_line_refusal, make_acdc, make_darkzurich, make_image_folder, run_refused, tiny_weights
 
 COMMON = ["--arch", "deeplabv2_tiny", "--input-size", "64x32", "--num-workers", "0", "--accelerator", "cpu",
@@ -247,8 +248,17 @@ def test_target_flags_that_do_not_fit(weights, tmp_path, capsys, flags, names):
         assert_one_line_refusal(code, err, names, out)
 
 
-def test_a_folder_target_evaluates_only_with_labels(worlds, weights, tmp_path, capsys):
-    out = str(tmp_path / "out")
-    code, err = refused(capsys, "main.py", [*worlds["folder"], "--mode", "test", "--restore-from", weights,
-                                            "--log-tb-dir", out, *COMMON])
-    assert_one_line_refusal(code, err, "--label-dir", out)
+def test_a_folder_target_without_labels_is_scored_label_free(worlds, weights, tmp_path):
+    """No labels, no refusal: test mode scores the images by the label-free scores alone, and writes
+    no mIoU record (there is nothing to compare with)."""
+    out = tmp_path / "out"
+    scores = main_script.main([*worlds["folder"], "--mode", "test", "--restore-from", weights, "--log-tb-dir",
+                               str(out), "--experiment-name", "x", *COMMON])
+    assert "miou" not in scores and set(scores["label_free"]) == {"flip_im", "flip", "im", "diversity", "confidence"}
+    assert all(-1 <= v <= 1 for v in scores["label_free"].values())
+    folder = out / "basic" / "x"
+    assert (folder / "label_free_record.csv").is_file() and not (folder / "miou_record.csv").exists()
+    # Asked to select with labels it does not have, a training run is refused in one line.
+    with pytest.raises(UserError, match="--select-by val-miou needs labels"):
+        main_script.main([*worlds["folder"], "--module-name", "basic", "--select-by", "val-miou", "--log-tb-dir",
+                          str(out), *COMMON])

@@ -83,7 +83,7 @@ def test_every_stage_on_the_generated_target(benchmarks, weights, tmp_path, targ
     run_flags = [*data, *COMMON, "--log-tb-dir", str(exp), "--train-batch-size", "2", "--val-batch-size", "2"]
     baseline = main_script.main(["--module-name", "baseline", "--pseudo-label-root", str(pseudo), "--max-steps", "2",
                                  "--val-interval", "2", "--experiment-name", "baseline", *run_flags])
-    assert os.path.isfile(baseline["best_checkpoint"]) and math.isfinite(baseline["best_miou"])
+    assert os.path.isfile(baseline["best_checkpoint"]) and math.isfinite(baseline["best_score"])
     smhm = main_script.main(["--module-name", "smhm", "--restore-from", baseline["best_checkpoint"],
                              "--hard-patches-root", str(patches), "--max-steps", "2", "--val-interval", "2",
                              "--experiment-name", "smhm", *run_flags])

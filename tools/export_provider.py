@@ -1,15 +1,18 @@
-"""Make your own black box: export a trained provider to a file that is only run, so you can hand the
-model to someone without its weight file and without this toolkit's network code. (The weights are
-inside the exported file, as in any model file: exporting is no protection of them.)
+"""Export a trained network to an ONNX file that is only run: your own black box, or the adapted
+model to deploy, handed over without its weight file and without this toolkit's network code. (The
+weights are inside the exported file, as in any model file: exporting is no protection of them.)
 
     python -m tools.export_provider --restore-from ./pretrained/gta5_only.pth --onnx ./gta5_only.onnx
     python -m tools.export_provider --restore-from W --arch deeplabv2_tiny --num-classes 19 \\
         --input-size 1024x512 --onnx OUT.onnx
+    python -m tools.export_provider --restore-from student.pth --arch segformer_b0 --full-resolution \\
+        --onnx adapted.onnx       # logits at the input's own resolution, ready to deploy
 
 The files follow the provider contract that ``generate_pseudo_labels.py --restore-from`` and
 ``construct_hard_patch.py --restore-from`` accept (README, "Provider files"): one input, RGB images
 as float32 in 0..255, N×3×H×W; the first output is logits N×C×h×w (DeepLabv2's, at 1/8 of the
-input; the stages upsample them). The input normalisation (RGB to BGR, minus the Caffe mean) is
+input; the stages upsample them), or N×C×H×W at the input's resolution with ``--full-resolution``
+(upsampled inside the file as the network upsamples in evaluation: bilinear, corners aligned). The input normalisation (RGB to BGR, minus the Caffe mean) is
 inside the file. The batch size is free; so are the height and width unless ``--fixed-size``.
 ``--input-size`` is the size of the example image the network is traced with and checked on.
 
@@ -38,6 +41,9 @@ def build_parser():
     out = parser.add_argument_group("output")
     out.add_argument("--onnx", required=True, metavar="OUT.onnx",
                      help="write an ONNX model (opset %d) here, run by onnxruntime" % ONNX_OPSET)
+    out.add_argument("--full-resolution", action="store_true",
+                     help="output logits at the input's height and width (upsampled inside the file), for "
+                          "deployment; by default at the network's own output resolution, as a provider's")
     out.add_argument("--fixed-size", action="store_true",
                      help="export for --input-size images only (for runtimes that need fixed shapes); by default "
                           "the height and width are free, as the batch size always is")
@@ -49,9 +55,10 @@ def build_parser():
     return parser
 
 
-def exported_provider(net):
-    """``net`` (a DeepLabv2 taking BGR minus the Caffe mean) behind the provider contract's input:
-    RGB float32 in 0..255, converted inside the exported graph by ``datasets/pixels.py``."""
+def exported_provider(net, full_resolution=False):
+    """``net`` (any network of the registry, taking BGR minus the Caffe mean) behind the provider
+    contract's input: RGB float32 in 0..255, converted inside the exported graph by
+    ``datasets/pixels.py``; ``full_resolution``: logits upsampled to the input's size."""
     import torch.nn as nn
 
     from datasets.pixels import rgb255_to_network_input
@@ -62,7 +69,7 @@ def exported_provider(net):
             self.net = net
 
         def forward(self, rgb):
-            return self.net(rgb255_to_network_input(rgb))
+            return self.net(rgb255_to_network_input(rgb), size=rgb.shape[-2:] if full_resolution else None)
 
     return Provider(net).eval()
 
@@ -94,7 +101,7 @@ def export_program(provider, input_size, fixed_size):
                         f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})") from None
 
 
-def onnx_bytes(program, num_classes, arch):
+def onnx_bytes(program, num_classes, arch, full_resolution=False):
     """The exported program as ONNX (one file, weights inside), with the contract in its metadata."""
     import contextlib
 
@@ -109,16 +116,17 @@ def onnx_bytes(program, num_classes, arch):
                                          output_names=["scores"], opset_version=ONNX_OPSET, external_data=False)
     model = onnx_program.model_proto
     for key, value in (("provider_input", "RGB images, float32 in 0..255, N×3×H×W"),
-                       ("provider_output", f"logits N×{num_classes}×h×w (1/8 of the input)"),
+                       ("provider_output", f"logits N×{num_classes}×H×W (the input's resolution)" if full_resolution
+                        else f"logits N×{num_classes}×h×w (the network's output resolution)"),
                        ("num_classes", str(num_classes)), ("arch", arch)):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     return model.SerializeToString()
 
 
-def check_file(path, net, example, num_classes):
+def check_file(path, net, example, num_classes, full_resolution=False):
     """Read ``path`` back as the stages do, run it on ``example`` and compare with ``net``: ``(share
-    of equal argmax labels, largest logit difference, largest logit)`` at the network's output
+    of equal argmax labels, largest logit difference, largest logit)`` at the file's output
     resolution."""
     import torch
 
@@ -128,7 +136,7 @@ def check_file(path, net, example, num_classes):
 
     provider = ProviderNetwork(open_provider_file(path), num_classes)
     with torch.no_grad():
-        expected = net(rgb255_to_network_input(example))
+        expected = net(rgb255_to_network_input(example), size=example.shape[-2:] if full_resolution else None)
         got = provider(rgb255_to_network_input(example))
     same = (got.argmax(1) == expected.argmax(1)).double().mean().item()
     return same, (got - expected).abs().max().item(), expected.abs().max().item()
@@ -145,13 +153,13 @@ def main(argv=None):
 
     net = get_network(num_classes=args.num_classes, restore_from=args.restore_from, arch=args.arch,
                       head_branches=args.head_branches).eval()
-    program, example = export_program(exported_provider(net), args.input_size, args.fixed_size)
-    data = onnx_bytes(program, args.num_classes, args.arch)
+    program, example = export_program(exported_provider(net, args.full_resolution), args.input_size, args.fixed_size)
+    data = onnx_bytes(program, args.num_classes, args.arch, args.full_resolution)
     size = "N×3×H×W" if not args.fixed_size else f"N×3×{args.input_size[1]}×{args.input_size[0]}"
     atomic_write_bytes(args.onnx, data)
-    same, diff, largest = check_file(args.onnx, net, example[:1], args.num_classes)
+    same, diff, largest = check_file(args.onnx, net, example[:1], args.num_classes, args.full_resolution)
     print(f"wrote {args.onnx}: ONNX model, {len(data) / 2 ** 20:.1f} MiB; input RGB float32 0..255 {size}, output "
-          f"logits N×{args.num_classes}×h×w; checked on a test image: {100 * same:.2f}% of pixels labelled as by "
+          f"logits N×{args.num_classes}×{'H×W' if args.full_resolution else 'h×w'}; checked on a test image: {100 * same:.2f}% of pixels labelled as by "
           f"{args.restore_from}, largest logit difference {diff:.2g} (logits up to {largest:.3g})")
     return 0
 

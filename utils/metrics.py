@@ -153,3 +153,29 @@ def append_record(csv_path, scores):
         if new_file:
             writer.writerow(header)
         writer.writerow([f"{v:.2f}" for v in values])
+
+
+def image_confusion(prediction, label, num_classes, ignore_index=IGNORE_INDEX):
+    """The confusion matrix ``[ground truth, prediction]`` of one image (integer arrays, same shape)."""
+    prediction, label = np.asarray(prediction).ravel(), np.asarray(label).ravel()
+    keep = label != ignore_index
+    index = label[keep].astype(np.int64) * num_classes + prediction[keep].astype(np.int64)
+    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def bootstrap_difference(confusions_a, confusions_b, samples=1000, seed=0, level=0.95):
+    """The ``level`` interval of mIoU(a) − mIoU(b) (percent) when the images are drawn again with
+    replacement: ``confusions_a[i]`` and ``confusions_b[i]`` are image ``i``'s confusion matrices under
+    models a and b, resampled together (a paired bootstrap, percentile interval). Returns
+    ``(low, high)``."""
+    a, b = np.asarray(confusions_a), np.asarray(confusions_b)
+    if a.shape != b.shape or a.ndim != 3 or not len(a):
+        raise ValueError("expected two stacks of per-image confusion matrices of the same shape")
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(samples):
+        pick = rng.integers(0, len(a), len(a))
+        differences.append(scores_from_confusion(a[pick].sum(0))["miou"] - scores_from_confusion(b[pick].sum(0))["miou"])
+    tail = 100 * (1 - level) / 2
+    low, high = np.nanpercentile(differences, [tail, 100 - tail])
+    return float(low), float(high)

@@ -1,0 +1,273 @@
+"""Adapt a segmentation model you can only run to your own images: no source data, no weights of the
+black box, no target labels. One command runs the whole method and says whether it helped.
+
+    python adapt.py --black-box model.onnx --images DIR --out DIR [--labels DIR] [--student ARCH] [--init FILE]
+
+The black box is an ONNX file (the provider contract, README), a DeepLabv2 weight file
+(``--black-box-arch``) or a folder of its label maps (``<name>.png`` train ids mirroring the
+images). Each stage is one of the toolkit's entry points, printed as it runs, so a researcher can
+take the pipeline apart; rerunning the same command continues where it stopped:
+
+1. pseudo-labels: the black box labels the images (``generate_pseudo_labels.py``);
+2. baseline: a student distilled from them (``main.py --module-name baseline``), from ``--init``
+   (e.g. ImageNet weights) or from scratch;
+3. hard patches with ``--rare-classes auto`` (``construct_hard_patch.py``);
+4. self-distillation rounds (``main.py --module-name smhm --rounds N``); every stage keeps its
+   checkpoint by a label-free score (``utils/label_free.py``), and a round that does not raise it
+   is not kept;
+5. the adapted student: ``OUT/student.pth`` and ``OUT/adapted.onnx`` (normalisation inside, logits
+   at the input's resolution; ``tools/export_provider.py --full-resolution``);
+6. the report: ``OUT/report.json``, ``OUT/report.md`` and ``OUT/report.png`` — the black box and
+   the adapted model side by side on the same images: their label-free scores, and with
+   ``--labels`` their mIoU on the labelled images with a bootstrap 95 % interval of the difference.
+   When the adapted model does not score above the black box, the report says so plainly.
+
+``--labels`` (train-id PNGs for some or all of the images, mirroring their relative paths) are used
+for reporting only; no stage selects with them.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+from utils.cli import ArgumentParser, UserError, at_least, input_size, run, seed
+from utils.io import atomic_write_bytes, atomic_write_text
+from utils.label_free import CRITERIA, DEFAULT_CRITERION
+
+STUDENT_DEFAULT = "deeplabv2_r101"  # the published target network
+
+
+def build_parser():
+    from datasets.targets import add_target_dataset_args
+    from models.networks import ARCH_NAMES
+
+    parser = ArgumentParser(prog="adapt.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    inputs = parser.add_argument_group("what you have")
+    inputs.add_argument("--black-box", required=True, metavar="FILE|DIR",
+                        help="the model you can only run: an ONNX file, a DeepLabv2 weight file (with "
+                             "--black-box-arch), or a folder of its label maps (train-id PNGs <name>.png mirroring "
+                             "the images)")
+    inputs.add_argument("--black-box-arch", choices=ARCH_NAMES, default="deeplabv2_r101", metavar="ARCH",
+                        help="the network of a weight-file black box (default: %(default)s)")
+    inputs.add_argument("--images", default=None, metavar="DIR",
+                        help="your images: any tree of .png/.jpg files (the folder target; train/ and val/ "
+                             "sub-folders are used as splits when present)")
+    inputs.add_argument("--labels", default=None, metavar="DIR",
+                        help="optional train-id labels of some or all of the images, <relative path>/<stem>.png: "
+                             "for the report only")
+    add_target_dataset_args(inputs)  # another layout than a folder (--target-dataset cityscapes ...)
+    inputs.add_argument("--val-split", default="val",
+                        help="the split whose images score the checkpoints without labels (a folder target "
+                             "without a val/ sub-folder: all images) (default: %(default)s)")
+    inputs.add_argument("--report-split", default=None,
+                        help="the split the report compares black box and adapted model on (default: --val-split)")
+    out = parser.add_argument_group("what you get")
+    out.add_argument("--out", required=True, metavar="DIR",
+                     help="every output: report.json/.md/.png, student.pth, adapted.onnx, and the stages' folders")
+    out.add_argument("--student", choices=ARCH_NAMES, default=STUDENT_DEFAULT, metavar="ARCH",
+                     help=f"the network to adapt into: {', '.join(ARCH_NAMES)} (default: %(default)s)")
+    out.add_argument("--init", default=None, metavar="FILE",
+                     help="weights the student starts from (e.g. ImageNet weights); default: from scratch")
+    train = parser.add_argument_group("training")
+    train.add_argument("--input-size", type=input_size, default=(1024, 512), metavar="WxH",
+                       help="training and inference size (default: 1024x512)")
+    train.add_argument("--rounds", type=at_least(1), default=3, help="self-distillation rounds at most (default: %(default)s)")
+    train.add_argument("--max-steps", type=at_least(1), default=20000,
+                       help="steps of each training stage (default: %(default)s)")
+    train.add_argument("--round-steps", type=at_least(1), default=None, help="steps of each round (default: --max-steps)")
+    train.add_argument("--lr", type=float, default=None, help="the baseline's learning rate (default: main.py's)")
+    train.add_argument("--round-lr", type=float, default=None, help="the rounds' learning rate (default: main.py's)")
+    train.add_argument("--lr-schedule", default=None, help="main.py's --lr-schedule for every stage (default: its own)")
+    train.add_argument("--batch-size", type=at_least(2), default=4, help="training images per step (default: %(default)s)")
+    train.add_argument("--select-by", choices=CRITERIA, default=DEFAULT_CRITERION,
+                       help="the label-free score that keeps checkpoints and rounds (default: %(default)s)")
+    train.add_argument("--seed", type=seed, default=0, help="seed of every stage (default: %(default)s)")
+    hw = parser.add_argument_group("hardware")
+    hw.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
+    hw.add_argument("--num-workers", type=at_least(0), default=None, help="loader processes (default: from the cores)")
+    return parser
+
+
+class Pipeline:
+    """The stages, each an entry point's ``main`` called with the command line it prints."""
+
+    def __init__(self, args):
+        self.args = args
+        self.out = args.out
+        self.weights = os.path.join(self.out, "weights")
+        self.runs = os.path.join(self.out, "runs")
+        self.black_box_kind = ("labels" if os.path.isdir(args.black_box) else
+                               "onnx" if args.black_box.lower().endswith(".onnx") else "weights")
+        self.report_split = args.report_split or args.val_split
+
+    # -- command lines ------------------------------------------------------------------------------
+    def target(self, labels=False):
+        """The flags that point an entry point at the images (and, for scoring, at the labels)."""
+        a = self.args
+        if a.images:
+            flags = ["--target-dataset", "folder", "--data-dir", a.images]
+            return flags + (["--label-dir", a.labels] if labels and a.labels else [])
+        flags = ["--target-dataset", a.target_dataset]
+        for flag, value in (("--data-dir", a.data_dir), ("--image-root", a.image_root),
+                            ("--conditions", ",".join(a.conditions) if a.conditions else None)):
+            if value:
+                flags += [flag, value]
+        return flags + (["--label-dir", a.label_root] if labels and a.label_root else [])
+
+    def common(self):
+        a = self.args
+        flags = ["--input-size", "x".join(map(str, a.input_size)), "--accelerator", a.accelerator]
+        return flags + (["--num-workers", str(a.num_workers)] if a.num_workers is not None else [])
+
+    def training(self, name, module, steps, lr, extra):
+        a = self.args
+        flags = ["--module-name", module, "--mode", "train", *self.target(labels=self.labelled_split(a.val_split)),
+                 "--val-split", a.val_split, "--arch", a.student, *self.common(), "--train-batch-size",
+                 str(a.batch_size), "--log-tb-dir", self.runs, "--experiment-name", name, "--seed", str(a.seed),
+                 "--max-steps", str(steps), "--val-interval", str(max(1, steps // 4)), "--select-by", a.select_by]
+        if lr is not None:
+            flags += ["--lr", str(lr)]
+        if a.lr_schedule:
+            flags += ["--lr-schedule", a.lr_schedule]
+        return flags + extra
+
+    def labelled_split(self, split):
+        """Whether every image of ``split`` has a label: then the stages report its mIoU too."""
+        return bool(self.label_paths(split)) and all(self.label_paths(split).values())
+
+    def label_paths(self, split):
+        """``{name: label path or None}`` of the split's images (``{}`` without labels)."""
+        target = self.make_target()
+        if target.labels is None or target.missing_label_dir(split):
+            return {}
+        from datasets.base import TargetDataset
+
+        names = TargetDataset(target, split, labels=False).names
+        return {n: (p if os.path.isfile(p) else None) for n in names for p in [target.label_path(split, n)]}
+
+    def make_target(self):
+        from datasets.targets import make_target
+
+        a = self.args
+        if a.images:
+            return make_target("folder", a.images, None, a.labels, None)
+        return make_target(a.target_dataset, a.data_dir, a.image_root, a.label_root, a.conditions)
+
+    def step(self, title, script, argv, call):
+        print(f"\n=== {title}\n$ python {script} {' '.join(argv)}", flush=True)
+        return call(argv)
+
+    # -- the stages ---------------------------------------------------------------------------------
+    def pseudo_labels(self):
+        if self.black_box_kind == "labels":
+            print(f"\n=== pseudo-labels: the black box's label maps in {self.args.black_box}")
+            return self.args.black_box
+        from generate_pseudo_labels import main as pseudo
+
+        save = os.path.join(self.out, "pseudo_labels")
+        argv = [*self.target(), "--restore-from", self.args.black_box, "--save", save, *self.common()]
+        if self.black_box_kind == "weights":
+            argv += ["--arch", self.args.black_box_arch]
+        self.step("pseudo-labels: the black box labels the images", "generate_pseudo_labels.py", argv, pseudo)
+        return save
+
+    def train(self, name, module, steps, lr, extra):
+        """Train a stage (an interrupted one resumes) and extract its best network to weights/<name>.pth."""
+        from extract_model_state_dict import main as extract
+        from main import main as train_main
+        from utils.run_folder import has_checkpoints
+
+        target = os.path.join(self.weights, f"{name}.pth")
+        if os.path.isfile(target):
+            print(f"\n=== {name}: done earlier ({target})")
+            return target
+        argv = self.training(name, module, steps, lr, extra)
+        if has_checkpoints(os.path.join(self.runs, module, name)):
+            argv += ["--resume", "last"]
+        best = self.step(f"{name}: train", "main.py", argv, train_main)["best_checkpoint"]
+        if not best:
+            raise UserError(f"{name}: no validated checkpoint in {os.path.join(self.runs, module, name)}")
+        self.step(f"{name}: extract", "extract_model_state_dict.py",
+                  ["--pl-weight-path", best, "--model-weight-keyname", "net", "--save-path", target], extract)
+        return target
+
+    def hard_patches(self, pseudo):
+        from construct_hard_patch import main as mine
+
+        save = os.path.join(self.out, "hard_patches")
+        self.step("hard patches from the pseudo-labels", "construct_hard_patch.py",
+                  [*self.target(), "--pseudo-label-root", pseudo, "--save", save, "--rare-classes", "auto",
+                   "--input-size", "x".join(map(str, self.args.input_size)), "--grid", "4x4",
+                   *(["--num-workers", str(self.args.num_workers)] if self.args.num_workers is not None else [])], mine)
+        return save
+
+    def rounds(self, baseline, patches):
+        from main import main as train_main
+        from modules.rounds import final_student
+
+        a = self.args
+        argv = self.training("smhm", "smhm", a.round_steps or a.max_steps, a.round_lr,
+                             ["--rounds", str(a.rounds), "--restore-from", baseline, "--hard-patches-root", patches])
+        results = self.step("self-distillation rounds", "main.py", argv, train_main)
+        return results, final_student(results)
+
+    def export(self, student):
+        from tools.export_provider import main as export
+
+        target = os.path.join(self.out, "adapted.onnx")
+        self.step("the adapted model as an ONNX file", "-m tools.export_provider",
+                  ["--restore-from", student, "--arch", self.args.student, "--input-size",
+                   "x".join(map(str, self.args.input_size)), "--full-resolution", "--onnx", target], export)
+        return target
+
+    def run(self):
+        a = self.args
+        start = time.time()
+        pseudo = self.pseudo_labels()
+        init = ["--restore-from", a.init] if a.init else []
+        baseline = self.train("baseline", "baseline", a.max_steps, a.lr, ["--pseudo-label-root", pseudo, *init])
+        patches = self.hard_patches(pseudo)
+        rounds, final = self.rounds(baseline, patches)
+        student = os.path.join(self.out, "student.pth")
+        with open(final, "rb") as f:
+            atomic_write_bytes(student, f.read())
+        onnx = self.export(student)
+        from modules.report import write_report
+
+        report = write_report(self, student, rounds, onnx)
+        report["seconds"] = round(time.time() - start, 1)
+        atomic_write_text(os.path.join(self.out, "report.json"), json.dumps(report, indent=2, allow_nan=False) + "\n")
+        return report
+
+
+def check_args(args):
+    if args.images and args.data_dir:
+        raise UserError("give --images (a folder of images) or --data-dir with --target-dataset, not both")
+    if not args.images and not args.data_dir:
+        raise UserError("--images DIR: the folder of your images (or --target-dataset and --data-dir for another layout)")
+    if args.labels and not args.images:
+        raise UserError("--labels goes with --images; for another layout give --label-dir")
+    if not os.path.exists(args.black_box):
+        raise UserError(f"--black-box: not found: {args.black_box}")
+    if args.init and not os.path.isfile(args.init):
+        raise UserError(f"--init: weight file not found: {args.init}")
+    from utils.run_folder import check_outside_images
+
+    check_outside_images(args.out, "--out", args.images or args.data_dir)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    from utils.run_folder import folder_lock
+
+    os.makedirs(args.out, exist_ok=True)
+    with folder_lock(args.out, "--out"):
+        report = Pipeline(args).run()
+    print(f"\n{report['verdict']}\nreport: {os.path.join(args.out, 'report.md')}")
+    return report
+
+
+if __name__ == "__main__":
+    run(main, sys.argv[1:])

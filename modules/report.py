@@ -1,0 +1,154 @@
+"""The report of ``adapt.py``: the black box and the adapted model side by side on the same images.
+
+Both are run on the report split's images: their label-free scores (``utils/label_free.py``) need
+no label; where images have labels, each model's per-image confusion matrices give its mIoU and a
+paired bootstrap 95 % interval of the difference (``utils.metrics.bootstrap_difference``). The
+verdict compares the label-free score that selected the checkpoints: a user must hear plainly when
+adaptation did not help. Written: ``report.json`` (by the caller), ``report.md``, ``report.png``.
+"""
+import os
+
+import numpy as np
+import torch
+
+from datasets.base import TargetDataset, collate
+from datasets.pixels import to_bgr_uint8
+from models.deeplabv2 import NetworkConfig
+from models.networks import get_network
+from modules.providers import load_provider
+from utils.cli import progress
+from utils.inference import upsampled_argmax
+from utils.io import atomic_write_text, json_number, read_label, write_rgb_png
+from utils.label_free import LabelFreeScores, flipped_logits
+from utils.labels import CLASS_NAMES, NUM_CLASSES
+from utils.metrics import bootstrap_difference, image_confusion, scores_from_confusion
+from utils.visualize import labelled_picture
+
+BATCH = 4
+PICTURE_COUNT = 4  # images in report.png
+
+
+def black_box_network(pipeline):
+    """The black box as a network (``None`` for a folder of label maps, which has no scores)."""
+    a = pipeline.args
+    if pipeline.black_box_kind == "labels":
+        return None
+    if pipeline.black_box_kind == "onnx":
+        return load_provider(a.black_box, NetworkConfig(input_size=a.input_size))
+    return get_network(arch=a.black_box_arch, restore_from=a.black_box).eval()
+
+
+def score(models, dataset, label_paths, label_maps=None):
+    """Run every network of ``models`` (name -> network, or ``None`` for ``label_maps``: name -> path of
+    the black box's label map) on ``dataset``; returns name -> ``{"label_free", "confusions"}`` and
+    the first images with their predictions for the picture."""
+    free = {name: LabelFreeScores(NUM_CLASSES) for name, net in models.items() if net is not None}
+    confusions = {name: [] for name in models}
+    shown = []
+    for start in progress(range(0, len(dataset), BATCH), desc="report: scoring", unit="batch"):
+        batch = collate([dataset[i] for i in range(start, min(start + BATCH, len(dataset)))])
+        logits = {}
+        with torch.no_grad():
+            for name, net in models.items():
+                if net is not None:
+                    logits[name] = net(batch["image"])
+                    free[name].update(logits[name], flipped_logits(net, batch["image"]))
+        for i, item_name in enumerate(batch["name"]):
+            label = read_label(label_paths[item_name]) if label_paths.get(item_name) else None
+            size = label.shape if label is not None else batch["image"].shape[-2:]
+            predictions = {name: (read_label(label_maps[item_name]) if net is None else
+                                  upsampled_argmax(logits[name][i], size).numpy()) for name, net in models.items()}
+            if label is not None:
+                for name, prediction in predictions.items():
+                    confusions[name].append(image_confusion(prediction, label, NUM_CLASSES))
+            if len(shown) < PICTURE_COUNT:
+                shown.append((to_bgr_uint8(batch["image"][i])[:, :, ::-1], label, predictions))
+    return {name: {"label_free": {k: float(v) for k, v in free[name].compute().items()} if name in free else None,
+                   "confusions": np.array(confusions[name]) if confusions[name] else None}
+            for name in models}, shown
+
+
+
+def summary(result):
+    """What the report says of one model: label-free scores and, with labels, mIoU and per-class IoU."""
+    entry = {"label_free": result["label_free"]}
+    if result["confusions"] is not None:
+        scores = scores_from_confusion(result["confusions"].sum(0))
+        entry.update(miou=json_number(scores["miou"], 2), labelled_images=len(result["confusions"]),
+                     per_class={n: json_number(v, 2) for n, v in zip(CLASS_NAMES, scores["per_class"])})
+    return entry
+
+
+def verdict(report, criterion):
+    """One plain sentence: did adaptation help, by the label-free score (and by mIoU where labelled)."""
+    black, adapted = report["black_box"], report["adapted"]
+    if black["label_free"] is None:
+        said = "the black box gave label maps only, so the label-free scores cannot compare the two"
+    else:
+        b, a = black["label_free"][criterion], adapted["label_free"][criterion]
+        said = (f"adaptation helped by the label-free score: {criterion} {a:.4f} against the black box's {b:.4f}" if a > b
+                else f"ADAPTATION DID NOT HELP by the label-free score: {criterion} {a:.4f} against the black box's "
+                     f"{b:.4f}; keep using the black box unless your labelled images say otherwise")
+    if "difference_ci95" in report:
+        low, high = report["difference_ci95"]
+        said += (f"; on {adapted['labelled_images']} labelled images mIoU {adapted['miou']:.2f} against "
+                 f"{black['miou']:.2f} (difference {adapted['miou'] - black['miou']:+.2f}, 95 % interval "
+                 f"{low:+.2f} to {high:+.2f})")
+    return said
+
+
+def write_report(pipeline, student, rounds, onnx):
+    """Score black box and adapted model, write ``report.md`` and ``report.png``; returns the report."""
+    a = pipeline.args
+    target = pipeline.make_target()
+    split = pipeline.report_split
+    dataset = TargetDataset(target, split, input_size=a.input_size, labels=False)
+    label_paths = pipeline.label_paths(split)
+    label_maps = None
+    if pipeline.black_box_kind == "labels":
+        label_maps = {n: os.path.join(a.black_box, n + ".png") for n in dataset.names}
+    adapted = get_network(arch=a.student, restore_from=student).eval()
+    results, shown = score({"black_box": black_box_network(pipeline), "adapted": adapted}, dataset, label_paths,
+                           label_maps)
+    report = {"black_box": summary(results["black_box"]), "adapted": summary(results["adapted"]),
+              "selected_by": a.select_by, "split": split, "images": len(dataset),
+              "rounds": [{"round": r["round"], "score": r["best_score"], "kept": r["kept"]} for r in rounds],
+              "files": {"student": student, "onnx": onnx}}
+    if results["adapted"]["confusions"] is not None:
+        report["difference_ci95"] = list(bootstrap_difference(results["adapted"]["confusions"],
+                                                              results["black_box"]["confusions"]))
+    report["verdict"] = verdict(report, a.select_by)
+    picture = os.path.join(pipeline.out, "report.png")
+    labelled = all(label is not None for _, label, _ in shown)  # a ground-truth column only if every row has one
+    rows = [(image, ([label] if labelled else []) + [p["black_box"], p["adapted"]]) for image, label, p in shown]
+    titles = ["image"] + (["ground truth"] if labelled else []) + ["black box", "adapted"]
+    write_rgb_png(picture, labelled_picture(rows, titles))
+    atomic_write_text(os.path.join(pipeline.out, "report.md"), markdown(report, picture))
+    return report
+
+
+def markdown(report, picture):
+    lines = ["# Adaptation report", "", report["verdict"], "",
+             f"Scored on {report['images']} images of the {report['split']!r} split. Label-free scores need no "
+             "label (higher is better): flip = agreement of a prediction with that of the mirrored image; "
+             "confidence and diversity of the predictions; im = diversity − uncertainty; flip_im, their mean, "
+             f"keeps the checkpoints here ({report['selected_by']}).", "",
+             "| model | " + " | ".join(report["adapted"]["label_free"]) + " | mIoU |",
+             "|---|" + "---|" * (len(report["adapted"]["label_free"]) + 1)]
+    for name in ("black_box", "adapted"):
+        entry = report[name]
+        free = entry["label_free"] or {}
+        lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(
+            f"{free[k]:.4f}" if k in free else "—" for k in report["adapted"]["label_free"])
+            + f" | {entry['miou'] if entry.get('miou') is not None else '—'} |")
+    if "difference_ci95" in report:
+        low, high = report["difference_ci95"]
+        lines += ["", f"mIoU difference (adapted − black box), 95 % bootstrap interval over the labelled images: "
+                      f"{low:+.2f} to {high:+.2f}."]
+    lines += ["", "Rounds (round 0: the baseline they start from; a round not kept ends them):", "",
+              "| round | score | kept |", "|---|---|---|"]
+    lines += [f"| {r['round']} | {r['score']:.4f} | {'yes' if r['kept'] else 'no'} |" for r in report["rounds"]]
+    lines += ["", f"![image, black box, adapted]({os.path.basename(picture)})", "",
+              f"Files: `{report['files']['student']}` (weights), `{report['files']['onnx']}` (ONNX: RGB 0..255 in, "
+              "logits at the input's resolution out).", ""]
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""``adapt.py``: a black box you can only run and a folder of images without a single label, through
+every stage to a deployable file and a report; the guard of the rounds; the report's interval."""
+import json
+import os
+import shutil
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+import adapt
+from models.networks import get_network
+from modules import rounds as rounds_module
+from tests.fixtures import make_image_folder, tiny_weights
+from tools.export_provider import main as export
+from utils.metrics import bootstrap_difference, image_confusion, scores_from_confusion
+
+TINY = ["--student", "deeplabv2_tiny", "--input-size", "64x32", "--rounds", "2", "--max-steps", "2",
+        "--batch-size", "2", "--accelerator", "cpu", "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def black_box(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("black_box")
+    weights = tiny_weights(str(folder / "w.pth"))
+    assert export(["--restore-from", weights, "--arch", "deeplabv2_tiny", "--input-size", "64x32",
+                   "--onnx", str(folder / "model.onnx")]) == 0
+    return str(folder / "model.onnx")
+
+
+@pytest.mark.slow
+def test_images_without_any_label_become_an_adapted_onnx_file_and_a_report(black_box, tmp_path):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    make_image_folder(str(images), str(labels))
+    shutil.rmtree(labels)  # not one label anywhere
+    out = tmp_path / "out"
+    report = adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(out), *TINY])
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["verdict"] == report["verdict"] and saved["selected_by"] == "flip_im"
+    for model in ("black_box", "adapted"):
+        assert set(saved[model]["label_free"]) == {"flip_im", "flip", "im", "diversity", "confidence"}
+        assert "miou" not in saved[model]
+    assert "difference_ci95" not in saved and saved["images"] == 4
+    assert saved["rounds"][0]["round"] == 0 and 2 <= len(saved["rounds"]) <= 3
+    assert (out / "report.md").read_text().startswith("# Adaptation report")
+    assert (out / "report.png").is_file()
+    # Every stage kept a checkpoint without labels; the baseline's was chosen by the label-free score.
+    assert not list(out.glob("runs/*/*/miou_record.csv"))
+    assert list(out.glob("runs/baseline/baseline/checkpoint-step_*-score_*.ckpt"))
+
+    # The deployable file: RGB 0..255 in, logits at the input's own resolution out, as the network gives them.
+    net = get_network(arch="deeplabv2_tiny", restore_from=str(out / "student.pth")).eval()
+    session = onnxruntime.InferenceSession(str(out / "adapted.onnx"))
+    from datasets.pixels import rgb255_to_network_input
+
+    for height, width in ((32, 64), (45, 70)):
+        rgb = np.random.default_rng(height).uniform(0, 255, (2, 3, height, width)).astype(np.float32)
+        got = session.run(None, {session.get_inputs()[0].name: rgb})[0]
+        with torch.no_grad():
+            expected = net(rgb255_to_network_input(torch.from_numpy(rgb)), size=(height, width)).numpy()
+        assert got.shape == (2, 19, height, width)
+        assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+
+    # Rerunning the same command finds every stage done.
+    again = adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(out), *TINY])
+    assert again["adapted"] == report["adapted"]
+
+
+def test_bad_inputs_are_one_line(black_box, tmp_path):
+    from utils.cli import UserError
+
+    images = tmp_path / "images"
+    make_image_folder(str(images), str(tmp_path / "labels"))
+    for argv, words in (
+            (["--black-box", str(tmp_path / "none.onnx"), "--images", str(images)], "--black-box: not found"),
+            (["--black-box", black_box], "--images DIR"),
+            (["--black-box", black_box, "--images", str(images), "--init", str(tmp_path / "x.pth")], "--init"),
+            (["--black-box", black_box, "--images", str(images), "--data-dir", str(images)], "not both")):
+        with pytest.raises(UserError, match=words):
+            adapt.main([*argv, "--out", str(tmp_path / "out"), *TINY])
+    with pytest.raises(UserError, match="inside the image folder"):
+        adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(images / "out"), *TINY])
+
+
+def test_a_round_that_does_not_raise_the_score_is_not_kept_and_ends_the_rounds(tmp_path, monkeypatch):
+    """The guard, on a constructed case: round 1 improves on the start, round 2 is worse; round 2 is
+    trained, not kept, round 3 never starts, and the rounds' result is round 1's student."""
+    scores = {1: 0.60, 2: 0.55, 3: 0.90}
+    trained = []
+
+    def fake_train(config):
+        k = int(config.experiment_name.rsplit("_", 1)[1])
+        trained.append((k, config.restore_from))
+        os.makedirs(config.experiment_dir, exist_ok=True)
+        checkpoint = os.path.join(config.experiment_dir, "best.ckpt")
+        torch.save({"state_dict": {"net.w": torch.zeros(1)}}, checkpoint)
+        return {"best_checkpoint": checkpoint, "best_score": scores[k], "selected_by": "flip_im"}
+
+    monkeypatch.setattr(rounds_module.runner, "train", fake_train)
+    monkeypatch.setattr(rounds_module.runner, "test", lambda config: {"label_free": {"flip_im": 0.5}})
+
+    class Config:
+        log_tb_dir, module_name, experiment_name, restore_from, resume = str(tmp_path), "smhm", "r", "start.pth", None
+        evaluation = type("E", (), {"select_by": "flip_im"})()
+
+        def replace(self, **changes):
+            copy = Config()
+            copy.__dict__.update(changes)
+            return copy
+
+        @property
+        def experiment_dir(self):
+            return os.path.join(self.log_tb_dir, self.module_name, self.experiment_name)
+
+    results = rounds_module.train_rounds(Config(), 3)
+    assert [(r["round"], r["kept"]) for r in results] == [(0, True), (1, True), (2, False)]
+    assert [k for k, _ in trained] == [1, 2]  # round 3 never ran
+    assert trained[1][1] == results[1]["student"]  # round 2 started from round 1
+    assert rounds_module.final_student(results) == results[1]["student"]
+    # Rerun: the finished rounds are read back, and the guard ends them at the same place.
+    again = rounds_module.train_rounds(Config(), 3)
+    assert [(r["round"], r["kept"]) for r in again] == [(0, True), (1, True), (2, False)] and len(trained) == 2
+
+
+def test_the_interval_of_a_constructed_difference():
+    """Every image: model a right on all 10 pixels, model b on half of them (classes 0 and 1). The
+    difference is the same on every resample: the interval is that one number."""
+    label = np.array([0] * 5 + [1] * 5)
+    right = [image_confusion(label, label, 19) for _ in range(6)]
+    half = [image_confusion(np.zeros(10, int), label, 19) for _ in range(6)]
+    difference = scores_from_confusion(sum(right))["miou"] - scores_from_confusion(sum(half))["miou"]
+    assert difference == pytest.approx(100 - 25)  # a: 100 on both classes; b: 50 on road, 0 on sidewalk
+    low, high = bootstrap_difference(right, half)
+    assert low == pytest.approx(difference) and high == pytest.approx(difference)
+    # One image where b is the better: the interval now spans both signs' worth of resamples.
+    mixed_a, mixed_b = right[:5] + [half[0]], half[:5] + [right[0]]
+    low, high = bootstrap_difference(mixed_a, mixed_b, samples=2000)
+    assert low < high and low < difference and high <= difference + 1e-9
+    assert bootstrap_difference(right, right) == (0.0, 0.0)
