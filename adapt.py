@@ -3,7 +3,7 @@ black box, no target labels. One command runs the whole method and says whether 
 
     python adapt.py --black-box model.onnx --images DIR --out DIR [--labels DIR] [--student ARCH] [--init FILE]
 
-The black box is an ONNX file (the provider contract, README), a DeepLabv2 weight file
+The black box is an ONNX file (the provider contract, docs/providers.md), a DeepLabv2 weight file
 (``--black-box-arch``) or a folder of its label maps (``<name>.png`` train ids mirroring the
 images). Each stage is one of the toolkit's entry points, printed as it runs, so a researcher can
 take the pipeline apart; rerunning the same command continues where it stopped:
@@ -48,8 +48,9 @@ def build_parser():
                         help="the model you can only run: an ONNX file, a DeepLabv2 weight file (with "
                              "--black-box-arch), or a folder of its label maps (train-id PNGs <name>.png mirroring "
                              "the images)")
-    inputs.add_argument("--black-box-arch", choices=ARCH_NAMES, default="deeplabv2_r101", metavar="ARCH",
-                        help="the network of a weight-file black box (default: %(default)s)")
+    inputs.add_argument("--black-box-arch", choices=ARCH_NAMES, default=None, metavar="ARCH",
+                        help="the network of a weight-file black box (default: what the file says, else "
+                             "deeplabv2_r101)")
     inputs.add_argument("--images", default=None, metavar="DIR",
                         help="your images: any tree of .png/.jpg files (the folder target; train/ and val/ "
                              "sub-folders are used as splits when present)")
@@ -167,7 +168,7 @@ class Pipeline:
 
         save = os.path.join(self.out, "pseudo_labels")
         argv = [*self.target(), "--restore-from", self.args.black_box, "--save", save, *self.common()]
-        if self.black_box_kind == "weights":
+        if self.black_box_kind == "weights" and self.args.black_box_arch:
             argv += ["--arch", self.args.black_box_arch]
         self.step("pseudo-labels: the black box labels the images", "generate_pseudo_labels.py", argv, pseudo)
         return save

@@ -70,7 +70,11 @@ def main(argv=None):
     from modules.hard_patches import MiningRun, construct
     from utils.config import build
 
-    result = construct(build(MiningRun, build_parser().parse_args(argv)))
+    from models.networks import network_flags_from_file
+
+    args = build_parser().parse_args(argv)
+    network_flags_from_file(args, argv or [])
+    result = construct(build(MiningRun, args))
     if result is None:  # a secondary process of a multi-device run: the first one mines and reports
         return 0
     summary = result["summary"]

@@ -1,21 +1,19 @@
 r"""Stage 4, checkpoint extraction: take a network's weights out of a Lightning checkpoint.
 
 Writes a plain state dict that ``main.py --restore-from`` (and the published DeepLabv2 code) loads
-with a strict key match, e.g. the best cross-domain distillation student as ``pretrained/basic.pth``
+with a strict key match, saying in its metadata which network it is (``models/networks.py``), e.g. the best cross-domain distillation student as ``pretrained/basic.pth``
 to start self-distillation from:
 
     python extract_model_state_dict.py --save-path ./pretrained/basic.pth \
         --pl-weight-path "experiments/baseline/NAME/checkpoint-step_...-miou_....ckpt"
 """
 import argparse
-import io
 import os
 
-import torch
-
 from models.deeplabv2 import extract_state_dict
+from models.networks import describe, save_weights
 from utils.cli import ArgumentParser, UserError, run
-from utils.io import atomic_write_bytes
+from utils.torch_files import load_torch_file
 
 
 def parse_args(argv=None):
@@ -31,6 +29,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def checkpoint_network(path):
+    """The network record (``models.networks.describe``) of a checkpoint main.py wrote, from its
+    hyper-parameters; ``None`` for another checkpoint."""
+    hyper = load_torch_file(path, "Lightning checkpoint", mmap=True).get("hyper_parameters") or {}
+    if not all(key in hyper for key in ("arch", "num_classes", "input_size")):
+        return None
+    return describe(hyper["arch"], hyper["num_classes"], hyper["input_size"])
+
+
 def default_save_path(checkpoint_path, keyname):
     stem = os.path.splitext(checkpoint_path)[0]
     return f"{stem}_{keyname}.pth"
@@ -42,10 +49,11 @@ def main(argv=None):
     if os.path.abspath(save_path) == os.path.abspath(args.pl_weight_path):
         raise UserError(f"--save-path {save_path} would overwrite the checkpoint it reads")
     state = extract_state_dict(args.pl_weight_path, args.model_weight_keyname)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(save_path, buffer.getvalue())
-    print(f"wrote {len(state)} tensors ({args.model_weight_keyname}.*) from {args.pl_weight_path} to {save_path}")
+    info = checkpoint_network(args.pl_weight_path)
+    save_weights(save_path, state, info)
+    said = f" ({info['arch']}, {info['num_classes']} classes, trained at {'x'.join(map(str, info['input_size']))})" \
+        if info else ""
+    print(f"wrote {len(state)} tensors ({args.model_weight_keyname}.*) from {args.pl_weight_path} to {save_path}{said}")
     return 0
 
 

@@ -25,7 +25,7 @@ def build_parser():
     add_target_args(parser)
     parser.add_argument("--restore-from", default="./pretrained/gta5_only.pth",
                         help="the provider: DeepLabv2 weights (a state dict or a Lightning checkpoint), or a "
-                             "provider file that is only run, an ONNX model (.onnx), see README 'Provider files' "
+                             "provider file that is only run, an ONNX model (.onnx), see docs/providers.md "
                              "(default: %(default)s)")
     parser.add_argument("--save", default="./experiments/gta5_pseudo_label/", help="output folder (default: %(default)s)")
     parser.add_argument("--label-root", "--label-dir", dest="label_root", default=None,
@@ -58,7 +58,11 @@ def main(argv=None):
     from utils.config import build
     from utils.run_folder import folder_lock
 
-    config = build(PseudoLabelRun, build_parser().parse_args(argv))
+    from models.networks import network_flags_from_file
+
+    args = build_parser().parse_args(argv)
+    network_flags_from_file(args, argv or [])
+    config = build(PseudoLabelRun, args)
     split = config.target.split
     layout = layout_of(config.target, config.label_root)  # the ground truth, to score the pseudo-labels
     if config.label_root:

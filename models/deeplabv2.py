@@ -191,7 +191,7 @@ def add_network_args(parser, title="network"):
     group.add_argument("--arch", default="deeplabv2_r101", choices=(*ARCHS, *STUDENTS),
                        help="deeplabv2_r101 (published), deeplabv2_r50, deeplabv2_tiny for CPU trials, or a student "
                             "from segmentation-models-pytorch: segformer_b0..segformer_b5, deeplabv3plus_r50, "
-                            "deeplabv3plus_r101 (README: students) (default: %(default)s)")
+                            "deeplabv3plus_r101 (docs/students.md) (default: %(default)s)")
     group.add_argument("--num-classes", type=at_least(1, 255), default=19,
                        help="number of train ids, at most 255 (255 is the ignore label) (default: %(default)s)")
     group.add_argument("--head-branches", type=int, choices=(2, 4), default=2,

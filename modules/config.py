@@ -275,6 +275,9 @@ def parse_args(argv=None):
         # --resume (and --overwrite) is an instruction to one run, not a setting: a run again starts anew unless told.
         argv = config_argv(parser, saved, known.config, ignore=("config", "resume", "overwrite")) + argv
     args = parser.parse_args(argv)
+    from models.networks import network_flags_from_file
+
+    network_flags_from_file(args, argv)  # a weight file the toolkit wrote says its network and input size
     # Checks that need several flags, or what the user typed as opposed to a default: still parsing,
     # so a mistake stops the command before anything is read or written.
     resolve_data_args(args)

@@ -38,7 +38,7 @@ def add_provider_output_arg(group):
     group.add_argument("--provider-output", choices=PROVIDER_OUTPUTS, default=PROVIDER_OUTPUTS[0],
                        help="what the first output of a provider file (.onnx) holds: logits (class scores "
                             "before a softmax) or probabilities (each pixel's scores sum to 1; the flip "
-                            "augmentation then sums log-probabilities, see README) (default: %(default)s)")
+                            "augmentation then sums log-probabilities, see docs/providers.md) (default: %(default)s)")
 
 
 class ProviderNetwork(nn.Module):

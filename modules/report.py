@@ -14,7 +14,7 @@ import torch
 from datasets.base import TargetDataset, collate
 from datasets.pixels import to_bgr_uint8
 from models.deeplabv2 import NetworkConfig
-from models.networks import get_network
+from models.networks import get_network, network_of
 from modules.providers import load_provider
 from utils.cli import progress
 from utils.inference import upsampled_argmax
@@ -35,7 +35,8 @@ def black_box_network(pipeline):
         return None
     if pipeline.black_box_kind == "onnx":
         return load_provider(a.black_box, NetworkConfig(input_size=a.input_size))
-    return get_network(arch=a.black_box_arch, restore_from=a.black_box).eval()
+    arch = a.black_box_arch or (network_of(a.black_box) or {}).get("arch", "deeplabv2_r101")
+    return get_network(arch=arch, restore_from=a.black_box).eval()
 
 
 def score(models, dataset, label_paths, label_maps=None):

@@ -16,19 +16,12 @@ import io
 import json
 import os
 
-import torch
-
 from models.deeplabv2 import extract_state_dict
+from models.networks import describe, save_weights
 from modules import runner
 from utils.cli import UserError
-from utils.io import atomic_write_bytes, atomic_write_text
+from utils.io import atomic_write_text
 from utils.run_folder import folder_lock, has_checkpoints, read_record
-
-
-def _save_state_dict(state, path):
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def train_rounds(config, rounds):
@@ -106,7 +99,9 @@ def _train_rounds(config, folders):
                 raise UserError(f"round {k} ended without a validated checkpoint in {folder}: "
                                 "lower --val-interval or raise --max-steps")
             student = os.path.join(folder, "student.pth")
-            _save_state_dict(extract_state_dict(trained["best_checkpoint"], "net"), student)
+            n = config.network
+            save_weights(student, extract_state_dict(trained["best_checkpoint"], "net"),
+                         describe(n.arch, n.num_classes, n.input_size))
             better = not config.round_guard or trained["best_score"] > kept["best_score"]
             result = {"round": k, "restore_from": kept["student"], "best_checkpoint": trained["best_checkpoint"],
                       "best_score": trained["best_score"], "selected_by": trained["selected_by"],

@@ -102,7 +102,9 @@ def test_a_round_that_does_not_raise_the_score_is_not_kept_and_ends_the_rounds(t
 
     class Config:
         log_tb_dir, module_name, experiment_name, restore_from, resume = str(tmp_path), "smhm", "r", "start.pth", None
+        round_guard = True
         evaluation = type("E", (), {"select_by": "flip_im"})()
+        network = type("N", (), {"arch": "deeplabv2_tiny", "num_classes": 19, "input_size": (64, 32)})()
 
         def replace(self, **changes):
             copy = Config()

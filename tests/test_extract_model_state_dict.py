@@ -109,3 +109,66 @@ def test_save_path_that_is_a_folder_or_under_a_file_is_one_line(checkpoint, tmp_
         assert exit_info.value.code == 2
         assert err.startswith("error: ") and f"{named} is a f" in err
         assert err.count("\n") == 1 and "Traceback" not in err
+
+
+# -- files that say what they are ------------------------------------------------------------------------
+
+@pytest.fixture
+def described(tmp_path, capsys):
+    """A checkpoint as main.py writes it (its hyper-parameters name the network) and its extraction."""
+    torch.manual_seed(0)
+    student = get_deeplabv2(arch="deeplabv2_tiny")
+    path = tmp_path / "checkpoint-step_3-score_0.5.ckpt"
+    torch.save({"state_dict": {"net." + k: v for k, v in student.state_dict().items()},
+                "hyper_parameters": {"arch": "deeplabv2_tiny", "num_classes": 19, "input_size": (96, 48)}}, path)
+    out = str(tmp_path / "student.pth")
+    assert main(["--pl-weight-path", str(path), "--save-path", out]) == 0
+    assert "(deeplabv2_tiny, 19 classes, trained at 96x48)" in capsys.readouterr().out
+    return out, student
+
+
+def test_an_extracted_student_says_what_it_is_and_still_loads_strictly(described):
+    from models.networks import network_of
+
+    out, student = described
+    info = network_of(out)
+    assert (info["arch"], info["num_classes"], info["input_size"]) == ("deeplabv2_tiny", 19, [96, 48])
+    # The record lives in the state dict's metadata: a plain strict load (as the published code does) ignores it.
+    net = get_deeplabv2(arch="deeplabv2_tiny")
+    net.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    assert_same_weights(net.state_dict(), student)
+
+
+def test_commands_read_the_file_and_refuse_a_contradiction(described):
+    from models.networks import network_flags_from_file
+    from modules.config import parse_args
+
+    out, _ = described
+    config = parse_args(["--mode", "test", "--restore-from", out])  # no --arch, --num-classes, --input-size
+    assert (config.network.arch, config.network.num_classes, config.network.input_size) == ("deeplabv2_tiny", 19,
+                                                                                            (96, 48))
+    config = parse_args(["--mode", "test", "--restore-from", out, "--input-size", "64x32"])  # a size overrides
+    assert config.network.input_size == (64, 32) and config.network.arch == "deeplabv2_tiny"
+    for flags, named in ((["--arch", "deeplabv2_r50"], "--arch deeplabv2_r50"),
+                         (["--num-classes", "16"], "--num-classes 16")):
+        with pytest.raises(UserError, match=f"{named}, but --restore-from .* is a deeplabv2_tiny network with 19"):
+            parse_args(["--mode", "test", "--restore-from", out, *flags])
+    # The data stages and the exporter read it the same way.
+    import argparse
+
+    args = argparse.Namespace(restore_from=out, arch="deeplabv2_r101", num_classes=19, input_size=(1024, 512))
+    assert network_flags_from_file(args, [])["arch"] == "deeplabv2_tiny" and args.arch == "deeplabv2_tiny"
+
+
+def test_a_file_without_a_record_and_a_wrong_arch_is_one_line_naming_the_right_one(tmp_path):
+    from models.networks import get_network
+
+    path = str(tmp_path / "plain.pth")
+    torch.save(get_deeplabv2(arch="deeplabv2_tiny").state_dict(), path)  # no record: an older or foreign file
+    with pytest.raises(UserError) as refused:
+        get_network(arch="deeplabv2_r50", restore_from=path)
+    message = str(refused.value)
+    assert message == f"{path} holds a deeplabv2_tiny network, not a deeplabv2_r50: add --arch deeplabv2_tiny"
+    with pytest.raises(UserError, match="do not fit"):  # weights of no known network: the full listing
+        torch.save({"x": torch.zeros(2)}, path)
+        get_network(arch="deeplabv2_tiny", restore_from=path)

@@ -56,7 +56,7 @@ def world(tmp_path_factory):
     assert export(paths["weights"], paths["onnx"]) == 0
     assert export(paths["weights7"], paths["onnx7"], num_classes=7) == 0
     # A provider giving the softmax of its logits. Its head is not sharpened: logit gaps stay below
-    # the 87 at which float32 probabilities underflow to 0 (README, "Provider files").
+    # the 87 at which float32 probabilities underflow to 0 (docs/providers.md).
     torch.manual_seed(0)
     paths["mild"], paths["onnx_mild"] = str(root / "mild.pth"), str(root / "mild.onnx")
     torch.save(get_deeplabv2(num_classes=19, arch="deeplabv2_tiny").state_dict(), paths["mild"])

@@ -9,7 +9,7 @@ weights are inside the exported file, as in any model file: exporting is no prot
         --onnx adapted.onnx       # logits at the input's own resolution, ready to deploy
 
 The files follow the provider contract that ``generate_pseudo_labels.py --restore-from`` and
-``construct_hard_patch.py --restore-from`` accept (README, "Provider files"): one input, RGB images
+``construct_hard_patch.py --restore-from`` accept (docs/providers.md): one input, RGB images
 as float32 in 0..255, N×3×H×W; the first output is logits N×C×h×w (DeepLabv2's, at 1/8 of the
 input; the stages upsample them), or N×C×H×W at the input's resolution with ``--full-resolution``
 (upsampled inside the file as the network upsamples in evaluation: bilinear, corners aligned). The input normalisation (RGB to BGR, minus the Caffe mean) is
@@ -144,6 +144,9 @@ def check_file(path, net, example, num_classes, full_resolution=False):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from models.networks import network_flags_from_file
+
+    network_flags_from_file(args, argv or [])
     if not os.path.isfile(args.restore_from):
         raise UserError(f"--restore-from: weight file not found: {args.restore_from}")
     _check_path(args.onnx, args.restore_from)
