@@ -17,7 +17,7 @@ from datasets.pixels import denormalize_to_rgb01, normalize_rgb01
 from modules.base import SegmentationModule, cross_entropy
 from utils.augment import augment_draws, photometric_augment_with
 from utils.cli import UserError, finite_float, probability
-from utils.ema import ema_lerp, ema_update
+from utils.ema import ema_lerp, ema_update, stochastic_layers_off
 from utils.mixing import draw_spatial_mix, flip_coin, flip_with_coin, mix_with_draws
 
 GENERATOR_STATE_KEY = "spatial_mix_generator_state"  # in the checkpoint: rank 0's random stream
@@ -70,6 +70,7 @@ class SelfDistillationOptions:
     ema_alpha: float = 0.99
     flip_prob: float = 0.5
     no_augment: bool = False
+    teacher_dropout: bool = False
 
 
 class SpatialMixModule(SegmentationModule):
@@ -98,6 +99,10 @@ class SpatialMixModule(SegmentationModule):
                            help="probability of flipping the whole mixed batch horizontally (default: %(default)s)")
         group.add_argument("--no-augment", action="store_true",
                            help="feed the student the mixed images without colour jitter and blur")
+        group.add_argument("--teacher-dropout", action="store_true",
+                           help="run the EMA teacher's dropout and drop-path layers as in training (the "
+                                "published code's module mode; DeepLabv2 has none); by default they are off in the "
+                                "teacher, BatchNorm keeping batch statistics either way")
         return parser
 
     @classmethod
@@ -155,10 +160,16 @@ class SpatialMixModule(SegmentationModule):
         colour = None if o.no_augment else augment_draws(n, self.generator, images.device)
         return StepDraws(others, xs, ys, flip, colour)
 
+    def teacher_logits(self, images):
+        """The EMA teacher's logits at the image size, its stochastic layers off unless --teacher-dropout."""
+        if not self.options.teacher_dropout:
+            stochastic_layers_off(self.ema_net)
+        return self.ema_net(images, size=images.shape[-2:])
+
     def consistency_loss(self, images):
         o = self.options
         with torch.no_grad():
-            teacher_logits = self.ema_net(images, size=images.shape[-2:])
+            teacher_logits = self.teacher_logits(images)
             student_images, target, weight = self.step_functions(student_batch)(
                 images, teacher_logits, self.draw(images), o.confidence_threshold, o.confidence_source)
         logits = self.net(student_images, size=images.shape[-2:])

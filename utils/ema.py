@@ -5,12 +5,23 @@
 student, then it averages over a growing window capped at ``1 / (1 - max_alpha)`` steps.
 
 Only parameters are averaged, as in the published method: the teacher's BatchNorm running
-statistics come from its own forward passes in training mode.
+statistics come from its own forward passes in training mode. Its stochastic layers (dropout,
+drop-path: the library students have them, DeepLabv2 has none) are switched off
+(:func:`stochastic_layers_off`), so that the teacher's target does not change from one pass to the next.
 
 ``--compile step`` averages with :func:`ema_lerp` compiled: the weight ``1 - alpha`` is a 0-dim
 tensor there, so the compiled code serves every alpha (a Python number would be compiled in).
 """
 import torch
+
+
+def stochastic_layers_off(net):
+    """Put ``net``'s dropout and drop-path layers in eval mode, leaving every other layer's mode
+    (BatchNorm's batch statistics) as it is. Called before each teacher pass: Lightning puts the
+    whole module back into training mode after every validation."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) or type(m).__name__ == "DropPath":
+            m.eval()
 
 
 def ema_alpha(step, max_alpha=0.99):
