@@ -3,7 +3,8 @@
 Evaluation and the data stages must see every image exactly once (padding with repeats changes
 mIoU and writes files twice); the hard patch stream of self-distillation cycles through the patch
 set so that every training step gets a fresh batch, and each rank gets different patches; a
-resumed training epoch skips the batches its checkpoint had already trained on.
+resumed training epoch skips the batches its checkpoint had already trained on; rare-class sampling
+draws the items that contain rare classes more often.
 """
 import itertools
 
@@ -77,3 +78,51 @@ class SkipSampler(Sampler):
 
     def __len__(self):
         return len(self.sampler)
+
+
+class RareClassSampler(Sampler):
+    """Rare-class sampling (DAFormer's RCS): each draw picks a class ``c`` with probability
+    ``softmax((1 - f_c) / temperature)`` over the classes that some item contains, ``f_c`` being
+    class ``c``'s share of ``class_pixels``, then one of the items containing ``c`` uniformly.
+
+    ``item_counts``: pixels of each class in each item (N x C). Epoch ``e`` draws
+    ``num_samples * world_size`` items from a generator seeded by ``seed`` and ``e`` alone, and rank
+    ``r`` takes every ``world_size``-th from position ``r``: the same seed gives the same items, and a
+    resumed epoch (:class:`SkipSampler`) continues the same sequence.
+    """
+
+    def __init__(self, item_counts, class_pixels, num_samples, temperature, rank=0, world_size=1, seed=0):
+        present = torch.as_tensor(item_counts) > 0
+        pixels = torch.as_tensor(class_pixels, dtype=torch.float64)
+        candidates = present.any(dim=0) & (pixels > 0)
+        if not candidates.any():
+            raise ValueError("RareClassSampler needs an item that contains a class")
+        logits = ((1.0 - pixels / pixels.sum()) / temperature).masked_fill(~candidates, float("-inf"))
+        self.class_probability = logits.softmax(dim=0)
+        self.items_of = [present[:, c].nonzero().flatten() for c in range(present.shape[1])]
+        self.num_items, self.num_samples = present.shape[0], num_samples
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def item_probability(self):
+        """The probability of each item in one draw."""
+        probability = torch.zeros(self.num_items, dtype=torch.float64)
+        for p, items in zip(self.class_probability, self.items_of):
+            if p > 0:
+                probability[items] += p / len(items)
+        return probability
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed((self.seed << 24) + self.epoch)
+        total = self.num_samples * self.world_size
+        classes = torch.multinomial(self.class_probability, total, replacement=True, generator=generator)
+        uniform = torch.rand(total, generator=generator, dtype=torch.float64)
+        for position in range(self.rank, total, self.world_size):
+            items = self.items_of[classes[position]]
+            yield int(items[min(int(uniform[position] * len(items)), len(items) - 1)])
+
+    def __len__(self):
+        return self.num_samples

@@ -3,6 +3,7 @@ pseudo-labels of the target training images (ignore index 255)."""
 import dataclasses
 
 from modules.base import SegmentationModule
+from modules.data import add_pseudo_label_root_arg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,9 +18,5 @@ class BaselineModule(SegmentationModule):
     @classmethod
     def add_args(cls, parser):
         group = parser.add_argument_group("baseline")
-        group.add_argument("--pseudo-label-root", default="./experiments/gta5_pseudo_label/",
-                           help="pseudo-labels from generate_pseudo_labels.py: its --save folder, its "
-                                "label_ids/train folder, or any folder of <city>/<stem>_gtFine_labelIds.png; "
-                                "refused while generate_pseudo_labels.py has not finished it (no summary.json) "
-                                "(default: %(default)s)")
+        add_pseudo_label_root_arg(group, "./experiments/gta5_pseudo_label/", "what the student learns from")
         return parser

@@ -3,7 +3,8 @@
 Each training stage names what it learns from (``train_source``): ground-truth labels of the
 target (``labels``, the oracle), the provider's pseudo-labels (``pseudo_labels``), bare target
 images for self-distillation (``images``) or a labelled source domain (``source``). The target is
-any of ``datasets/targets.py`` (``--target-dataset``). Validation and testing use the target's
+any of ``datasets/targets.py`` (``--target-dataset``). With ``--rare-class-sampling`` the training images
+(and smhm's hard patches) are drawn by the rarity of the classes their pseudo-labels contain. Validation and testing use the target's
 ``--val-split`` images, with their full-resolution ground truth where there is one. Samplers are built
 here, per rank, so that evaluation counts every image once and hard patches differ across ranks.
 """
@@ -19,13 +20,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from datasets.base import TargetDataset, collate
 from datasets.cityscapes import DEFAULT_LIST_ROOT
 from datasets.patches import HardPatchDataset
-from datasets.samplers import CyclingSampler, ShardSampler, SkipSampler
+from datasets.samplers import CyclingSampler, RareClassSampler, ShardSampler, SkipSampler
 from datasets.source import GTA5Dataset, SynthiaDataset
 from datasets.pixels import add_resize_backend_arg
 from datasets.targets import TARGETS, add_target_dataset_args, make_target
-from utils.cli import UserError, at_least
+from utils.cli import UserError, at_least, positive_float
 from utils.image_cache import DEFAULT_FOLDER, ResizedImageCache, entry_bytes, size_text
 from utils.loaders import add_num_workers_arg, loader_kwargs
+from modules.hard_patches import image_class_counts
 from modules.stage_output import check_hard_patches_finished, check_pseudo_labels_finished
 
 SOURCE_DATASETS = {"gta5": GTA5Dataset, "synthia": SynthiaDataset}
@@ -65,6 +67,7 @@ class DataConfig:
     train_batch_size: int = 4
     val_batch_size: int = 2
     test_batch_size: int = 2
+    rare_class_sampling: Optional[float] = None  # the temperature; None: images in shuffled passes, as published
 
     def target(self):
         """The target's layout (``datasets.base.Target``); a flag that does not fit it is a ``UserError``."""
@@ -112,7 +115,21 @@ def add_data_args(parser):
     group.add_argument("--train-batch-size", type=at_least(1), default=4, help="images per training step and device (default: %(default)s)")
     group.add_argument("--val-batch-size", type=at_least(1), default=2, help="images per validation step (default: %(default)s)")
     group.add_argument("--test-batch-size", type=at_least(1), default=2, help="images per test step (default: %(default)s)")
+    group.add_argument("--rare-class-sampling", type=positive_float, default=None, metavar="T",
+                       help="baseline, spatial_mix, smhm: draw each training image (and smhm's hard patch) by "
+                            "rare-class sampling: a class c with probability softmax((1 - f_c) / T) over the classes, "
+                            "f_c its pixel share in the pseudo-labels of --pseudo-label-root, then an image "
+                            "containing c uniformly; e.g. 0.01 (default: shuffled passes, as published)")
     return group
+
+
+def add_pseudo_label_root_arg(group, default, use):
+    """``--pseudo-label-root`` of the stages that read pseudo-labels; ``use``: what for."""
+    group.add_argument("--pseudo-label-root", default=default,
+                       help="pseudo-labels from generate_pseudo_labels.py: its --save folder, its label_ids/train "
+                            "folder, or any folder of <city>/<stem>_gtFine_labelIds.png; refused while "
+                            f"generate_pseudo_labels.py has not finished it (no summary.json); {use} "
+                            "(default: %(default)s)")
 
 
 def resolve_data_args(args):
@@ -141,6 +158,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.train_source = train_source
         self.use_patches = use_patches
         self._datasets = {}
+        self._class_counts = {}
 
     # Datasets are built once and on demand, so that ``check()`` can run before training starts
     # and Lightning's own ``setup`` calls reuse them.
@@ -189,6 +207,33 @@ class SegmentationDataModule(pl.LightningDataModule):
                             f"{batch_size} is more than the {len(patches)} hard patches in {root}")
         return patches
 
+    def class_counts(self, name="train"):
+        """Pixels of each class in the pseudo-label of each training image (``name="train"``, in the
+        dataset's order) or hard patch (``"patches"``), N x C, counted once; the class shares of
+        ``--rare-class-sampling`` and ``--distribution-alignment``."""
+        if name not in self._class_counts:
+            if name == "patches":
+                paths = [label for _, label, _ in self._dataset("patches").samples]
+                counts = image_class_counts(paths, None, self.num_classes, self.data.num_workers)
+            else:
+                counts = image_class_counts(self._pseudo_label_paths(), self.input_size, self.num_classes,
+                                            self.data.num_workers, self.data.resize_backend)
+            self._class_counts[name] = counts
+        return self._class_counts[name]
+
+    def _pseudo_label_paths(self):
+        if self.train_source == "pseudo_labels":
+            return [label for _, label, _ in self._dataset("train").samples]
+        root = getattr(self.options, "pseudo_label_root", None)
+        if self.train_source != "images" or root is None:
+            raise UserError("--rare-class-sampling and --distribution-alignment take the class shares from the "
+                            "pseudo-labels: give --pseudo-label-root (baseline, spatial_mix and smhm have it)")
+        check_pseudo_labels_finished(root, "train")
+        d = self.data
+        dataset = TargetDataset(d.target(), "train", list_root=d.lists, pseudo_label_root=root,
+                                num_classes=self.num_classes)
+        return [label for _, label, _ in dataset.samples]
+
     def check(self, stage):
         """Build the datasets a stage needs now: bad paths fail before any training starts."""
         self._dataset("eval")
@@ -196,6 +241,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             self._dataset("train")
             if self.use_patches:
                 self._dataset("patches")
+            if self.data.rare_class_sampling:
+                self.class_counts("train")
 
     def setup(self, stage):
         self.check(stage)
@@ -253,12 +300,21 @@ class SegmentationDataModule(pl.LightningDataModule):
         rank, world = self._rank()
         dataset = self._dataset("train")
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        temperature = self.data.rare_class_sampling
+        if temperature:  # as many images per epoch as the shuffled passes give
+            pixels = self.class_counts("train").sum(axis=0)
+            sampler = RareClassSampler(self.class_counts("train"), pixels, len(sampler), temperature, rank, world,
+                                       self.seed)
         steps = self.steps_per_epoch(world)
         loaders = {"target": self._train_loader(dataset, self.data.train_batch_size, sampler)}
         if self.use_patches:
             patches = self._dataset("patches")
             batch_size = self.options.hard_patch_batch_size or self.data.train_batch_size
-            patch_sampler = CyclingSampler(len(patches), steps * batch_size, rank, world, seed=self.seed)
+            if temperature:
+                patch_sampler = RareClassSampler(self.class_counts("patches"), pixels, steps * batch_size, temperature,
+                                                 rank, world, self.seed)
+            else:
+                patch_sampler = CyclingSampler(len(patches), steps * batch_size, rank, world, seed=self.seed)
             loaders["patches"] = self._train_loader(patches, batch_size, patch_sampler)
         return loaders
 

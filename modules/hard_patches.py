@@ -76,19 +76,24 @@ class _Labels(Dataset):
 
     def __getitem__(self, index):
         label = read_label(self.paths[index])
-        if (label.shape[1], label.shape[0]) != tuple(self.input_size):
+        if self.input_size is not None and (label.shape[1], label.shape[0]) != tuple(self.input_size):
             label = resize_label(label, self.input_size, self.resize_backend)
         return np.bincount(label.ravel(), minlength=256)[:self.num_classes]
 
 
-def class_pixel_counts(label_paths, input_size, num_classes, num_workers=0, resize_backend="pil"):
-    """Pixels of every class over all labels (at the input size, as they are cut into patches)."""
-    counts = np.zeros(num_classes, dtype=np.int64)
+def image_class_counts(label_paths, input_size, num_classes, num_workers=0, resize_backend="pil"):
+    """Pixels of every class in each label (N x C, int64), at the input size (``None``: as stored)."""
+    counts = np.zeros((len(label_paths), num_classes), dtype=np.int64)
     loader = DataLoader(ErrorsAsItems(_Labels(label_paths, input_size, num_classes, resize_backend)), batch_size=None,
                         num_workers=num_workers_or_default(num_workers))
-    for image_counts in progress(loader, desc="counting class pixels", leave=False):
-        counts += np.asarray(check_item(image_counts), dtype=np.int64)
+    for i, image_counts in enumerate(progress(loader, desc="counting class pixels", leave=False)):
+        counts[i] = np.asarray(check_item(image_counts), dtype=np.int64)
     return counts
+
+
+def class_pixel_counts(label_paths, input_size, num_classes, num_workers=0, resize_backend="pil"):
+    """Pixels of every class over all labels (at the input size, as they are cut into patches)."""
+    return image_class_counts(label_paths, input_size, num_classes, num_workers, resize_backend).sum(axis=0)
 
 
 def check_rare_classes(text, num_classes):

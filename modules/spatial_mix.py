@@ -15,6 +15,7 @@ import torch
 
 from datasets.pixels import denormalize_to_rgb01, normalize_rgb01
 from modules.base import SegmentationModule, cross_entropy
+from modules.data import add_pseudo_label_root_arg
 from utils.augment import augment_draws, photometric_augment_with
 from utils.cli import UserError, finite_float, probability
 from utils.ema import ema_lerp, ema_update, stochastic_layers_off
@@ -71,6 +72,7 @@ class SelfDistillationOptions:
     flip_prob: float = 0.5
     no_augment: bool = False
     teacher_dropout: bool = False
+    pseudo_label_root: Optional[str] = None  # only for the class shares of the rare-class options
 
 
 class SpatialMixModule(SegmentationModule):
@@ -103,6 +105,7 @@ class SpatialMixModule(SegmentationModule):
                            help="run the EMA teacher's dropout and drop-path layers as in training (the "
                                 "published code's module mode; DeepLabv2 has none); by default they are off in the "
                                 "teacher, BatchNorm keeping batch statistics either way")
+        add_pseudo_label_root_arg(group, None, "read here only for the class shares of --rare-class-sampling")
         return parser
 
     @classmethod

@@ -54,3 +54,69 @@ def test_teacher_passes_agree_without_dropout_and_batchnorm_keeps_batch_statisti
         assert norms and all(m.training for m in norms)  # batch statistics, as published
     assert torch.equal(*passes[False])
     assert not torch.equal(*passes[True])  # the published module mode: drop-path draws anew each pass
+
+
+# -- rare-class sampling -----------------------------------------------------------------------------------
+
+def test_rare_class_sampling_draws_images_at_the_expected_rates():
+    """Class shares 0.8 / 0.15 / 0.05: with T = 0.05 the classes are drawn in proportions
+    exp((1 - f_c) / T), then an image containing the class uniformly; the image alone holding the
+    rarest class comes most often, and the empirical rates match within a few standard errors."""
+    from datasets.samplers import RareClassSampler
+
+    counts = np.array([[80, 0, 0], [0, 10, 0], [0, 5, 5], [0, 0, 0]])  # the last image: no class at all
+    pixels = counts.sum(axis=0)
+    share = pixels / pixels.sum()
+    temperature = 0.05
+    p_class = np.exp((1 - share) / temperature)
+    p_class /= p_class.sum()
+    expected = np.array([p_class[0], p_class[1] / 2, p_class[1] / 2 + p_class[2], 0.0])
+    sampler = RareClassSampler(counts, pixels, 20000, temperature, seed=3)
+    np.testing.assert_allclose(sampler.item_probability().numpy(), expected, atol=1e-12)
+    drawn = np.bincount(list(sampler), minlength=4) / len(sampler)
+    assert np.all(np.abs(drawn - expected) <= 4 * np.sqrt(expected * (1 - expected) / len(sampler)) + 1e-9), drawn
+    assert drawn[2] > drawn[1] > drawn[0] and drawn[3] == 0
+
+
+def test_rare_class_sampling_is_deterministic_per_seed_and_epoch_and_resumes():
+    from datasets.samplers import RareClassSampler, SkipSampler
+
+    counts = np.random.default_rng(0).integers(0, 3, size=(9, 5))
+
+    def epoch_of(epoch, seed=1, rank=0, world=1):
+        sampler = RareClassSampler(counts, counts.sum(axis=0), 6, 0.1, rank, world, seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert epoch_of(0) == epoch_of(0) and epoch_of(0) != epoch_of(1) and epoch_of(0) != epoch_of(0, seed=2)
+    ranks = [epoch_of(0, rank=r, world=2) for r in range(2)]
+    whole = RareClassSampler(counts, counts.sum(axis=0), 12, 0.1, seed=1)
+    assert [i for pair in zip(*ranks) for i in pair] == list(whole)  # the ranks share one sequence
+    resumed = SkipSampler(RareClassSampler(counts, counts.sum(axis=0), 6, 0.1, seed=1))
+    resumed.set_epoch(1)
+    resumed.skip = 4
+    assert list(resumed) == epoch_of(1)[4:]
+
+
+@pytest.mark.parametrize("module", ["baseline", "smhm"])
+def test_stages_train_with_rare_class_sampling(tree, tmp_path, module):
+    flags = ["--pseudo-label-root", tree["pseudo"], "--rare-class-sampling", "0.01"]
+    if module == "smhm":
+        flags += ["--hard-patches-root", tree["patches"]]
+    from datasets.samplers import RareClassSampler
+    from modules.data import SegmentationDataModule
+
+    config = stage_args(tree, tmp_path, module, *flags)
+    stage = runner.MODULES[module]
+    loaders = SegmentationDataModule(config, stage.train_source, stage.use_patches).train_dataloader()
+    assert {name: type(loader.sampler.sampler) for name, loader in loaders.items()} == \
+        {name: RareClassSampler for name in (["target", "patches"] if module == "smhm" else ["target"])}
+    result = runner.train(config)
+    state = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+
+
+def test_rare_class_sampling_needs_the_pseudo_labels(tree, tmp_path):
+    with pytest.raises(UserError, match="--pseudo-label-root"):
+        runner.train(stage_args(tree, tmp_path, "spatial_mix", "--rare-class-sampling", "0.01"))
+    assert not os.path.exists(tmp_path / "exp" / "spatial_mix" / "t")
