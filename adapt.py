@@ -81,8 +81,13 @@ def build_parser():
     train.add_argument("--round-lr", type=float, default=None, help="the rounds' learning rate (default: main.py's)")
     train.add_argument("--lr-schedule", default=None, help="main.py's --lr-schedule for every stage (default: its own)")
     train.add_argument("--batch-size", type=at_least(2), default=4, help="training images per step (default: %(default)s)")
-    train.add_argument("--select-by", choices=CRITERIA, default=DEFAULT_CRITERION,
-                       help="the label-free score that keeps checkpoints and rounds (default: %(default)s)")
+    train.add_argument("--select-by", choices=(*CRITERIA, "last", "val-miou"), default=DEFAULT_CRITERION,
+                       help="the label-free score that keeps checkpoints and rounds (utils/label_free.py); last: "
+                            "the last checkpoint of each stage; val-miou: the published protocol, which needs "
+                            "labels of every --val-split image (default: %(default)s)")
+    train.add_argument("--round-guard", action=argparse.BooleanOptionalAction, default=True,
+                       help="keep a round only if it raises the --select-by score, and stop at the first that does "
+                            "not (default: on; --no-round-guard runs every round, as published)")
     train.add_argument("--seed", type=seed, default=0, help="seed of every stage (default: %(default)s)")
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
@@ -209,7 +214,8 @@ class Pipeline:
 
         a = self.args
         argv = self.training("smhm", "smhm", a.round_steps or a.max_steps, a.round_lr,
-                             ["--rounds", str(a.rounds), "--restore-from", baseline, "--hard-patches-root", patches])
+                             ["--rounds", str(a.rounds), "--restore-from", baseline, "--hard-patches-root", patches,
+                              "--round-guard" if a.round_guard else "--no-round-guard"])
         results = self.step("self-distillation rounds", "main.py", argv, train_main)
         return results, final_student(results)
 

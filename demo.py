@@ -66,17 +66,20 @@ def build_parser():
                              "renderings in ACDC's layout, scored per condition too), darkzurich (day, twilight and "
                              "night in Dark Zurich's layout; no train labels, so no oracle) or folder (a plain tree of "
                              "images) (default: %(default)s)")
-    parser.add_argument("--select-by", choices=(*CRITERIA, "val-miou"), default=DEFAULT_CRITERION,
+    parser.add_argument("--round-guard", action=argparse.BooleanOptionalAction, default=True,
+                        help="adapt.py's round guard: keep a round only if it raises the score (default: on)")
+    parser.add_argument("--select-by", choices=(*CRITERIA, "last", "val-miou"), default=DEFAULT_CRITERION,
                         help="how every stage keeps its checkpoint: a label-free score, or val-miou (the published "
                              "protocol, with the val labels); the test split is never used (default: %(default)s)")
     parser.add_argument("--num-workers", type=at_least(0), default=0, help="data loader processes (default: %(default)s)")
     return parser
 
 
-def default_out(seed, quick, student=DEFAULTS["arch"], target="cityscapes", select_by=DEFAULT_CRITERION):
+def default_out(seed, quick, student=DEFAULTS["arch"], target="cityscapes", select_by=DEFAULT_CRITERION, guard=True):
     return ("./experiments/demo" + (f"_{target}" if target != "cityscapes" else "")
             + (f"_{student}" if student != DEFAULTS["arch"] else "")
             + (f"_{select_by.replace('-', '_')}" if select_by != DEFAULT_CRITERION else "")
+            + ("" if guard else "_no_guard")
             + (f"_seed{seed}" if seed != 0 else "") + ("_quick" if quick else ""))
 
 
@@ -86,7 +89,8 @@ class Demo:
         self.cfg = dict(DEFAULTS, **(QUICK if args.quick else {}))
         if args.rounds is not None:
             self.cfg["rounds"] = args.rounds
-        self.out = args.out or default_out(args.seed, args.quick, args.student, args.target, args.select_by)
+        self.out = args.out or default_out(args.seed, args.quick, args.student, args.target, args.select_by,
+                                           args.round_guard)
         self.data = os.path.join(self.out, "data")
         self.cityscapes = os.path.join(self.data, "cityscapes")
         self.weights = os.path.join(self.out, "weights")
@@ -172,7 +176,8 @@ class Demo:
                 "--out", out, "--student", a.student, "--input-size", c["input_size"], "--rounds", str(c["rounds"]),
                 "--max-steps", str(c["baseline_steps"]), "--round-steps", str(c["round_steps"]), "--lr", str(c["lr"]),
                 "--round-lr", str(c["smhm_lr"]), "--lr-schedule", "constant", "--batch-size", str(c["batch_size"]),
-                "--select-by", a.select_by, "--seed", str(a.seed), "--accelerator", "cpu",
+                "--select-by", a.select_by, "--round-guard" if a.round_guard else "--no-round-guard",
+                "--seed", str(a.seed), "--accelerator", "cpu",
                 "--num-workers", str(a.num_workers)]
         report = self.step("adapt the black box to the target (adapt.py)", "adapt.py", argv, adapt)
         with open(os.path.join(out, "runs", "smhm", "smhm_rounds.csv")) as f:

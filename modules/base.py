@@ -31,7 +31,7 @@ from utils.cli import UserError
 from utils.compile import CUDA_GRAPH_MODES, StepFunctions, compile_network
 from utils.config import flat
 from utils.inference import multiscale_logits, upsampled_argmax
-from utils.label_free import LabelFreeScores, flipped_logits
+from utils.label_free import LabelFreeScores, label_free_logits
 from utils.labels import IGNORE_INDEX
 from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
 
@@ -228,11 +228,11 @@ class SegmentationModule(pl.LightningModule):
         predictions at ground-truth resolution (``None`` without labels)."""
         images = batch["image"]
         net = self.evaluation_nets[0] if self.evaluation_nets else self.net
-        # At the network's output resolution: the logits of the images and of their mirror images.
-        plain, mirrored = net(images), flipped_logits(net, images)
+        # At the network's output resolution: the logits of the images, their mirror images and mixes.
+        plain, mirrored, mixed = label_free_logits(net, images)
         if isinstance(net, ProviderNetwork):  # a black box's scores must be finite (our networks' are)
-            check_finite(torch.cat([plain, mirrored]), batch["name"] * 2, net.path)
-        label_free.update(plain, mirrored)
+            check_finite(torch.cat([plain, mirrored, mixed]), batch["name"] * 3, net.path)
+        label_free.update(plain, mirrored, mixed)
         if "label" not in batch:
             return None
         if tuple(self.evaluation.scales) == (1.0,):  # one scale (always so in training): upsampled once below
@@ -293,8 +293,10 @@ class SegmentationModule(pl.LightningModule):
         scores = self._scores(self.val_confusion, self.val_label_free)
         for name, value in scores["label_free"].items():
             self.log(f"val/{name}", value, sync_dist=False)
-        if self.evaluation.select_by in scores["label_free"]:  # what keeps the best checkpoint (--select-by)
-            self.log("val_score", scores["label_free"][self.evaluation.select_by], prog_bar=True, sync_dist=False)
+        select_by = self.evaluation.select_by  # what keeps the best checkpoint; "last": the latest step wins
+        if select_by in scores["label_free"] or select_by == "last":
+            value = float(self.global_step) if select_by == "last" else scores["label_free"][select_by]
+            self.log("val_score", value, prog_bar=True, sync_dist=False)
         if "miou" in scores:
             miou = scores["miou"] if np.isfinite(scores["miou"]) else 0.0
             self.log("val_miou", float(miou), prog_bar=True, sync_dist=False)

@@ -42,7 +42,7 @@ class ScoreRecord(Callback):
             return
         conditions = scores.get("conditions") or {}
         free = scores["label_free"]
-        chosen = scores.get("miou") if self.select_by == "val-miou" else free.get(self.select_by)
+        chosen = {"val-miou": scores.get("miou"), "last": trainer.global_step}.get(self.select_by, free.get(self.select_by))
         if title is None:  # a validation: one line, the table is in the record
             if chosen is not None:
                 self.best = chosen if self.best is None else max(self.best, chosen)

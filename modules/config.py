@@ -188,11 +188,12 @@ def add_run_args(parser):
     ev.add_argument("--val-interval", type=interval, default=1.0,
                     help="validate every fraction of an epoch (1.0 = each epoch) or every N steps (an integer) "
                          "(default: %(default)s)")
-    ev.add_argument("--select-by", choices=(*CRITERIA, "val-miou"), default=DEFAULT_CRITERION,
+    ev.add_argument("--select-by", choices=(*CRITERIA, "last", "val-miou"), default=DEFAULT_CRITERION,
                     help="how a stage keeps its best checkpoint: a label-free score of the val split's images "
-                         "(utils/label_free.py: flip_im = agreement under a flip and confident, diverse predictions; "
-                         "or one of its parts), needing no target labels; or val-miou, the published protocol, "
-                         "which selects with the labels of the split it reports on (default: %(default)s)")
+                         "(utils/label_free.py: agreement under a flip or a mix, confident and diverse predictions, "
+                         "and their means), needing no target labels; last, the last checkpoint; or val-miou, the "
+                         "published protocol, which selects with the labels of the split it reports on "
+                         "(default: %(default)s)")
     ev.add_argument("--flip-when-test", action="store_true", help="add horizontal-flip test-time augmentation")
     ev.add_argument("--save-predictions", default=None, metavar="DIR",
                     help="test mode: write predicted train-id PNGs (train_ids/) and colour PNGs (color/) at "

@@ -19,7 +19,7 @@ from modules.providers import load_provider
 from utils.cli import progress
 from utils.inference import upsampled_argmax
 from utils.io import atomic_write_text, json_number, read_label, write_rgb_png
-from utils.label_free import LabelFreeScores, flipped_logits
+from utils.label_free import CRITERIA, DEFAULT_CRITERION, LabelFreeScores, label_free_logits
 from utils.labels import CLASS_NAMES, NUM_CLASSES
 from utils.metrics import bootstrap_difference, image_confusion, scores_from_confusion
 from utils.visualize import labelled_picture
@@ -52,8 +52,9 @@ def score(models, dataset, label_paths, label_maps=None):
         with torch.no_grad():
             for name, net in models.items():
                 if net is not None:
-                    logits[name] = net(batch["image"])
-                    free[name].update(logits[name], flipped_logits(net, batch["image"]))
+                    outputs = label_free_logits(net, batch["image"])
+                    logits[name] = outputs[0]
+                    free[name].update(*outputs)
         for i, item_name in enumerate(batch["name"]):
             label = read_label(label_paths[item_name]) if label_paths.get(item_name) else None
             size = label.shape if label is not None else batch["image"].shape[-2:]
@@ -118,7 +119,7 @@ def write_report(pipeline, student, rounds, onnx):
     if results["adapted"]["confusions"] is not None:
         report["difference_ci95"] = list(bootstrap_difference(results["adapted"]["confusions"],
                                                               results["black_box"]["confusions"]))
-    report["verdict"] = verdict(report, a.select_by)
+    report["verdict"] = verdict(report, a.select_by if a.select_by in CRITERIA else DEFAULT_CRITERION)
     picture = os.path.join(pipeline.out, "report.png")
     labelled = all(label is not None for _, label, _ in shown)  # a ground-truth column only if every row has one
     rows = [(image, ([label] if labelled else []) + [p["black_box"], p["adapted"]]) for image, label, p in shown]

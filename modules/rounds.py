@@ -61,7 +61,9 @@ RECORD_FIELDS = {"round": int, "student": str, "best_score": (int, float), "sele
 
 
 def selection_score(scores, select_by):
-    """The ``--select-by`` value of a test-mode evaluation's scores."""
+    """The ``--select-by`` value of a test-mode evaluation's scores (``last`` has none: 0)."""
+    if select_by == "last":
+        return 0.0
     return scores["miou"] if select_by == "val-miou" else scores["label_free"][select_by]
 
 
@@ -102,7 +104,9 @@ def _train_rounds(config, folders):
             n = config.network
             save_weights(student, extract_state_dict(trained["best_checkpoint"], "net"),
                          describe(n.arch, n.num_classes, n.input_size))
-            better = not config.round_guard or trained["best_score"] > kept["best_score"]
+            # "last" has no score to compare: every round is kept, as without the guard.
+            better = not config.round_guard or config.evaluation.select_by == "last" \
+                or trained["best_score"] > kept["best_score"]
             result = {"round": k, "restore_from": kept["student"], "best_checkpoint": trained["best_checkpoint"],
                       "best_score": trained["best_score"], "selected_by": trained["selected_by"],
                       "student": student, "kept": better}

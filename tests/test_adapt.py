@@ -39,7 +39,7 @@ def test_images_without_any_label_become_an_adapted_onnx_file_and_a_report(black
     saved = json.loads((out / "report.json").read_text())
     assert saved["verdict"] == report["verdict"] and saved["selected_by"] == "flip_im"
     for model in ("black_box", "adapted"):
-        assert set(saved[model]["label_free"]) == {"flip_im", "flip", "im", "diversity", "confidence"}
+        assert set(saved[model]["label_free"]) == {"flip_im", "mix_im", "flip", "mix", "im", "diversity", "confidence"}
         assert "miou" not in saved[model]
     assert "difference_ci95" not in saved and saved["images"] == 4
     assert saved["rounds"][0]["round"] == 0 and 2 <= len(saved["rounds"]) <= 3
@@ -140,3 +140,33 @@ def test_the_interval_of_a_constructed_difference():
     low, high = bootstrap_difference(mixed_a, mixed_b, samples=2000)
     assert low < high and low < difference and high <= difference + 1e-9
     assert bootstrap_difference(right, right) == (0.0, 0.0)
+
+
+def test_label_free_scores_on_constructed_predictions():
+    """Known answers: a network that labels every pixel by its column agrees with itself under a mix
+    (the quadrants keep their positions) but not under a flip; one that labels the whole image by its
+    mean brightness agrees under a flip, and under a mix nowhere (every mix has another mean)."""
+    from utils.label_free import LabelFreeScores, label_free_logits, quadrant_mix
+
+    def by_column(images, size=None):
+        logits = torch.zeros(len(images), 19, 4, 8)
+        logits.scatter_(1, torch.arange(8).view(1, 1, 1, 8).expand(len(images), 1, 4, 8), 100.0)
+        return logits
+
+    def by_brightness(images, size=None):  # one class per image: its mean brightness, rounded
+        classes = images.mean(dim=(1, 2, 3)).round().long().view(-1, 1, 1).expand(len(images), 4, 8)
+        return torch.nn.functional.one_hot(classes, 19).permute(0, 3, 1, 2).float() * 100
+
+    images = torch.stack([torch.full((3, 32, 64), float(v)) for v in (1, 1, 3, 5)])
+    scores = LabelFreeScores(19)
+    scores.update(*label_free_logits(by_column, images))
+    result = scores.compute()
+    assert result["mix"] == 1.0 and result["flip"] == 0.0
+    assert result["diversity"] == pytest.approx(np.log(8) / np.log(19), abs=1e-3)  # 8 classes, equally often
+    scores = LabelFreeScores(19)
+    scores.update(*label_free_logits(by_brightness, images))
+    result = scores.compute()
+    # Every mix holds a quadrant of each of the 4 images: mean (1 + 1 + 3 + 5) / 4 = 2.5, rounded to class 2,
+    # which no image has.
+    assert result["flip"] == 1.0 and result["mix"] == 0.0
+    assert torch.equal(quadrant_mix(images[:1]), images[:1])  # one image mixes with itself: no change

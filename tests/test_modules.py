@@ -67,7 +67,8 @@ def test_stage_trains_and_writes_outputs(tree, tmp_path, module):
     assert rows[0][0] == "road" and len(rows) == 2 and len(rows[1]) == len(rows[0])
     with open(folder / "label_free_record.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["step", "flip_im", "flip", "im", "diversity", "confidence"] and rows[1][0] == "2"
+    assert rows[0] == ["step", "flip_im", "mix_im", "flip", "mix", "im", "diversity", "confidence"]
+    assert rows[1][0] == "2"
     assert float(rows[1][1]) == pytest.approx(result["best_score"], abs=1e-6)
     assert os.path.isfile(folder / "hparams.yaml")
     events = glob.glob(str(folder / "events.out.tfevents.*"))

@@ -254,7 +254,7 @@ def test_a_folder_target_without_labels_is_scored_label_free(worlds, weights, tm
     out = tmp_path / "out"
     scores = main_script.main([*worlds["folder"], "--mode", "test", "--restore-from", weights, "--log-tb-dir",
                                str(out), "--experiment-name", "x", *COMMON])
-    assert "miou" not in scores and set(scores["label_free"]) == {"flip_im", "flip", "im", "diversity", "confidence"}
+    assert "miou" not in scores and set(scores["label_free"]) == {"flip_im", "mix_im", "flip", "mix", "im", "diversity", "confidence"}
     assert all(-1 <= v <= 1 for v in scores["label_free"].values())
     folder = out / "basic" / "x"
     assert (folder / "label_free_record.csv").is_file() and not (folder / "miou_record.csv").exists()
