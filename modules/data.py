@@ -241,7 +241,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             self._dataset("train")
             if self.use_patches:
                 self._dataset("patches")
-            if self.data.rare_class_sampling:
+            if self.data.rare_class_sampling or getattr(self.options, "distribution_alignment", False):
                 self.class_counts("train")
 
     def setup(self, stage):

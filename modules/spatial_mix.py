@@ -18,17 +18,26 @@ from modules.base import SegmentationModule, cross_entropy
 from modules.data import add_pseudo_label_root_arg
 from utils.augment import augment_draws, photometric_augment_with
 from utils.cli import UserError, finite_float, probability
-from utils.ema import ema_lerp, ema_update, stochastic_layers_off
+from utils.ema import ema_alpha, ema_lerp, ema_update, stochastic_layers_off
 from utils.mixing import draw_spatial_mix, flip_coin, flip_with_coin, mix_with_draws
 
 GENERATOR_STATE_KEY = "spatial_mix_generator_state"  # in the checkpoint: rank 0's random stream
 
 
-def consistency_target(logits, threshold=0.968, source="softmax"):
+DISTRIBUTION_ALIGNMENT_ALPHA = 0.99  # largest EMA factor of the teacher's running class marginal
+
+
+def consistency_target(logits, threshold=0.968, source="softmax", prior=None):
     """Teacher target (argmax) and the step's consistency weight: the share of pixels whose
     confidence reaches ``threshold``. ``source="logits"`` compares raw logits instead of softmax
-    probabilities, as the published code did by mistake."""
+    probabilities, as the published code did by mistake. ``prior``: ``(target_share, marginal)``
+    (C each) for distribution alignment: the probabilities are first multiplied per class by
+    ``target_share / marginal`` and renormalised per pixel."""
     scores = logits.float().softmax(dim=1) if source == "softmax" else logits.float()
+    if prior is not None:
+        target_share, marginal = prior
+        scores = scores * (target_share.clamp_min(1e-6) / marginal.clamp_min(1e-6)).view(1, -1, 1, 1)
+        scores = scores / scores.sum(dim=1, keepdim=True)
     confidence, target = scores.max(dim=1)
     weight = (confidence >= threshold).float().mean()
     return target, weight
@@ -45,14 +54,22 @@ class StepDraws(NamedTuple):
     colour: Optional[torch.Tensor]
 
 
-def student_batch(images, teacher_logits, draws, threshold, source):
+def student_batch(images, teacher_logits, draws, threshold, source, alignment=None):
     """The tensor work between the teacher and the student: SpatialMix of the images and the
     teacher's logits, the batch flip, the teacher's target and weight (:func:`consistency_target`),
     the photometric augmentation; returns (student images, target, weight). Every random number
-    comes in ``draws``, so nothing is read back to the host and ``--compile step`` compiles it whole."""
+    comes in ``draws``, so nothing is read back to the host and ``--compile step`` compiles it whole.
+    ``alignment``: ``(target_share, marginal, rate)`` for ``--distribution-alignment``: the running
+    class marginal of the teacher (C, updated in place) moves by ``rate`` (0-dim) towards the mean
+    probability of the mixed batch, and aligns the target to ``target_share``."""
     mixed_images, mixed_logits = mix_with_draws(images, teacher_logits, draws.others, draws.xs, draws.ys)
     mixed_images, mixed_logits = flip_with_coin(draws.flip, mixed_images, mixed_logits)
-    target, weight = consistency_target(mixed_logits, threshold, source)
+    prior = None
+    if alignment is not None:
+        target_share, marginal, rate = alignment
+        marginal.lerp_(mixed_logits.float().softmax(dim=1).mean(dim=(0, 2, 3)), rate)
+        prior = (target_share, marginal)
+    target, weight = consistency_target(mixed_logits, threshold, source, prior)
     if draws.colour is not None:
         mixed_images = normalize_rgb01(photometric_augment_with(denormalize_to_rgb01(mixed_images), draws.colour))
     return mixed_images, target, weight
@@ -73,6 +90,7 @@ class SelfDistillationOptions:
     no_augment: bool = False
     teacher_dropout: bool = False
     pseudo_label_root: Optional[str] = None  # only for the class shares of the rare-class options
+    distribution_alignment: bool = False
 
 
 class SpatialMixModule(SegmentationModule):
@@ -105,7 +123,12 @@ class SpatialMixModule(SegmentationModule):
                            help="run the EMA teacher's dropout and drop-path layers as in training (the "
                                 "published code's module mode; DeepLabv2 has none); by default they are off in the "
                                 "teacher, BatchNorm keeping batch statistics either way")
-        add_pseudo_label_root_arg(group, None, "read here only for the class shares of --rare-class-sampling")
+        group.add_argument("--distribution-alignment", action="store_true",
+                           help="align the teacher's target to the pseudo-labels' class shares: its probabilities "
+                                "multiplied per class by (share in --pseudo-label-root / running mean of the "
+                                "teacher's predicted share), renormalised, before the argmax and the confidence")
+        add_pseudo_label_root_arg(group, None, "read here only for the class shares of --rare-class-sampling and "
+                                               "--distribution-alignment")
         return parser
 
     @classmethod
@@ -115,6 +138,11 @@ class SpatialMixModule(SegmentationModule):
         if o.confidence_source == "softmax" and not 0 <= o.confidence_threshold <= 1:
             raise UserError(f"--confidence-threshold {o.confidence_threshold} is no probability: with "
                             "--confidence-source softmax it must be in [0, 1] (above 1 no pixel is ever confident)")
+        if o.distribution_alignment and o.confidence_source != "softmax":
+            raise UserError("--distribution-alignment rescales probabilities: it needs --confidence-source softmax")
+        if o.distribution_alignment and config.mode == "train" and o.pseudo_label_root is None:
+            raise UserError("--distribution-alignment aligns to the class shares of the pseudo-labels: give "
+                            "--pseudo-label-root")
 
     def __init__(self, config):
         if config.data.train_batch_size < 2:
@@ -129,6 +157,12 @@ class SpatialMixModule(SegmentationModule):
             parameter.requires_grad_(False)
         self.generator = None
         self.saved_generator_state = None
+        if self.options.distribution_alignment:
+            # The teacher's running class marginal (in the checkpoint, so a resumed run continues it) and
+            # the pseudo-labels' class shares (from the data module when training starts).
+            uniform = torch.full((config.network.num_classes,), 1.0 / config.network.num_classes)
+            self.register_buffer("teacher_marginal", uniform.clone())
+            self.register_buffer("target_share", uniform.clone(), persistent=False)
 
     def networks(self):
         return [self.net, self.ema_net]
@@ -143,6 +177,9 @@ class SpatialMixModule(SegmentationModule):
             self.generator.set_state(self.saved_generator_state)
         else:
             self.generator.manual_seed(self.optim.seed * 100003 + self.global_rank * 7919 + self.global_step)
+        if self.options.distribution_alignment:
+            pixels = torch.as_tensor(self.trainer.datamodule.class_counts("train").sum(axis=0), dtype=torch.float32)
+            self.target_share.copy_(pixels / pixels.sum().clamp_min(1))
 
     def on_save_checkpoint(self, checkpoint):
         super().on_save_checkpoint(checkpoint)
@@ -173,8 +210,12 @@ class SpatialMixModule(SegmentationModule):
         o = self.options
         with torch.no_grad():
             teacher_logits = self.teacher_logits(images)
+            alignment = None
+            if o.distribution_alignment:  # the rate as a 0-dim tensor: a fill on the device, one compiled graph
+                rate = 1.0 - ema_alpha(self.global_step, DISTRIBUTION_ALIGNMENT_ALPHA)
+                alignment = (self.target_share, self.teacher_marginal, torch.full((), rate, device=images.device))
             student_images, target, weight = self.step_functions(student_batch)(
-                images, teacher_logits, self.draw(images), o.confidence_threshold, o.confidence_source)
+                images, teacher_logits, self.draw(images), o.confidence_threshold, o.confidence_source, alignment)
         logits = self.net(student_images, size=images.shape[-2:])
         loss = self.step_functions(weighted_cross_entropy)(logits, target, weight)
         self.log("train/consistency_weight", weight)

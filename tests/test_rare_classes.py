@@ -120,3 +120,38 @@ def test_rare_class_sampling_needs_the_pseudo_labels(tree, tmp_path):
     with pytest.raises(UserError, match="--pseudo-label-root"):
         runner.train(stage_args(tree, tmp_path, "spatial_mix", "--rare-class-sampling", "0.01"))
     assert not os.path.exists(tmp_path / "exp" / "spatial_mix" / "t")
+
+
+# -- distribution alignment ------------------------------------------------------------------------------
+
+def test_distribution_alignment_moves_the_targets_toward_the_target_share():
+    """The teacher says class 0 for 80 % of the pixels, the pseudo-labels have the two classes half and
+    half: with the running marginal at (0.8, 0.2) the probabilities are scaled by (0.625, 2.5), so class
+    0 keeps only the pixels where p_0 > 0.8, and the targets' share of class 0 moves from 0.8 to 0.4."""
+    from modules.spatial_mix import consistency_target
+
+    p0 = torch.tensor([0.9] * 4 + [0.6] * 4 + [0.2] * 2).view(1, 1, 2, 5)
+    logits = torch.cat([p0, 1 - p0], dim=1).log()
+    share, marginal = torch.tensor([0.5, 0.5]), torch.tensor([0.8, 0.2])
+    plain, _ = consistency_target(logits, 0.9)
+    aligned, weight = consistency_target(logits, 0.9, prior=(share, marginal))
+    assert (plain == 0).float().mean().item() == pytest.approx(0.8)
+    assert (aligned == 0).float().mean().item() == pytest.approx(0.4)
+    assert aligned.flatten().tolist() == [0] * 4 + [1] * 6
+    # confident after alignment (>= 0.9): only the p_0 = 0.2 pixels, 0.8 * 2.5 / (0.8 * 2.5 + 0.2 * 0.625) = 0.94
+    assert weight.item() == pytest.approx(0.2)
+    assert torch.equal(consistency_target(logits, 0.9, prior=(share, share))[0], plain)  # aligned already: unchanged
+
+
+def test_distribution_alignment_refusals_and_training_run(tree, tmp_path):
+    with pytest.raises(UserError, match="--pseudo-label-root"):
+        stage_args(tree, tmp_path, "spatial_mix", "--distribution-alignment")
+    with pytest.raises(UserError, match="--confidence-source softmax"):
+        stage_args(tree, tmp_path, "spatial_mix", "--distribution-alignment", "--pseudo-label-root", tree["pseudo"],
+                   "--confidence-source", "logits")
+    config = stage_args(tree, tmp_path, "smhm", "--distribution-alignment", "--pseudo-label-root", tree["pseudo"],
+                        "--hard-patches-root", tree["patches"], "--confidence-threshold", "0")
+    result = runner.train(config)
+    state = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    marginal = state["teacher_marginal"]  # the teacher's running class marginal, kept for a resume
+    assert marginal.sum().item() == pytest.approx(1, abs=1e-5) and not torch.allclose(marginal, torch.full((19,), 1 / 19))
