@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from models.deeplabv2 import NetworkConfig
 from modules.data import DataConfig
-from utils.cli import ArgumentParser, UserError, at_least, float_list, learning_rate, positive_float, seed
+from utils.cli import ArgumentParser, UserError, at_least, float_list, learning_rate, name_text, positive_float, seed
 from utils.compile import COMPILE_MODES, compile_level
 from utils.config import build, config_argv, read_config_values
 from utils.label_free import CRITERIA, DEFAULT_CRITERION
@@ -141,7 +141,7 @@ def add_run_args(parser):
     parser.add_argument("--restore-from", default=None,
                         help="initial weights: a state dict, a Lightning checkpoint, or the ImageNet DeepLab "
                              "init (head left fresh); in test mode, the weights to evaluate")
-    parser.add_argument("--experiment-name", default="none",
+    parser.add_argument("--experiment-name", type=name_text, default="none",
                         help="outputs go to <log-tb-dir>/<module-name>/<experiment-name> (default: %(default)s)")
     parser.add_argument("--log-tb-dir", "--experiments-dir", dest="log_tb_dir", default="./experiments",
                         help="root of every output: experiment folders, TensorBoard logs, records (default: %(default)s)")

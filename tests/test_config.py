@@ -148,3 +148,29 @@ def test_a_saved_resume_is_not_replayed(finished_run, tmp_path):
     resumed.write_text(json.dumps(saved))
     assert parse_args(["--config", str(resumed)]).resume is None
     assert parse_args(["--config", str(resumed), "--resume", "last"]).resume == "last"
+
+
+def test_hostile_config_files_are_one_line(tmp_path):
+    """A file nested 100k deep, an oversized one, a NUL byte in a name: one line each, no traceback."""
+    from modules.config import parse_args
+    from utils.cli import UserError
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    big = tmp_path / "big.json"
+    big.write_text('{"lr": 0.1, "pad": "' + "x" * (2 << 20) + '"}')
+    nul = tmp_path / "nul.json"
+    nul.write_text(json.dumps({"experiment_name": "a\u0000b"}))
+    for path, words in ((deep, "not a JSON configuration"), (big, "is no configuration a run wrote"),
+                        (nul, "--experiment-name: expected a name without control characters")):
+        with pytest.raises(UserError, match=words):
+            parse_args(["--config", str(path)])
+
+
+def test_a_saved_name_that_starts_with_a_dash_replays(tmp_path):
+    from modules.config import parse_args
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"experiment_name": "-dash", "lr": 0.001}))
+    config = parse_args(["--config", str(path)])
+    assert config.experiment_name == "-dash" and config.optim.lr == 0.001

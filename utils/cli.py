@@ -75,6 +75,14 @@ def at_least(minimum, maximum=None):
 seed = at_least(0, 2 ** 32 - 1)  # what NumPy (and Lightning's seed_everything) accept
 
 
+def name_text(text):
+    """An ``argparse`` type for names that become folder names (``--experiment-name``): no control
+    characters (a NUL byte, a tab or a newline cannot be in a path or a record), not empty."""
+    if not str(text) or any(ord(c) < 32 or ord(c) == 127 for c in str(text)):
+        raise argparse.ArgumentTypeError(f"expected a name without control characters, got {text!r}")
+    return str(text)
+
+
 def _float_type(name, accepts, requirement):
     """An ``argparse`` type: a finite float for which ``accepts(value)`` holds."""
     def parse(text):

@@ -51,14 +51,20 @@ def write_config(path, config):
     atomic_write_text(path, json.dumps(_jsonable(config), indent=2) + "\n")
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a run's config.json is a few KiB
+
+
 def read_config_values(path):
     """``{flag dest: value}`` of a file :func:`write_config` wrote; a broken file is a user error."""
     if not os.path.isfile(path):
         raise UserError(f"--config: file not found: {path}")
+    if os.path.getsize(path) > MAX_CONFIG_BYTES:
+        raise UserError(f"--config: {os.path.getsize(path)} bytes is no configuration a run wrote (at most "
+                        f"{MAX_CONFIG_BYTES}): {path}")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise UserError(f"--config: not a JSON configuration ({type(err).__name__}): {path}") from None
     if not isinstance(data, dict):
         raise UserError(f"--config: not a configuration written by a run (no JSON object): {path}")
@@ -97,7 +103,7 @@ def config_argv(parser, values, path, ignore=()):
                 raise UserError(f"--config {path}: {dest} must be true or false, got {value!r}")
         elif isinstance(value, (list, tuple)):
             separator = "x" if action.metavar and "x" in action.metavar else ","
-            argv += [flag, separator.join(str(v) for v in value)]
-        else:
-            argv += [flag, str(value)]
+            argv.append(f"{flag}={separator.join(str(v) for v in value)}")
+        else:  # flag=value: a value that starts with "-" is not taken for a flag
+            argv.append(f"{flag}={value}")
     return argv
