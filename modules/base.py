@@ -96,7 +96,11 @@ class SegmentationModule(pl.LightningModule):
         # The losses and the rest of a step's tensor work, compiled at --compile step (utils/compile.py).
         self.step_functions = StepFunctions(config.hardware.compile, config.hardware.compile_mode)
         n = config.network
-        if config.mode != "train" and config.restore_from and is_provider_file(config.restore_from):
+        if config.restore_from and is_provider_file(config.restore_from):  # (a .pt2 is refused there)
+            if config.mode == "train":
+                raise UserError(f"--restore-from {config.restore_from}: an ONNX file is only run, its weights cannot "
+                                "be trained; give it as the black box (adapt.py --black-box, "
+                                "generate_pseudo_labels.py --restore-from) and train a student from other weights")
             # The black box itself (an ONNX file), scored and pictured as the adapted models are.
             self.net = load_provider(config.restore_from, n, scales=config.evaluation.scales)
         else:

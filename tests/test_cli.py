@@ -50,3 +50,9 @@ def test_ctrl_c_exits_130_with_what_to_do(capsys):
     assert code == 130 and err == "interrupted: add --resume last\n"
     code, err = ended(capsys, lambda argv: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert code == 130 and "rerun the same command" in err
+
+
+def test_a_file_name_with_undecodable_bytes_is_printed_escaped(capsys):
+    name = b"img\xff.png".decode("utf-8", "surrogateescape")  # as os.listdir gives such a name
+    code, err = ended(capsys, lambda argv: (_ for _ in ()).throw(UserError(f"cannot read image: {name}")))
+    assert code == 2 and err == "error: cannot read image: img\\udcff.png\n"

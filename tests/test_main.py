@@ -167,3 +167,14 @@ def test_missing_pseudo_label_for_a_listed_image(tree, tmp_path):
     victim.unlink()
     out = run_main(*common(tree, tmp_path), "--module-name", "baseline", "--pseudo-label-root", str(pseudo))
     assert out.returncode == 2 and victim.name in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("name", ["model.pt2", "model.onnx"])
+def test_a_provider_file_cannot_be_trained(tmp_path, capsys, name):
+    """A .pt2 is refused with the conversion to ONNX; an ONNX file is only run: one line each."""
+    path = tmp_path / name
+    path.write_bytes(b"not read")
+    code, err = run_in_process(capsys, "--module-name", "basic", "--restore-from", str(path), "--arch",
+                               "deeplabv2_tiny", "--data-dir", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1
+    assert ("torch.onnx.export" in err) if name.endswith(".pt2") else ("only run" in err)

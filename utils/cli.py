@@ -145,6 +145,13 @@ def user_message(err):
     return text
 
 
+def _say(text):
+    """``text`` on standard error; a file name's undecodable bytes are shown escaped, whatever the
+    stream's encoding (printing them as they are would fail in the error report itself)."""
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    print(text.encode(encoding, "backslashreplace").decode(encoding), file=sys.stderr)
+
+
 def run(main, argv=None):
     """Call ``main(argv)``; turn a :class:`UserError` into ``error: ...`` on stderr and exit 2, and
     a file-system error on a path (a file where a folder should be, no permission, a full disk)
@@ -152,12 +159,12 @@ def run(main, argv=None):
     try:
         code = main(argv)
     except UserError as err:
-        print(f"error: {user_message(err)}", file=sys.stderr)
+        _say(f"error: {user_message(err)}")
         sys.exit(2)
     except OSError as err:
         if err.filename is None:  # not about a path the command was given or made
             raise
-        print(f"error: {err.strerror or err}: {err.filename2 or err.filename}", file=sys.stderr)  # 2: a rename's target
+        _say(f"error: {err.strerror or err}: {err.filename2 or err.filename}")  # filename2: a rename's target
         sys.exit(1)
     except KeyboardInterrupt as err:
         print(f"interrupted: {err.args[0] if err.args else 'finished files are kept; rerun the same command to resume'}",
