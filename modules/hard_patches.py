@@ -258,6 +258,9 @@ def _construct(config):
     if (config.pseudo_label_root is None) == (config.restore_from is None):
         raise UserError("give exactly one of --pseudo-label-root (pseudo-labels already made) and --restore-from "
                         "(weights to compute them)")
+    if config.pseudo_label_root is not None and config.labelling.class_balanced_share is not None:
+        raise UserError("--class-balanced-share needs the provider's scores, which label maps do not hold: give "
+                        "--restore-from, or give the share to generate_pseudo_labels.py")
     rare = check_rare_classes(config.rare_classes, config.network.num_classes)
     if config.rare_classes == "auto" and not 1 <= config.num_rare <= config.network.num_classes:
         raise UserError(f"--num-rare must be between 1 and {config.network.num_classes}, got {config.num_rare}")

@@ -57,7 +57,8 @@ class PredictionModule(pl.LightningModule):
     (bilinear), the flip-augmented logits of each scale are resized back to the input size and
     averaged (``utils.inference.multiscale_logits``). A step returns ``name`` (list), ``label``
     (uint8 N×H×W train ids, CPU) and ``entropy`` (float64 N, CPU: mean per-pixel entropy of the
-    softmax of those logits). Logits that are not finite stop the run with one line naming the
+    softmax of those logits; with ``confidence_scale`` also ``confidence``, int32 N×H×W: the largest
+    softmax probability times that scale, rounded). Logits that are not finite stop the run with one line naming the
     image and ``source``, the network's file (``modules/providers.py``'s ``check_finite``).
 
     With ``fold_bn`` (``--fold-bn``, the default) a torch network runs as a copy with its BatchNorm
@@ -65,8 +66,9 @@ class PredictionModule(pl.LightningModule):
     provider file (``modules/providers.py``) runs as it is.
     """
 
-    def __init__(self, net, flip=True, scales=(1.0,), fold_bn=True, source="the network"):
+    def __init__(self, net, flip=True, scales=(1.0,), fold_bn=True, source="the network", confidence_scale=None):
         super().__init__()
+        self.confidence_scale = confidence_scale
         self.net = fold_batchnorm(net) if fold_bn and not isinstance(net, ProviderNetwork) else net
         self.source = source
         self.flip = flip
@@ -82,10 +84,13 @@ class PredictionModule(pl.LightningModule):
         check_item(batch)
         logits = self.logits(batch["image"])
         check_finite(logits, batch["name"], self.source)
-        return {"name": list(batch["name"]),
-                "label": logits.argmax(dim=1).to(torch.uint8).cpu(),
-                # Averaged in double: the value is written out in full and decides the easy/hard split.
-                "entropy": entropy_map(logits).double().mean(dim=(1, 2)).cpu()}
+        out = {"name": list(batch["name"]),
+               "label": logits.argmax(dim=1).to(torch.uint8).cpu(),
+               # Averaged in double: the value is written out in full and decides the easy/hard split.
+               "entropy": entropy_map(logits).double().mean(dim=(1, 2)).cpu()}
+        if self.confidence_scale:
+            out["confidence"] = (logits.softmax(dim=1).amax(dim=1) * self.confidence_scale).round().int().cpu()
+        return out
 
 
 class ErrorsAsItems(Dataset):

@@ -17,6 +17,14 @@ and, where ground truth exists, the pseudo-labels' IoU against it. For a split o
 ``train`` these three files are named ``easy_<split>.txt``, ``hard_<split>.txt``,
 ``summary_<split>.json``.
 
+With ``--class-balanced-share P`` (CBST's class-balanced thresholds) each image's confidence, the
+largest softmax probability of those logits, is also written as a 16-bit PNG
+(``confidence/<split>/<name>``, value round(65535 p)); once every image is labelled, the threshold of
+each class is the confidence of its ``ceil(P n_c)``-th most confident pixel over the split (``n_c`` its
+pixels), saved in ``.state/<split>/class_thresholds.json``, and every label keeps the pixels at or
+above their class's threshold, the others becoming 255. Rewriting a label again with the same
+thresholds changes nothing, so an interrupted rewrite resumes like the rest.
+
 A run can be interrupted at any point and resumed by rerunning the same command: each finished
 image is recorded (its entropy in full precision and its class pixel counts) in
 ``.state/<split>/<rank>.tsv`` after its files were written atomically, so the resumed run
@@ -40,7 +48,7 @@ from models.deeplabv2 import NetworkConfig, add_network_args
 from modules.prediction import (ErrorsAsItems, PredictionConfig, PredictionData, PredictionModule, RecordWriter,
                                 check_item, read_records, run_predict)
 from modules.providers import add_provider_output_arg, load_provider
-from utils.cli import UserError, float_list, positive_float
+from utils.cli import UserError, float_list, positive_float, probability, progress
 from utils.fingerprint import fingerprint
 from utils.io import atomic_write_text, json_number, read_label, stored_shape, write_png, write_rgb_png
 from utils.labels import IGNORE_INDEX, class_names, colorize
@@ -95,6 +103,7 @@ class LabellingConfig:
     multiscale: bool = False
     scales: tuple = (0.75, 1.0, 1.25)
     provider_output: str = "logits"  # what a provider file's first output holds (modules/providers.py)
+    class_balanced_share: Optional[float] = None  # CBST: the share of each class's pixels kept; None: all
 
 
 def scales_of(labelling):
@@ -112,6 +121,10 @@ def add_labelling_args(parser):
     group.add_argument("--scales", type=scales, default=(0.75, 1.0, 1.25), metavar="S,S,...",
                        help="input scale factors of --multiscale (default: 0.75,1.0,1.25)")
     add_provider_output_arg(group)
+    group.add_argument("--class-balanced-share", type=probability, default=None, metavar="P",
+                       help="class-balanced thresholds (CBST): keep in each class only the P most confident of the "
+                            "pixels the provider gives it over the whole split (e.g. 0.8), the others 255 (ignored); "
+                            "writes each pixel's confidence as a 16-bit PNG under confidence/ (default: every pixel)")
     return group
 
 
@@ -235,6 +248,8 @@ def settings_of(config):
             # only when given, so that the folders of earlier runs resume as they are
             **({"provider_output": config.labelling.provider_output}
                if config.labelling.provider_output != "logits" else {}),
+            **({"class_balanced_share": config.labelling.class_balanced_share}
+               if config.labelling.class_balanced_share is not None else {}),
             **({} if config.hardware.fold_bn else {"fold_bn": False})}
 
 
@@ -250,8 +265,12 @@ def inputs_of(config, dataset):
             "images": fingerprint(images, dataset.names, sample=IMAGE_SAMPLE_BYTES)}
 
 
+CONFIDENCE_SCALE = 65535  # a confidence p is stored as round(p * 65535) in a 16-bit PNG
+
+
 class PseudoLabelWriter(RecordWriter):
-    """Writes label_ids (and label_color) PNGs; records ``name, entropy, class pixel counts``."""
+    """Writes label_ids (and label_color, and with confidences the confidence) PNGs; records ``name,
+    entropy, class pixel counts``."""
 
     def __init__(self, save, split, num_classes, write_color=True, suffix=LABEL_SUFFIX):
         super().__init__(state_dir(save, split))
@@ -260,8 +279,11 @@ class PseudoLabelWriter(RecordWriter):
 
     def write_batch(self, prediction, batch):
         rows = []
-        for name, label, entropy in zip(prediction["name"], prediction["label"], prediction["entropy"]):
+        for i, (name, label, entropy) in enumerate(zip(prediction["name"], prediction["label"], prediction["entropy"])):
             label = label.numpy()
+            if "confidence" in prediction:
+                write_png(label_path(self.save, "confidence", self.split, name, self.suffix),
+                          prediction["confidence"][i].numpy().astype(np.uint16))
             write_png(label_path(self.save, "label_ids", self.split, name, self.suffix), label)
             if self.write_color:
                 write_rgb_png(label_path(self.save, "label_color", self.split, name, self.suffix), colorize(label))
@@ -271,15 +293,12 @@ class PseudoLabelWriter(RecordWriter):
         return rows
 
 
-def finished(save, split, names, write_color=True, suffix=LABEL_SUFFIX):
+def finished(save, split, names, write_color=True, suffix=LABEL_SUFFIX, confidence=False):
     """Images whose files exist and whose record is complete."""
     records = read_records(state_dir(save, split))
-    done = set()
-    for name in names:
-        if name in records and os.path.isfile(label_path(save, "label_ids", split, name, suffix)) and (
-                not write_color or os.path.isfile(label_path(save, "label_color", split, name, suffix))):
-            done.add(name)
-    return done
+    kinds = ["label_ids"] + (["label_color"] if write_color else []) + (["confidence"] if confidence else [])
+    return {name for name in names
+            if name in records and all(os.path.isfile(label_path(save, kind, split, name, suffix)) for kind in kinds)}
 
 
 def check_truth_sizes(dataset, truth):
@@ -301,20 +320,26 @@ def generate(config, save, write_color=True, truth=None):
     process but the first, which gets ``{"names", "records", "skipped"}``: the listed images, their
     records (``[entropy, counts]`` as strings) and how many were already done before this run.
     """
+    share = config.labelling.class_balanced_share
+    if share == 0:
+        raise UserError("--class-balanced-share 0 would keep no pixel: give a share in (0, 1]")
     dataset = target_dataset(config)
     names, suffix = dataset.names, dataset.target.pseudo_label_suffix
     check_truth_sizes(dataset, truth)
     net = load_network(config)
     state = state_dir(save, config.target.split)
-    outputs = ([os.path.join(save, kind, config.target.split) for kind in ("label_ids", "label_color")]
+    kinds = ("label_ids", "label_color") + (("confidence",) if share else ())
+    outputs = ([os.path.join(save, kind, config.target.split) for kind in kinds]
                + list(report_names(save, config.target.split).values()))
     claim_folder(state, {**settings_of(config), **inputs_of(config, dataset)}, config.overwrite, outputs)
     # With --overwrite nothing counts as done, even where the first process has not yet removed it.
-    done = frozenset() if config.overwrite else finished(save, config.target.split, names, write_color, suffix)
+    done = frozenset() if config.overwrite else finished(save, config.target.split, names, write_color, suffix,
+                                                          confidence=bool(share))
     first = True
     if len(done) < len(names):
         module = PredictionModule(net, flip=config.labelling.flip, scales=scales_of(config.labelling),
-                                  fold_bn=config.hardware.fold_bn, source=config.restore_from)
+                                  fold_bn=config.hardware.fold_bn, source=config.restore_from,
+                                  confidence_scale=CONFIDENCE_SCALE if share else None)
         data = PredictionData(dataset, names, config.prediction.batch_size, config.prediction.num_workers, done)
         writer = PseudoLabelWriter(save, config.target.split, config.network.num_classes, write_color, suffix)
         try:
@@ -330,7 +355,57 @@ def generate(config, save, write_color=True, truth=None):
     missing = [name for name in names if name not in records]
     if missing:
         raise RuntimeError(f"{len(missing)} images have no pseudo-label (first: {missing[0]}); rerun to complete them")
-    return {"names": names, "records": {name: records[name] for name in names}, "skipped": len(done)}
+    result = {"names": names, "records": {name: records[name] for name in names}, "skipped": len(done)}
+    if share:
+        result["class_balanced"] = balance_classes(save, config.target.split, names, suffix, share,
+                                                   config.network.num_classes, write_color)
+    return result
+
+
+# -- class-balanced thresholds (CBST) ---------------------------------------------------------------------
+
+def class_thresholds(histogram, share):
+    """Per class, the confidence of its ``ceil(share * n_c)``-th most confident pixel (``n_c`` its
+    pixels); ``histogram``: C x V pixel counts per confidence value. A class without pixels gets 0."""
+    from_top = np.cumsum(histogram[:, ::-1], axis=1)  # pixels at or above each value, highest value first
+    keep = np.ceil(share * from_top[:, -1]).astype(np.int64)
+    reached = np.argmax(from_top >= np.maximum(keep, 1)[:, None], axis=1)
+    return np.where(from_top[:, -1] > 0, histogram.shape[1] - 1 - reached, 0)
+
+
+def balance_classes(save, split, names, suffix, share, num_classes, write_color=True):
+    """Threshold the split's pseudo-labels class by class (:func:`class_thresholds`), in place; the
+    thresholds come from the unthresholded labels once, and are kept in ``.state/<split>``.
+    Returns ``{"thresholds": [...], "class_pixels": [...]}`` (confidences in [0, 1], kept pixels)."""
+    def read(name):
+        return (read_label(label_path(save, "label_ids", split, name, suffix)),
+                read_label(label_path(save, "confidence", split, name, suffix)).astype(np.int64))
+
+    path = os.path.join(state_dir(save, split), "class_thresholds.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            thresholds = np.array(json.load(f)["thresholds"], dtype=np.int64)
+    else:  # no label rewritten yet: the thresholds are written before the first one is
+        histogram = np.zeros(num_classes * (CONFIDENCE_SCALE + 1), dtype=np.int64)
+        for name in progress(names, desc="class-balanced thresholds", leave=False):
+            label, confidence = read(name)
+            valid = label < num_classes
+            histogram += np.bincount(label[valid].astype(np.int64) * (CONFIDENCE_SCALE + 1) + confidence[valid],
+                                     minlength=histogram.size)
+        thresholds = class_thresholds(histogram.reshape(num_classes, -1), share)
+        atomic_write_text(path, json.dumps({"share": share, "thresholds": thresholds.tolist()}) + "\n")
+    bar = np.zeros(256, dtype=np.int64)  # 255 (and any id past the classes) stays as it is
+    bar[:num_classes] = thresholds
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for name in progress(names, desc="class-balanced labels", leave=False):
+        label, confidence = read(name)
+        kept = np.where(confidence >= bar[label], label, IGNORE_INDEX).astype(np.uint8)
+        if not np.array_equal(kept, label):
+            write_png(label_path(save, "label_ids", split, name, suffix), kept)
+            if write_color:
+                write_rgb_png(label_path(save, "label_color", split, name, suffix), colorize(kept))
+        counts += np.bincount(kept.ravel(), minlength=256)[:num_classes]
+    return {"thresholds": (thresholds / CONFIDENCE_SCALE).tolist(), "class_pixels": counts.tolist()}
 
 
 # -- report ---------------------------------------------------------------------------------------------
@@ -362,6 +437,7 @@ class _LabelPairs(Dataset):
         truth = read_label(truth_path)
         # Nearest upsampling to the ground truth's own resolution, as evaluation compares there.
         prediction = resize_label(read_label(prediction_path), (truth.shape[1], truth.shape[0]), self.resize_backend)
+        truth = np.where(prediction == IGNORE_INDEX, IGNORE_INDEX, truth)  # pixels a pseudo-label leaves out
         return torch.from_numpy(prediction), torch.from_numpy(truth)
 
 
@@ -397,7 +473,8 @@ def write_report(save, split, result, config, layout):
     for key, rows in (("easy", easy), ("hard", hard)):
         atomic_write_text(files[key], "".join(f"{name} {value}\n" for name, value in rows))
 
-    counts = class_pixels(records, config.network.num_classes)
+    balanced = result.get("class_balanced")
+    counts = np.array(balanced["class_pixels"]) if balanced else class_pixels(records, config.network.num_classes)
     names_of_classes = class_names(config.network.num_classes)
     share = counts / max(1, counts.sum())
     scores, truth_note = ground_truth_scores(save, split, names, layout, config.network.num_classes,
@@ -411,6 +488,9 @@ def write_report(save, split, result, config, layout):
         "easy": len(easy), "hard": len(hard),
         "median_entropy": float(hard[0][1]) if hard else None,
         "class_pixel_share": {n: round(float(s), 6) for n, s in zip(names_of_classes, share)},
+        **({"class_balanced_share": config.labelling.class_balanced_share,
+            "class_thresholds": {n: round(t, 6) for n, t in zip(names_of_classes, balanced["thresholds"])}}
+           if balanced else {}),
         "ground_truth": None,
     }
     if scores is not None:

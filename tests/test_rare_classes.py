@@ -1,5 +1,6 @@
 """The rare-class options (docs/method.md, "Rare classes"): each on a constructed case where its
 meaning can be checked exactly, and each stage option in a short training run on tiny data."""
+import json
 import os
 
 import numpy as np
@@ -155,3 +156,80 @@ def test_distribution_alignment_refusals_and_training_run(tree, tmp_path):
     state = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     marginal = state["teacher_marginal"]  # the teacher's running class marginal, kept for a resume
     assert marginal.sum().item() == pytest.approx(1, abs=1e-5) and not torch.allclose(marginal, torch.full((19,), 1 / 19))
+
+
+# -- class-balanced thresholds (CBST) --------------------------------------------------------------------
+
+def test_class_thresholds_keep_the_most_confident_share_of_each_class():
+    from modules.pseudo_labels import class_thresholds
+
+    histogram = np.zeros((3, 16), dtype=np.int64)
+    histogram[0, 1:11] = 1  # ten pixels at confidences 1..10: the top 8 are those at 3..10
+    histogram[1, 4], histogram[1, 9] = 2, 1  # three pixels: ceil(0.8 * 3) = 3, all of them
+    assert class_thresholds(histogram, 0.8).tolist() == [3, 4, 0]  # a class without pixels: none to keep
+    assert class_thresholds(histogram, 1.0).tolist() == [1, 4, 0]
+    assert class_thresholds(histogram, 0.05).tolist() == [10, 9, 0]  # at least the most confident pixel
+
+
+def run_script(main, argv):
+    from utils.cli import run
+
+    with pytest.raises(SystemExit) as exit_info:
+        run(main, [str(a) for a in argv])
+    return exit_info.value.code
+
+
+def test_class_balanced_pseudo_labels_from_an_onnx_provider(tmp_path, capsys):
+    """In each class the labels keep exactly the pixels at or above its threshold, the confidence of
+    the class's ceil(P n_c)-th most confident pixel; the rest become 255; the summary reports the
+    kept shares and the thresholds, and a rerun changes nothing. Label maps alone cannot be balanced."""
+    import construct_hard_patch
+    import generate_pseudo_labels
+    from tests.fixtures import assert_one_line_refusal, run_refused, tiny_weights
+    from tools import export_provider
+    from utils.io import read_label
+
+    make_cityscapes(str(tmp_path / "cs"), train=4, val=0, size=(64, 32))
+    onnx_file = str(tmp_path / "p.onnx")
+    assert run_script(export_provider.main, ["--restore-from", tiny_weights(str(tmp_path / "w.pth")), "--arch",
+                                             "deeplabv2_tiny", "--input-size", "64x32", "--onnx", onnx_file]) == 0
+    common = ["--data-dir", tmp_path / "cs", "--restore-from", onnx_file, "--input-size", "64x32", "--num-workers", "0",
+              "--accelerator", "cpu", "--devices", "1"]
+    share = 0.5
+    assert run_script(generate_pseudo_labels.main, common + ["--save", tmp_path / "plain"]) == 0
+    save = tmp_path / "balanced"
+    assert run_script(generate_pseudo_labels.main, common + ["--save", save, "--class-balanced-share", share]) == 0
+    folder = os.path.join("train", "aachen")
+    names = sorted(os.listdir(tmp_path / "plain" / "label_ids" / folder))
+    plain = np.stack([read_label(str(tmp_path / "plain" / "label_ids" / folder / n)) for n in names])
+    kept = np.stack([read_label(str(save / "label_ids" / folder / n)) for n in names])
+    confidence = np.stack([read_label(str(save / "confidence" / folder / n)) for n in names]).astype(np.int64)
+    assert confidence.dtype == np.int64 and confidence.max() <= 65535 and len(np.unique(confidence)) > 100
+    summary = json.loads((save / "summary.json").read_text())
+    assert summary["class_balanced_share"] == share
+    classes = np.unique(plain)
+    assert len(classes) > 1
+    for c in classes:
+        mine = confidence[plain == c]
+        k = int(np.ceil(share * mine.size))
+        threshold = np.sort(mine)[::-1][k - 1]
+        assert np.array_equal(kept == c, (plain == c) & (confidence >= threshold)), c
+        assert (mine >= threshold).sum() >= k > (mine > threshold).sum()
+        name = list(summary["class_thresholds"])[c]
+        assert summary["class_thresholds"][name] == pytest.approx(threshold / 65535, abs=1e-6)
+    assert np.array_equal(kept[kept != 255], plain[kept != 255]) and (kept == 255).mean() == pytest.approx(0.5, abs=0.1)
+    shares = np.bincount(kept[kept != 255], minlength=19) / (kept != 255).sum()  # of the kept pixels
+    assert list(summary["class_pixel_share"].values()) == pytest.approx(shares, abs=1e-6)
+
+    def files(folder):
+        return {p: open(os.path.join(dirpath, p), "rb").read() for dirpath, _, ps in os.walk(folder) for p in ps
+                if ".state" not in dirpath}
+
+    before = files(save)
+    assert run_script(generate_pseudo_labels.main, common + ["--save", save, "--class-balanced-share", share]) == 0
+    assert files(save) == before
+
+    code, err = run_refused(capsys, construct_hard_patch.main,
+                            ["--data-dir", tmp_path / "cs", "--pseudo-label-root", tmp_path / "plain", "--input-size",
+                             "64x32", "--save", tmp_path / "patches", "--class-balanced-share", "0.5"])
+    assert_one_line_refusal(code, err, "--class-balanced-share", str(tmp_path / "patches"))
