@@ -89,6 +89,13 @@ def build_parser():
                        help="keep a round only if it raises the --select-by score, and stop at the first that does "
                             "not (default: on; --no-round-guard runs every round, as published)")
     train.add_argument("--seed", type=seed, default=0, help="seed of every stage (default: %(default)s)")
+    rare = parser.add_argument_group("rare classes (ours, off by default; docs/method.md)")
+    rare.add_argument("--class-balanced-share", type=float, default=None, metavar="P",
+                      help="pseudo-labels keep each class's P most confident pixels (CBST), the rest ignored")
+    rare.add_argument("--rare-class-sampling", type=float, default=None, metavar="T",
+                      help="baseline and rounds draw images containing rare classes more often (temperature T)")
+    rare.add_argument("--distribution-alignment", action="store_true",
+                      help="the rounds' teacher labels are rectified toward the pseudo-labels' class shares")
     hw = parser.add_argument_group("hardware")
     hw.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
     hw.add_argument("--num-workers", type=at_least(0), default=None, help="loader processes (default: from the cores)")
@@ -136,6 +143,8 @@ class Pipeline:
             flags += ["--lr", str(lr)]
         if a.lr_schedule:
             flags += ["--lr-schedule", a.lr_schedule]
+        if a.rare_class_sampling is not None:
+            flags += ["--rare-class-sampling", str(a.rare_class_sampling)]
         return flags + extra
 
     def labelled_split(self, split):
@@ -173,6 +182,8 @@ class Pipeline:
 
         save = os.path.join(self.out, "pseudo_labels")
         argv = [*self.target(), "--restore-from", self.args.black_box, "--save", save, *self.common()]
+        if self.args.class_balanced_share is not None:
+            argv += ["--class-balanced-share", str(self.args.class_balanced_share)]
         if self.black_box_kind == "weights" and self.args.black_box_arch:
             argv += ["--arch", self.args.black_box_arch]
         self.step("pseudo-labels: the black box labels the images", "generate_pseudo_labels.py", argv, pseudo)
@@ -208,14 +219,18 @@ class Pipeline:
                    *(["--num-workers", str(self.args.num_workers)] if self.args.num_workers is not None else [])], mine)
         return save
 
-    def rounds(self, baseline, patches):
+    def rounds(self, baseline, patches, pseudo):
         from main import main as train_main
         from modules.rounds import final_student
 
         a = self.args
         argv = self.training("smhm", "smhm", a.round_steps or a.max_steps, a.round_lr,
                              ["--rounds", str(a.rounds), "--restore-from", baseline, "--hard-patches-root", patches,
-                              "--round-guard" if a.round_guard else "--no-round-guard"])
+                              "--round-guard" if a.round_guard else "--no-round-guard",
+                              *(["--distribution-alignment"] if a.distribution_alignment else []),
+                              # the class shares of rare-class sampling and alignment
+                              *(["--pseudo-label-root", pseudo] if a.distribution_alignment
+                                or a.rare_class_sampling is not None else [])])
         results = self.step("self-distillation rounds", "main.py", argv, train_main)
         return results, final_student(results)
 
@@ -235,7 +250,7 @@ class Pipeline:
         init = ["--restore-from", a.init] if a.init else []
         baseline = self.train("baseline", "baseline", a.max_steps, a.lr, ["--pseudo-label-root", pseudo, *init])
         patches = self.hard_patches(pseudo)
-        rounds, final = self.rounds(baseline, patches)
+        rounds, final = self.rounds(baseline, patches, pseudo)
         student = os.path.join(self.out, "student.pth")
         with open(final, "rb") as f:
             atomic_write_bytes(student, f.read())

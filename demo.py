@@ -71,15 +71,31 @@ def build_parser():
     parser.add_argument("--select-by", choices=(*CRITERIA, "last", "val-miou"), default=DEFAULT_CRITERION,
                         help="how every stage keeps its checkpoint: a label-free score, or val-miou (the published "
                              "protocol, with the val labels); the test split is never used (default: %(default)s)")
+    rare = parser.add_argument_group("rare classes: adapt.py's options of the same names, for an ablation "
+                                     "(docs/method.md); each combination goes to a folder of its own")
+    rare.add_argument("--class-balanced-share", type=float, default=None, metavar="P")
+    rare.add_argument("--rare-class-sampling", type=float, default=None, metavar="T")
+    rare.add_argument("--distribution-alignment", action="store_true")
     parser.add_argument("--num-workers", type=at_least(0), default=0, help="data loader processes (default: %(default)s)")
     return parser
 
 
-def default_out(seed, quick, student=DEFAULTS["arch"], target="cityscapes", select_by=DEFAULT_CRITERION, guard=True):
+def rare_flags(args):
+    """The rare-class options given to the demo, as adapt.py's flags."""
+    flags = []
+    for name in ("class_balanced_share", "rare_class_sampling"):
+        if getattr(args, name) is not None:
+            flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return flags + (["--distribution-alignment"] if args.distribution_alignment else [])
+
+
+def default_out(seed, quick, student=DEFAULTS["arch"], target="cityscapes", select_by=DEFAULT_CRITERION, guard=True,
+                rare=()):
     return ("./experiments/demo" + (f"_{target}" if target != "cityscapes" else "")
             + (f"_{student}" if student != DEFAULTS["arch"] else "")
             + (f"_{select_by.replace('-', '_')}" if select_by != DEFAULT_CRITERION else "")
             + ("" if guard else "_no_guard")
+            + "".join("_" + flag.lstrip("-").replace("-", "_") for flag in rare)
             + (f"_seed{seed}" if seed != 0 else "") + ("_quick" if quick else ""))
 
 
@@ -90,7 +106,7 @@ class Demo:
         if args.rounds is not None:
             self.cfg["rounds"] = args.rounds
         self.out = args.out or default_out(args.seed, args.quick, args.student, args.target, args.select_by,
-                                           args.round_guard)
+                                           args.round_guard, rare_flags(args))
         self.data = os.path.join(self.out, "data")
         self.cityscapes = os.path.join(self.data, "cityscapes")
         self.weights = os.path.join(self.out, "weights")
@@ -177,7 +193,7 @@ class Demo:
                 "--max-steps", str(c["baseline_steps"]), "--round-steps", str(c["round_steps"]), "--lr", str(c["lr"]),
                 "--round-lr", str(c["smhm_lr"]), "--lr-schedule", "constant", "--batch-size", str(c["batch_size"]),
                 "--select-by", a.select_by, "--round-guard" if a.round_guard else "--no-round-guard",
-                "--seed", str(a.seed), "--accelerator", "cpu",
+                *rare_flags(a), "--seed", str(a.seed), "--accelerator", "cpu",
                 "--num-workers", str(a.num_workers)]
         report = self.step("adapt the black box to the target (adapt.py)", "adapt.py", argv, adapt)
         with open(os.path.join(out, "runs", "smhm", "smhm_rounds.csv")) as f:
