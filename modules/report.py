@@ -3,8 +3,10 @@
 Both are run on the report split's images: their label-free scores (``utils/label_free.py``) need
 no label; where images have labels, each model's per-image confusion matrices give its mIoU and a
 paired bootstrap 95 % interval of the difference (``utils.metrics.bootstrap_difference``). The
-verdict compares the label-free score that selected the checkpoints: a user must hear plainly when
-adaptation did not help. Written: ``report.json`` (by the caller), ``report.md``, ``report.png``.
+verdict rests on the labelled images where there are some (whether the interval of the difference
+lies above 0, below 0, or spans it); without labels it says plainly that the label-free scores
+cannot rank a model trained elsewhere (measured in docs/demo.md), and warns when the adapted model
+predicts fewer classes than the black box. Written: ``report.json`` (by the caller), ``report.md``, ``report.png``.
 """
 import os
 
@@ -13,13 +15,13 @@ import torch
 
 from datasets.base import TargetDataset, collate
 from datasets.pixels import to_bgr_uint8
-from models.deeplabv2 import NetworkConfig
+from modules.config import NetworkConfig
 from models.networks import get_network, network_of
 from modules.providers import load_provider
 from utils.cli import progress
 from utils.inference import upsampled_argmax
 from utils.io import atomic_write_text, json_number, read_label, write_rgb_png
-from utils.label_free import CRITERIA, DEFAULT_CRITERION, LabelFreeScores, label_free_logits
+from utils.label_free import LabelFreeScores, label_free_logits
 from utils.labels import CLASS_NAMES, NUM_CLASSES
 from utils.metrics import bootstrap_difference, image_confusion, scores_from_confusion
 from utils.visualize import labelled_picture
@@ -81,21 +83,27 @@ def summary(result):
     return entry
 
 
-def verdict(report, criterion):
-    """One plain sentence: did adaptation help, by the label-free score (and by mIoU where labelled)."""
+def verdict(report):
+    """Plain sentences: did adaptation help? Labelled images decide (the interval of the difference);
+    without them the report says what the label-free scores can and cannot tell."""
     black, adapted = report["black_box"], report["adapted"]
-    if black["label_free"] is None:
-        said = "the black box gave label maps only, so the label-free scores cannot compare the two"
-    else:
-        b, a = black["label_free"][criterion], adapted["label_free"][criterion]
-        said = (f"adaptation helped by the label-free score: {criterion} {a:.4f} against the black box's {b:.4f}" if a > b
-                else f"ADAPTATION DID NOT HELP by the label-free score: {criterion} {a:.4f} against the black box's "
-                     f"{b:.4f}; keep using the black box unless your labelled images say otherwise")
     if "difference_ci95" in report:
         low, high = report["difference_ci95"]
-        said += (f"; on {adapted['labelled_images']} labelled images mIoU {adapted['miou']:.2f} against "
-                 f"{black['miou']:.2f} (difference {adapted['miou'] - black['miou']:+.2f}, 95 % interval "
-                 f"{low:+.2f} to {high:+.2f})")
+        numbers = (f"on {adapted['labelled_images']} labelled images mIoU {adapted['miou']:.2f} against the black "
+                   f"box's {black['miou']:.2f} (difference {adapted['miou'] - black['miou']:+.2f}, 95 % interval "
+                   f"{low:+.2f} to {high:+.2f})")
+        if low > 0:
+            return f"ADAPTATION HELPED: {numbers}."
+        if high < 0:
+            return f"ADAPTATION DID NOT HELP: {numbers}; keep using the black box."
+        return f"NO CLEAR DIFFERENCE: {numbers}; the interval spans 0: label more images to tell."
+    said = ("WITHOUT LABELS THIS REPORT CANNOT SAY WHETHER THE ADAPTED MODEL BEATS THE BLACK BOX: the label-free "
+            "scores choose well among the checkpoints of one adaptation, but rate a model trained elsewhere "
+            "unreliably (docs/demo.md); label a handful of images and give them as --labels to know.")
+    if black["label_free"] is not None and adapted["label_free"]["diversity"] < black["label_free"]["diversity"]:
+        said += (f" Warning: the adapted model spreads its predictions over fewer classes than the black box "
+                 f"(diversity {adapted['label_free']['diversity']:.3f} against {black['label_free']['diversity']:.3f}): "
+                 "small classes may have been lost.")
     return said
 
 
@@ -119,7 +127,7 @@ def write_report(pipeline, student, rounds, onnx):
     if results["adapted"]["confusions"] is not None:
         report["difference_ci95"] = list(bootstrap_difference(results["adapted"]["confusions"],
                                                               results["black_box"]["confusions"]))
-    report["verdict"] = verdict(report, a.select_by if a.select_by in CRITERIA else DEFAULT_CRITERION)
+    report["verdict"] = verdict(report)
     picture = os.path.join(pipeline.out, "report.png")
     labelled = all(label is not None for _, label, _ in shown)  # a ground-truth column only if every row has one
     rows = [(image, ([label] if labelled else []) + [p["black_box"], p["adapted"]]) for image, label, p in shown]

@@ -170,3 +170,17 @@ def test_label_free_scores_on_constructed_predictions():
     # which no image has.
     assert result["flip"] == 1.0 and result["mix"] == 0.0
     assert torch.equal(quadrant_mix(images[:1]), images[:1])  # one image mixes with itself: no change
+
+
+def test_the_verdict_rests_on_labels_and_says_what_label_free_scores_cannot_tell():
+    from modules.report import verdict
+
+    free = {"flip_im": 0.7, "diversity": 0.5}
+    labelled = {"label_free": free, "miou": 30.0, "labelled_images": 20}
+    for interval, opening in (([1.0, 5.0], "ADAPTATION HELPED"), ([-5.0, -1.0], "ADAPTATION DID NOT HELP"),
+                              ([-1.0, 2.0], "NO CLEAR DIFFERENCE")):
+        said = verdict({"black_box": {**labelled, "miou": 28.0}, "adapted": labelled, "difference_ci95": interval})
+        assert said.startswith(opening) and "+2.00" in said
+    unlabelled = verdict({"black_box": {"label_free": {**free, "diversity": 0.6}}, "adapted": {"label_free": free}})
+    assert unlabelled.startswith("WITHOUT LABELS") and "fewer classes" in unlabelled
+    assert "fewer classes" not in verdict({"black_box": {"label_free": free}, "adapted": {"label_free": free}})
