@@ -39,7 +39,7 @@ STUDENT_DEFAULT = "deeplabv2_r101"  # the published target network
 
 
 def build_parser():
-    from datasets.targets import add_target_dataset_args
+    from modules.config import add_target_dataset_args
     from models.networks import ARCH_NAMES
 
     parser = ArgumentParser(prog="adapt.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

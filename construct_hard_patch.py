@@ -13,13 +13,11 @@ the same command after an interruption finishes the missing images only.
 import argparse
 import sys
 
+from modules.config import add_labelling_args, add_prediction_args, add_target_args
 from utils.cli import ArgumentParser, UserError, at_least, grid_size, run
 
 
 def build_parser():
-    from modules.prediction import add_prediction_args
-    from modules.pseudo_labels import add_labelling_args, add_target_args
-
     parser = ArgumentParser(prog="construct_hard_patch.py", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target_args(parser)
@@ -67,12 +65,11 @@ def report(summary, skipped, counts, cells_per_image):
 
 
 def main(argv=None):
+    args = build_parser().parse_args(argv)  # before the heavy imports: --help and flag mistakes stay fast
+    from models.networks import network_flags_from_file
     from modules.hard_patches import MiningRun, construct
     from utils.config import build
 
-    from models.networks import network_flags_from_file
-
-    args = build_parser().parse_args(argv)
     network_flags_from_file(args, argv or [])
     result = construct(build(MiningRun, args))
     if result is None:  # a secondary process of a multi-device run: the first one mines and reports

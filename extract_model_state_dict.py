@@ -10,10 +10,7 @@ to start self-distillation from:
 import argparse
 import os
 
-from models.deeplabv2 import extract_state_dict
-from models.networks import describe, save_weights
 from utils.cli import ArgumentParser, UserError, run
-from utils.torch_files import load_torch_file
 
 
 def parse_args(argv=None):
@@ -32,6 +29,9 @@ def parse_args(argv=None):
 def checkpoint_network(path):
     """The network record (``models.networks.describe``) of a checkpoint main.py wrote, from its
     hyper-parameters; ``None`` for another checkpoint."""
+    from models.networks import describe
+    from utils.torch_files import load_torch_file
+
     hyper = load_torch_file(path, "Lightning checkpoint", mmap=True).get("hyper_parameters") or {}
     if not all(key in hyper for key in ("arch", "num_classes", "input_size")):
         return None
@@ -45,6 +45,9 @@ def default_save_path(checkpoint_path, keyname):
 
 def main(argv=None):
     args = parse_args(argv)
+    from models.deeplabv2 import extract_state_dict
+    from models.networks import save_weights
+
     save_path = args.save_path or default_save_path(args.pl_weight_path, args.model_weight_keyname)
     if os.path.abspath(save_path) == os.path.abspath(args.pl_weight_path):
         raise UserError(f"--save-path {save_path} would overwrite the checkpoint it reads")

@@ -13,13 +13,11 @@ import argparse
 import os
 import sys
 
+from modules.config import add_labelling_args, add_prediction_args, add_target_args
 from utils.cli import ArgumentParser, UserError, run
 
 
 def build_parser():
-    from modules.prediction import add_prediction_args
-    from modules.pseudo_labels import add_labelling_args, add_target_args
-
     parser = ArgumentParser(prog="generate_pseudo_labels.py", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target_args(parser)
@@ -54,13 +52,12 @@ def report(result, summary, scores, truth_note):
 
 
 def main(argv=None):
+    args = build_parser().parse_args(argv)  # before the heavy imports: --help and flag mistakes stay fast
+    from models.networks import network_flags_from_file
     from modules.pseudo_labels import PseudoLabelRun, generate, layout_of, write_report
     from utils.config import build
     from utils.run_folder import folder_lock
 
-    from models.networks import network_flags_from_file
-
-    args = build_parser().parse_args(argv)
     network_flags_from_file(args, argv or [])
     config = build(PseudoLabelRun, args)
     split = config.target.split

@@ -16,12 +16,12 @@ import glob
 import os
 
 from datasets.base import Target, TargetDataset, resolve_pseudo_label_root  # noqa: F401 (the published name)
+from datasets.targets import CITYSCAPES_LIST_ROOT as DEFAULT_LIST_ROOT
 from utils.cli import UserError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 DEFAULT_DATA_DIR = "./data/Cityscapes"
-DEFAULT_LIST_ROOT = "./datasets/list/cityscapes"
 
 
 class Cityscapes(Target):

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from datasets.targets import RESIZE_BACKENDS
+
 IMG_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 _MEAN = np.array(IMG_MEAN_BGR, dtype=np.float32)
 
@@ -55,18 +57,6 @@ def rgb255_to_network_input(images):
     """RGB 0-255 (…×3×H×W, any device) -> network input: the normalisation an exported provider
     carries inside (``tools/export_provider.py``)."""
     return images.flip(-3) - _mean_like(images)
-
-
-# How images and labels are resized: "pil" (the default) as the published loaders did, "cv2" faster.
-RESIZE_BACKENDS = ("pil", "cv2")
-
-
-def add_resize_backend_arg(group):
-    """``--resize-backend``, the same flag for training, evaluation and the data-stage scripts."""
-    group.add_argument("--resize-backend", choices=RESIZE_BACKENDS, default=RESIZE_BACKENDS[0],
-                       help="how images (bicubic) and labels (nearest) are resized to --input-size: pil, bit for "
-                            "bit as the published loaders, or cv2 (OpenCV), several times faster but not the same "
-                            "pixels (default: %(default)s)")
 
 
 def check_resize_backend(backend):

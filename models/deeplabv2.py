@@ -12,22 +12,16 @@ the factory (``get_deeplabv2``), then weight files. Every form of weight file pe
 ``read_weight_file``; ``load_weights`` fits it to a network, and ``extract_state_dict`` takes a
 network's weights out of a Lightning checkpoint (stage 4, checkpoint extraction).
 """
-import dataclasses
 import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.archs import DEEPLABV2 as ARCHS
 from utils.cli import UserError
 from utils.torch_files import TorchFileError, key_mismatch, load_torch_file, read_state_dict, select_prefix
 
-# blocks per layer (layer1..layer4) and the stem / first-layer width; the head sees 32 * width channels.
-ARCHS = {
-    "deeplabv2_r101": dict(blocks=(3, 4, 23, 3), width=64),  # the published network
-    "deeplabv2_r50": dict(blocks=(3, 4, 6, 3), width=64),
-    "deeplabv2_tiny": dict(blocks=(1, 1, 1, 1), width=16),  # same design, small enough for CPU tests and demos
-}
 HEAD_DILATIONS = (6, 12, 18, 24)
 
 
@@ -171,36 +165,6 @@ class DeepLabV2(nn.Module):
         head_ids = {id(p) for p in head}
         backbone = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
         return [{"params": backbone, "lr": lr}, {"params": head, "lr": 10 * lr}]
-
-
-@dataclasses.dataclass(frozen=True)
-class NetworkConfig:
-    """The values of :func:`add_network_args`."""
-    arch: str = "deeplabv2_r101"
-    num_classes: int = 19
-    head_branches: int = 2
-    input_size: tuple = (1024, 512)
-
-
-def add_network_args(parser, title="network"):
-    """The flags that choose the network and its input size, shared by every entry point."""
-    from models.students import STUDENTS
-    from utils.cli import at_least, input_size
-
-    group = parser.add_argument_group(title)
-    group.add_argument("--arch", default="deeplabv2_r101", choices=(*ARCHS, *STUDENTS),
-                       help="deeplabv2_r101 (published), deeplabv2_r50, deeplabv2_tiny for CPU trials, or a student "
-                            "from segmentation-models-pytorch: segformer_b0..segformer_b5, deeplabv3plus_r50, "
-                            "deeplabv3plus_r101 (docs/students.md) (default: %(default)s)")
-    group.add_argument("--num-classes", type=at_least(1, 255), default=19,
-                       help="number of train ids, at most 255 (255 is the ignore label) (default: %(default)s)")
-    group.add_argument("--head-branches", type=int, choices=(2, 4), default=2,
-                       help="ASPP branches summed in the head: 2 as the published checkpoints were made, or all 4 "
-                            "(default: %(default)s)")
-    group.add_argument("--input-size", type=input_size, default=(1024, 512), metavar="WxH",
-                       help="images are resized (bicubic) to WIDTHxHEIGHT for training and inference "
-                            "(default: 1024x512)")
-    return group
 
 
 def get_deeplabv2(num_classes=19, restore_from=None, arch="deeplabv2_r101", head_branches=2, freeze_bn_stats=False):

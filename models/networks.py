@@ -12,22 +12,15 @@ import collections
 import io
 import os
 
-from models.deeplabv2 import ARCHS as DEEPLABV2_ARCHS
+from models.archs import ARCH_NAMES, family  # noqa: F401 (the registry's names, and the family of each)
+from models.archs import DEEPLABV2 as DEEPLABV2_ARCHS
 from models.deeplabv2 import get_deeplabv2
-from models.students import STUDENTS, get_student
+from models.students import get_student
 from utils.cli import UserError
 from utils.torch_files import TorchFileError, load_torch_file, read_state_dict
 
 NETWORK_KEY = "segmentation_network"  # in a weight file's state-dict metadata
 NETWORK_INPUT = "BGR 0..255 minus the Caffe mean (104.0, 116.7, 122.7), N x 3 x H x W"
-
-ARCH_NAMES = tuple(DEEPLABV2_ARCHS) + tuple(STUDENTS)
-
-
-def family(arch):
-    """``deeplabv2``, ``transformer`` (SegFormer) or ``cnn`` (DeepLabV3+)."""
-    return "deeplabv2" if arch in DEEPLABV2_ARCHS else STUDENTS[arch]["family"]
-
 
 def get_network(arch="deeplabv2_r101", num_classes=19, restore_from=None, head_branches=2, freeze_bn_stats=False):
     """Build the network named ``arch`` and load ``restore_from`` if given (``head_branches``: DeepLabv2 only)."""

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.archs import STUDENTS
 from utils.cli import UserError
 from utils.torch_files import TorchFileError, key_mismatch, read_state_dict
 
@@ -38,12 +39,6 @@ CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
-# --arch -> SMP model class and encoder; "family" chooses the documented optimiser recipe.
-STUDENTS = {
-    **{f"segformer_b{i}": dict(model="Segformer", encoder=f"mit_b{i}", family="transformer") for i in range(6)},
-    "deeplabv3plus_r50": dict(model="DeepLabV3Plus", encoder="resnet50", family="cnn"),
-    "deeplabv3plus_r101": dict(model="DeepLabV3Plus", encoder="resnet101", family="cnn"),
-}
 # ImageNet classifiers that encoder files carry and the student has no use for.
 ENCODER_CLASSIFIER_PREFIXES = ("head.", "fc.")
 # SMP refuses input sides that are no multiple of the encoder's output stride: forward pads to this.

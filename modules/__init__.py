@@ -1,18 +1,15 @@
 """Lightning modules (one per training stage) and the data module that owns every loader.
 
 ``MODULES`` maps ``--module-name`` to its class: each stage builds on the shared base module,
-``smhm`` on ``spatial_mix``.
+``smhm`` on ``spatial_mix``. A class is imported when it is asked for, so the names (``main.py``'s
+choices) and each stage's flags (``modules/config.py``) need no torch.
 """
-from modules.baseline import BaselineModule
-from modules.basic import BasicModule
-from modules.smhm import SMHMModule
-from modules.source_only import SourceOnlyModule
-from modules.spatial_mix import SpatialMixModule
+from utils.cli import Registry
 
-MODULES = {
-    "basic": BasicModule,
-    "source_only": SourceOnlyModule,
-    "baseline": BaselineModule,
-    "spatial_mix": SpatialMixModule,
-    "smhm": SMHMModule,
-}
+MODULES = Registry({
+    "basic": "modules.basic.BasicModule",
+    "source_only": "modules.source_only.SourceOnlyModule",
+    "baseline": "modules.baseline.BaselineModule",
+    "spatial_mix": "modules.spatial_mix.SpatialMixModule",
+    "smhm": "modules.smhm.SMHMModule",
+})

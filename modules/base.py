@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from models.fold_bn import fold_batchnorm
 from models.provider_files import is_provider_file
-from models.networks import family, get_network
+from models.networks import get_network
 from models.students import LibraryStudent
 from modules.providers import ProviderNetwork, check_finite, load_provider
 from utils.cli import UserError
@@ -56,36 +56,11 @@ def cross_entropy(logits, labels):
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
 
-def check_batch_statistics(config, batch_size, flag):
-    """DeepLabV3+'s ASPP pools each image to one pixel before a BatchNorm, which cannot normalise a
-    single value: a training batch of one image fails there unless the statistics are frozen."""
-    if batch_size == 1 and family(config.network.arch) == "cnn" and not config.network.freeze_bn_stats:
-        raise UserError(f"{flag} 1 with --arch {config.network.arch}: the BatchNorm after its ASPP image pooling "
-                        "needs at least 2 images per step; give 2 or more, or add --freeze-bn-stats")
-
-
 class SegmentationModule(pl.LightningModule):
     """Supervised cross-entropy on ``batch["target"]["label"]``; subclasses change the step."""
 
     train_source = "labels"  # what the data module feeds the training step
     use_patches = False
-    default_position_beta = None
-    default_lr = 1e-4  # published for the baseline; the self-distillation stages publish 1e-5
-
-    Options = None  # the dataclass of the stage's own flags (add_args), if it has any
-
-    @classmethod
-    def add_args(cls, parser):
-        """Flags of this stage; subclasses extend them."""
-        return parser
-
-    @classmethod
-    def check_config(cls, config):
-        """Checks that a value fits the other flags (one flag alone is checked by its argparse type),
-        run right after parsing; raise ``UserError``. What a run needs (weights to start from, ...)
-        is checked when the module is built. Subclasses extend them."""
-        if config.mode == "train":
-            check_batch_statistics(config, config.data.train_batch_size, "--train-batch-size")
 
     def __init__(self, config):
         """``config``: the run's ``modules.config.RunConfig``; the module keeps the sections it uses."""

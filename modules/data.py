@@ -8,9 +8,7 @@ any of ``datasets/targets.py`` (``--target-dataset``). With ``--rare-class-sampl
 ``--val-split`` images, with their full-resolution ground truth where there is one. Samplers are built
 here, per rank, so that evaluation counts every image once and hard patches differ across ranks.
 """
-import dataclasses
 import os
-from typing import Optional
 
 import pytorch_lightning as pl
 import torch
@@ -18,15 +16,12 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets.base import TargetDataset, collate
-from datasets.cityscapes import DEFAULT_LIST_ROOT
 from datasets.patches import HardPatchDataset
 from datasets.samplers import CyclingSampler, RareClassSampler, ShardSampler, SkipSampler
 from datasets.source import GTA5Dataset, SynthiaDataset
-from datasets.pixels import add_resize_backend_arg
-from datasets.targets import TARGETS, add_target_dataset_args, make_target
-from utils.cli import UserError, at_least, positive_float
+from utils.cli import UserError
 from utils.image_cache import DEFAULT_FOLDER, ResizedImageCache, entry_bytes, size_text
-from utils.loaders import add_num_workers_arg, loader_kwargs
+from utils.loaders import loader_kwargs
 from modules.hard_patches import image_class_counts
 from modules.stage_output import check_hard_patches_finished, check_pseudo_labels_finished
 
@@ -49,100 +44,6 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state):
         self.sampler.skip = state["batches_done_in_epoch"] * self.batch_size
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """The values of :func:`add_data_args`."""
-    target_dataset: str = "cityscapes"
-    data_dir: str = None  # as typed; None: the target's default (./data/Cityscapes)
-    image_root: str = None  # as typed; None: <data-dir>/leftImg8bit
-    label_root: str = None  # as typed; None: <data-dir>/gtFine2
-    conditions: Optional[tuple] = None  # as typed; None: the target's default
-    list_root: str = None  # as typed; None: the default folder, which may be absent
-    val_split: str = "val"
-    num_workers: Optional[int] = None  # None: from the cores (utils/loaders.py)
-    image_cache: str = "auto"  # a folder, auto (<log-tb-dir>/cache where the disk has room) or off
-    resize_backend: str = "pil"
-    train_batch_size: int = 4
-    val_batch_size: int = 2
-    test_batch_size: int = 2
-    rare_class_sampling: Optional[float] = None  # the temperature; None: images in shuffled passes, as published
-
-    def target(self):
-        """The target's layout (``datasets.base.Target``); a flag that does not fit it is a ``UserError``."""
-        return make_target(self.target_dataset, self.data_dir, self.image_root, self.label_root, self.conditions)
-
-    @property
-    def images(self):
-        return self.target().images
-
-    @property
-    def labels(self):
-        return self.target().labels
-
-    @property
-    def lists(self):
-        """The folder of ``<split>.txt`` image lists to look in (``--list-root`` or the target's default)."""
-        return self.list_root or TARGETS[self.target_dataset].default_list_root
-
-    def scored_conditions(self):
-        """The conditions evaluation scores one by one besides the whole split (ACDC's), else ``()``."""
-        target = TARGETS[self.target_dataset]
-        if not target.per_condition_scores:
-            return ()
-        return tuple(self.conditions) if self.conditions else target.default_conditions(self.val_split)
-
-
-def add_data_args(parser):
-    group = parser.add_argument_group("data")
-    add_target_dataset_args(group)
-    group.add_argument("--list-root", default=None, metavar="DIR",
-                       help="folder with <split>.txt image lists (lines: image paths inside the split, as "
-                            "<city>/<stem>_leftImg8bit.png); a split whose list is not in it is found by scanning its "
-                            "image folder; a folder you name must exist (default: "
-                            f"{DEFAULT_LIST_ROOT} for cityscapes, which may be absent; none for the other targets)")
-    group.add_argument("--val-split", default="val", help="split used for validation and testing (default: %(default)s)")
-    add_num_workers_arg(group)
-    group.add_argument("--image-cache", default="auto", metavar="DIR|auto|off",
-                       help="keep every training and evaluation image, decoded and resized to --input-size, as a raw "
-                            "array under DIR (about W*H*3 bytes each) after its first read, and read it from there "
-                            "in later epochs, rounds and runs; changed images, or another --input-size or "
-                            f"--resize-backend, are read again. auto: DIR is <log-tb-dir>/{DEFAULT_FOLDER} when its "
-                            "disk holds the images not cached yet with a tenth of the disk (1 to 20 GiB) to spare, "
-                            "else no cache (a line says why); off: no cache (default: %(default)s)")
-    add_resize_backend_arg(group)
-    group.add_argument("--train-batch-size", type=at_least(1), default=4, help="images per training step and device (default: %(default)s)")
-    group.add_argument("--val-batch-size", type=at_least(1), default=2, help="images per validation step (default: %(default)s)")
-    group.add_argument("--test-batch-size", type=at_least(1), default=2, help="images per test step (default: %(default)s)")
-    group.add_argument("--rare-class-sampling", type=positive_float, default=None, metavar="T",
-                       help="baseline, spatial_mix, smhm: draw each training image (and smhm's hard patch) by "
-                            "rare-class sampling: a class c with probability softmax((1 - f_c) / T) over the classes, "
-                            "f_c its pixel share in the pseudo-labels of --pseudo-label-root, then an image "
-                            "containing c uniformly; e.g. 0.01 (default: shuffled passes, as published)")
-    return group
-
-
-def add_pseudo_label_root_arg(group, default, use):
-    """``--pseudo-label-root`` of the stages that read pseudo-labels; ``use``: what for."""
-    group.add_argument("--pseudo-label-root", default=default,
-                       help="pseudo-labels from generate_pseudo_labels.py: its --save folder, its label_ids/train "
-                            "folder, or any folder of <city>/<stem>_gtFine_labelIds.png; refused while "
-                            f"generate_pseudo_labels.py has not finished it (no summary.json); {use} "
-                            "(default: %(default)s)")
-
-
-def resolve_data_args(args):
-    """After parsing: ``--list-root`` left out means the default folder, which need not exist (the
-    image folders are scanned); a folder the user named must exist, else it is a typo. The target's
-    flags must fit it (``--conditions`` of a target that has them, ``--data-dir`` for a folder)."""
-    make_target(args.target_dataset, args.data_dir, args.image_root, args.label_root, args.conditions)
-    if args.image_cache not in ("auto", "off") and os.path.exists(args.image_cache) and not os.path.isdir(args.image_cache):
-        raise UserError(f"--image-cache {args.image_cache} is a file; the cache is a folder")
-    if args.list_root is not None and not os.path.isdir(args.list_root):
-        raise UserError(f"--list-root: folder not found: {args.list_root} (leave the flag out to scan the image "
-                        "folders)")
-    return args
 
 
 class SegmentationDataModule(pl.LightningDataModule):

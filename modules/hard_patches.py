@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from datasets.pixels import resize_label, to_bgr_uint8
 from modules.prediction import ErrorsAsItems, RecordFile, check_item, read_records
-from modules.pseudo_labels import IMAGE_SAMPLE_BYTES, ProviderRun, generate, target_dataset
+from modules.config import ProviderRun
+from modules.pseudo_labels import IMAGE_SAMPLE_BYTES, generate, target_dataset
 from modules.stage_output import check_pseudo_labels_finished
 from utils.cli import UserError, progress
 from utils.fingerprint import fingerprint

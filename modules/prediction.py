@@ -14,10 +14,8 @@ image. What they share lives here:
   (flushed and synced), so that an interrupted run resumes where it stopped.
 - :func:`run_predict`: the ``Trainer`` (devices, nodes, precision, progress bar) around them.
 """
-import dataclasses
 import glob
 import os
-from typing import Optional
 
 import pytorch_lightning as pl
 import torch
@@ -28,25 +26,11 @@ from datasets.base import collate
 from datasets.samplers import ShardSampler
 from models.fold_bn import fold_batchnorm
 from modules.providers import ProviderNetwork, check_finite
-from utils.cli import UserError, at_least
+from utils.cli import UserError
 from utils.inference import entropy_map, multiscale_logits
-from utils.lightning import add_hardware_args, interruptible, make_trainer
-from utils.loaders import add_num_workers_arg, loader_kwargs
+from utils.lightning import interruptible, make_trainer
+from utils.loaders import loader_kwargs
 from utils.writers import BackgroundWriter
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictionConfig:
-    """The batch and loader values of :func:`add_prediction_args`."""
-    batch_size: int = 1
-    num_workers: Optional[int] = None  # None: from the cores (utils/loaders.py)
-
-
-def add_prediction_args(parser):
-    """Batch and loader flags of the data stages, and the hardware flags (``utils/lightning.py``)."""
-    group = add_hardware_args(parser)
-    group.add_argument("--batch-size", type=at_least(1), default=1, help="images per prediction step and device (default: %(default)s)")
-    return add_num_workers_arg(group)
 
 
 class PredictionModule(pl.LightningModule):

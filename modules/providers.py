@@ -28,17 +28,10 @@ import torch.nn.functional as F
 from datasets.pixels import network_input_to_rgb255
 from models.networks import get_network
 from models.provider_files import CHECK_SECONDS, ProviderFileError, is_provider_file, open_provider_file
+from modules.config import PROVIDER_OUTPUTS
 from utils.cli import UserError
 
-PROVIDER_OUTPUTS = ("logits", "probabilities")
 _TINY = torch.finfo(torch.float32).tiny  # log(0) would be -inf: the smallest normal float instead
-
-
-def add_provider_output_arg(group):
-    group.add_argument("--provider-output", choices=PROVIDER_OUTPUTS, default=PROVIDER_OUTPUTS[0],
-                       help="what the first output of a provider file (.onnx) holds: logits (class scores "
-                            "before a softmax) or probabilities (each pixel's scores sum to 1; the flip "
-                            "augmentation then sums log-probabilities, see docs/providers.md) (default: %(default)s)")
 
 
 class ProviderNetwork(nn.Module):

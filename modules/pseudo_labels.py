@@ -42,103 +42,24 @@ from torch.utils.data import DataLoader, Dataset
 
 from datasets.base import TargetDataset, check_size_on_disk
 from datasets.cityscapes import LABEL_SUFFIX
-from datasets.targets import TARGETS, add_target_dataset_args, make_target
-from datasets.pixels import add_resize_backend_arg, resize_label
-from models.deeplabv2 import NetworkConfig, add_network_args
-from modules.prediction import (ErrorsAsItems, PredictionConfig, PredictionData, PredictionModule, RecordWriter,
+from datasets.targets import TARGETS, make_target
+from datasets.pixels import resize_label
+from modules.config import ProviderRun
+from modules.prediction import (ErrorsAsItems, PredictionData, PredictionModule, RecordWriter,
                                 check_item, read_records, run_predict)
-from modules.providers import add_provider_output_arg, load_provider
-from utils.cli import UserError, float_list, positive_float, probability, progress
+from modules.providers import load_provider
+from utils.cli import UserError, progress
 from utils.fingerprint import fingerprint
 from utils.io import atomic_write_text, json_number, read_label, stored_shape, write_png, write_rgb_png
 from utils.labels import IGNORE_INDEX, class_names, colorize
-from utils.lightning import HardwareConfig
 from utils.loaders import num_workers_or_default
 from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
 from utils.run_folder import check_outside_images, claim_folder, remove_claim
 
 
-
-# -- flags shared by the data-stage scripts ---------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class TargetImages:
-    """The values of :func:`add_target_args`."""
-    target_dataset: str = "cityscapes"
-    data_dir: Optional[str] = None  # as typed; None: the target's default (./data/Cityscapes)
-    image_root: Optional[str] = None  # as typed; None: <data-dir>/leftImg8bit
-    conditions: Optional[tuple] = None  # as typed; None: the target's default
-    list_root: Optional[str] = None
-    data_list: Optional[str] = None
-    split: str = "train"
-    resize_backend: str = "pil"
-
-
-def add_target_args(parser, data_list_help=""):
-    """The target images a data stage reads, in the words ``main.py`` uses too: ``--target-dataset``
-    and ``--data-dir`` (its root), or ``--image-root`` for the image folder alone; ``--conditions``;
-    ``--list-root`` (a folder of ``<split>.txt`` lists) or ``--data-list`` (one list file, as
-    published); ``--split``; ``--resize-backend``."""
-    group = parser.add_argument_group("target images")
-    add_target_dataset_args(group, labels=False)
-    group.add_argument("--list-root", default=None, metavar="DIR",
-                       help="folder with <split>.txt image lists, as for main.py; a folder you name must exist "
-                            "(default: ./datasets/list/cityscapes for cityscapes, which may be absent: the image "
-                            "folder is scanned)")
-    group.add_argument("--data-list", default=None, metavar="FILE",
-                       help="or one image list, one <city>/<stem>_leftImg8bit.png per line, named <split>.txt"
-                            + data_list_help)
-    group.add_argument("--split", default="train", help="split to label (default: %(default)s)")
-    add_resize_backend_arg(group)
-    return group
-
-
-scales = float_list(positive_float)  # --scales: positive finite factors, at least one
-
-
-@dataclasses.dataclass(frozen=True)
-class LabellingConfig:
-    """How the provider predicts (:func:`add_labelling_args`, besides the network's flags)."""
-    flip: bool = True
-    multiscale: bool = False
-    scales: tuple = (0.75, 1.0, 1.25)
-    provider_output: str = "logits"  # what a provider file's first output holds (modules/providers.py)
-    class_balanced_share: Optional[float] = None  # CBST: the share of each class's pixels kept; None: all
-
-
 def scales_of(labelling):
     """The input scales the provider predicts at: ``--scales`` with ``--multiscale``, else one."""
     return list(labelling.scales) if labelling.multiscale else [1.0]
-
-
-def add_labelling_args(parser):
-    """The network and how it predicts: the pseudo-label computation, shared by both data stages."""
-    group = add_network_args(parser, "provider network")
-    group.add_argument("--no-flip", dest="flip", action="store_false",
-                       help="leave out the horizontal-flip test-time augmentation (published: flip on)")
-    group.add_argument("--multiscale", action="store_true",
-                       help="average the flip-augmented logits over the input scales of --scales")
-    group.add_argument("--scales", type=scales, default=(0.75, 1.0, 1.25), metavar="S,S,...",
-                       help="input scale factors of --multiscale (default: 0.75,1.0,1.25)")
-    add_provider_output_arg(group)
-    group.add_argument("--class-balanced-share", type=probability, default=None, metavar="P",
-                       help="class-balanced thresholds (CBST): keep in each class only the P most confident of the "
-                            "pixels the provider gives it over the whole split (e.g. 0.8), the others 255 (ignored); "
-                            "writes each pixel's confidence as a 16-bit PNG under confidence/ (default: every pixel)")
-    return group
-
-
-@dataclasses.dataclass(frozen=True)
-class ProviderRun:
-    """What both data stages are told: the provider, the target images, how to predict, where to."""
-    restore_from: Optional[str]
-    save: str
-    overwrite: bool
-    target: TargetImages
-    network: NetworkConfig
-    labelling: LabellingConfig
-    prediction: PredictionConfig
-    hardware: HardwareConfig
 
 
 @dataclasses.dataclass(frozen=True)

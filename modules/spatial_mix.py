@@ -5,19 +5,18 @@ SpatialMix recombines quadrants of different images *at their own positions* (so
 layout survives), the student learns the teacher's argmax on a photometrically augmented copy,
 weighted by the share of confident pixels, and the teacher follows the student by EMA after the
 optimiser step (the published code updated one step earlier, before the optimiser step; with
-α close to 1 the two are equivalent in practice).
+α close to 1 the two are equivalent in practice). Its flags: ``modules/config.SelfDistillationOptions``.
 """
 import copy
-import dataclasses
 from typing import NamedTuple, Optional
 
 import torch
 
 from datasets.pixels import denormalize_to_rgb01, normalize_rgb01
 from modules.base import SegmentationModule, cross_entropy
-from modules.data import add_pseudo_label_root_arg
+from modules.config import SelfDistillationOptions
 from utils.augment import augment_draws, photometric_augment_with
-from utils.cli import UserError, finite_float, probability
+from utils.cli import UserError
 from utils.ema import ema_alpha, ema_lerp, ema_update, stochastic_layers_off
 from utils.mixing import draw_spatial_mix, flip_coin, flip_with_coin, mix_with_draws
 
@@ -27,7 +26,7 @@ GENERATOR_STATE_KEY = "spatial_mix_generator_state"  # in the checkpoint: rank 0
 DISTRIBUTION_ALIGNMENT_ALPHA = 0.99  # largest EMA factor of the teacher's running class marginal
 
 
-def consistency_target(logits, threshold=0.968, source="softmax", prior=None):
+def consistency_target(logits, threshold=SelfDistillationOptions.confidence_threshold, source="softmax", prior=None):
     """Teacher target (argmax) and the step's consistency weight: the share of pixels whose
     confidence reaches ``threshold``. ``source="logits"`` compares raw logits instead of softmax
     probabilities, as the published code did by mistake. ``prior``: ``(target_share, marginal)``
@@ -79,75 +78,10 @@ def weighted_cross_entropy(logits, target, weight):
     return weight * cross_entropy(logits, target)
 
 
-@dataclasses.dataclass(frozen=True)
-class SelfDistillationOptions:
-    """The values of :meth:`SpatialMixModule.add_args`."""
-    position_beta: float
-    confidence_threshold: float = 0.968
-    confidence_source: str = "softmax"
-    ema_alpha: float = 0.99
-    flip_prob: float = 0.5
-    no_augment: bool = False
-    teacher_dropout: bool = False
-    pseudo_label_root: Optional[str] = None  # only for the class shares of the rare-class options
-    distribution_alignment: bool = False
-
-
 class SpatialMixModule(SegmentationModule):
-    Options = SelfDistillationOptions
     train_source = "images"
-    default_position_beta = 0.5
-    default_lr = 1e-5
-
-    @classmethod
-    def add_args(cls, parser):
-        group = parser.add_argument_group("self-distillation")
-        group.add_argument("--position-beta", type=finite_float, default=cls.default_position_beta,
-                           help="β of the Beta(β, β) that places the SpatialMix split point in [0.2, 0.8] of "
-                                "each side; β <= 0 splits at the centre (default: %(default)s)")
-        group.add_argument("--confidence-threshold", type=finite_float, default=0.968,
-                           help="a teacher pixel counts as confident at this probability (in [0, 1]; any "
-                                "number with --confidence-source logits); the consistency weight is the share of "
-                                "confident pixels (default: %(default)s)")
-        group.add_argument("--confidence-source", choices=("softmax", "logits"), default="softmax",
-                           help="compare the threshold with softmax probabilities, or with raw logits as the "
-                                "published code did (default: %(default)s)")
-        group.add_argument("--ema-alpha", type=probability, default=0.99,
-                           help="largest EMA factor of the teacher; α = min(1 - 1/(step + 1), this) "
-                                "(default: %(default)s)")
-        group.add_argument("--flip-prob", type=probability, default=0.5,
-                           help="probability of flipping the whole mixed batch horizontally (default: %(default)s)")
-        group.add_argument("--no-augment", action="store_true",
-                           help="feed the student the mixed images without colour jitter and blur")
-        group.add_argument("--teacher-dropout", action="store_true",
-                           help="run the EMA teacher's dropout and drop-path layers as in training (the "
-                                "published code's module mode; DeepLabv2 has none); by default they are off in the "
-                                "teacher, BatchNorm keeping batch statistics either way")
-        group.add_argument("--distribution-alignment", action="store_true",
-                           help="align the teacher's target to the pseudo-labels' class shares: its probabilities "
-                                "multiplied per class by (share in --pseudo-label-root / running mean of the "
-                                "teacher's predicted share), renormalised, before the argmax and the confidence")
-        add_pseudo_label_root_arg(group, None, "read here only for the class shares of --rare-class-sampling and "
-                                               "--distribution-alignment")
-        return parser
-
-    @classmethod
-    def check_config(cls, config):
-        super().check_config(config)
-        o = config.stage
-        if o.confidence_source == "softmax" and not 0 <= o.confidence_threshold <= 1:
-            raise UserError(f"--confidence-threshold {o.confidence_threshold} is no probability: with "
-                            "--confidence-source softmax it must be in [0, 1] (above 1 no pixel is ever confident)")
-        if o.distribution_alignment and o.confidence_source != "softmax":
-            raise UserError("--distribution-alignment rescales probabilities: it needs --confidence-source softmax")
-        if o.distribution_alignment and config.mode == "train" and o.pseudo_label_root is None:
-            raise UserError("--distribution-alignment aligns to the class shares of the pseudo-labels: give "
-                            "--pseudo-label-root")
 
     def __init__(self, config):
-        if config.data.train_batch_size < 2:
-            raise UserError("--train-batch-size must be at least 2: SpatialMix mixes each image with others "
-                            "of its batch")
         if not config.restore_from and config.mode == "train":
             raise UserError(f"--restore-from is required for {config.module_name}: student and teacher start "
                             "from the baseline weights (extract_model_state_dict.py makes that file)")

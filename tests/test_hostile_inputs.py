@@ -257,7 +257,7 @@ def test_a_typed_list_root_that_does_not_exist(world, tmp_path, capsys, entry):
 
 def test_the_default_list_root_may_be_absent_and_a_typed_one_is_kept():
     from main import parse_args
-    from modules.data import DEFAULT_LIST_ROOT
+    from datasets.cityscapes import DEFAULT_LIST_ROOT
 
     assert parse_args([]).data.lists == DEFAULT_LIST_ROOT == "./datasets/list/cityscapes"
     assert parse_args([]).data.list_root is None  # untyped: a saved configuration keeps it so

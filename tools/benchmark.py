@@ -70,7 +70,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from datasets.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX, CityscapesDataset
 from datasets.pixels import IMG_MEAN_BGR, resize_image, resize_label
-from modules.config import parse_args
+from modules.config import COMPILE_MODES, HardwareConfig, compile_level, parse_args
 from models.deeplabv2 import get_deeplabv2
 from models.networks import ARCH_NAMES, get_network
 from modules import MODULES
@@ -78,10 +78,9 @@ from modules import spatial_mix as spatial_mix_module
 from modules.data import SegmentationDataModule
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run
 from utils import compile as compile_utils
-from utils.compile import COMPILE_MODES, compile_level
 from utils.io import atomic_write_bytes, atomic_write_text, encode_png
 from utils.labels import IGNORE_INDEX, NUM_CLASSES
-from utils.lightning import HardwareConfig, make_trainer
+from utils.lightning import make_trainer
 from utils.loaders import default_num_workers
 from utils.writers import BackgroundWriter
 from modules.prediction import PredictionData, PredictionModule, RecordFile

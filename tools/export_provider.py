@@ -25,14 +25,13 @@ import io
 import os
 import sys
 
+from modules.config import add_network_args
 from utils.cli import ArgumentParser, UserError, run
 
 ONNX_OPSET = 18
 
 
 def build_parser():
-    from models.deeplabv2 import add_network_args
-
     parser = ArgumentParser(prog="python -m tools.export_provider", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--restore-from", required=True, metavar="W",

@@ -361,9 +361,9 @@ def train_smhm(argv, batch, steps, cuda, watch_syncs):
     from torch.utils.data import DataLoader
 
     from modules import MODULES
-    from modules.config import parse_args
+    from modules.config import HardwareConfig, parse_args
     from tools.benchmark import RepeatedBatch
-    from utils.lightning import HardwareConfig, make_trainer
+    from utils.lightning import make_trainer
 
     config = parse_args(argv)
     torch.manual_seed(0)

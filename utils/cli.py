@@ -7,9 +7,11 @@ bounded), :func:`finite_float`, :func:`positive_float`, :func:`non_negative_floa
 infinity are refused by every float type.
 """
 import argparse
+import importlib
 import math
 import sys
 import time
+from collections.abc import Mapping
 
 
 class UserError(Exception):
@@ -133,6 +135,24 @@ def devices(text):
             return text
         raise argparse.ArgumentTypeError(f"expected auto, a count such as 2 or device indices such as 0,1, got {text!r}")
     return at_least(1)(text)
+
+
+class Registry(Mapping):
+    """Names (a flag's choices) mapped to classes given as ``"package.module.Class"``: the names are
+    known without importing anything, a class is imported when it is asked for."""
+
+    def __init__(self, paths):
+        self.paths = dict(paths)
+
+    def __getitem__(self, name):
+        module, _, attribute = self.paths[name].rpartition(".")
+        return getattr(importlib.import_module(module), attribute)
+
+    def __iter__(self):
+        return iter(self.paths)
+
+    def __len__(self):
+        return len(self.paths)
 
 
 def user_message(err):

@@ -26,13 +26,11 @@ Not yet proven on a GPU (docs/benchmarks.md, "The GPU check"), hence off by defa
 CPU a compiled step gives the eager step's losses and weights within float rounding
 (tests/test_compile.py).
 """
-import argparse
 import os
 
 import torch
 
-COMPILE_LEVELS = ("off", "network", "step")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# The levels and modes are the flags' choices (modules/config.py); these modes capture CUDA graphs.
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 CACHE_FOLDER = "inductor_cache"  # under the experiment root (--log-tb-dir)
@@ -42,14 +40,6 @@ BACKEND = "inductor"
 RECOMPILE_LIMIT = 32
 
 _cache_dirs_set = set()  # the values of CACHE_ENV this process set itself
-
-
-def compile_level(text):
-    """``--compile``: off, network or step."""
-    value = str(text).strip().lower()
-    if value not in COMPILE_LEVELS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(COMPILE_LEVELS)}, got {text!r}")
-    return value
 
 
 def _options(mode):

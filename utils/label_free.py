@@ -28,8 +28,7 @@ import math
 import torch
 from torchmetrics import Metric
 
-CRITERIA = ("flip_im", "mix_im", "flip", "mix", "im", "diversity", "confidence")
-DEFAULT_CRITERION = "flip_im"
+from utils.criteria import CRITERIA, DEFAULT_CRITERION  # noqa: F401 (the scores' names, re-exported)
 
 
 class LabelFreeScores(Metric):

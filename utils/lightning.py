@@ -1,9 +1,7 @@
 """The Lightning Trainer on the command line's hardware flags, with the command line's manners:
 a flag Lightning rejects is a one-line error, Ctrl-C ends the command as an interruption, and the
 progress is a bar on a terminal and one plain line now and then in a log file."""
-import argparse
 import contextlib
-import dataclasses
 import logging
 import warnings
 
@@ -11,37 +9,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from utils.cli import PlainLines, UserError, at_least, devices, interactive
-
-
-@dataclasses.dataclass(frozen=True)
-class HardwareConfig:
-    """The values of :func:`add_hardware_args`."""
-    accelerator: str = "auto"
-    devices: object = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    fold_bn: bool = True
-
-
-def add_hardware_args(parser):
-    """The flags :func:`make_trainer` reads and ``--fold-bn`` (how inference runs the network), the same
-    for training and the data stages; returns their group."""
-    group = parser.add_argument_group("hardware")
-    group.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
-    group.add_argument("--devices", type=devices, default="auto",
-                       help="number of devices per node, a list such as 0,1, or auto (default: %(default)s)")
-    group.add_argument("--num-nodes", type=at_least(1), default=1, help="number of machines (default: %(default)s)")
-    group.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: %(default)s)")
-    group.add_argument("--precision", default="32-true",
-                       help="32-true as published, or bf16-mixed for speed on recent GPUs (default: %(default)s)")
-    group.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
-                       help="for inference (pseudo-labels, hard patches, validation, test, predict mode), run a copy "
-                            "of the network with each BatchNorm folded into the convolution before it: the same "
-                            "results up to float rounding, faster; --no-fold-bn runs the network as it is, for "
-                            "debugging (default: on)")
-    return group
+from utils.cli import PlainLines, UserError, interactive
 
 
 class _Quieter(logging.Filter):
@@ -102,7 +70,7 @@ def _images(batch):
 
 def make_trainer(args, callbacks=(), enable_progress_bar=True, **kwargs):
     """``pl.Trainer`` on ``--accelerator``, ``--devices``, ``--num-nodes``, ``--strategy`` and
-    ``--precision`` of ``args`` (a :class:`HardwareConfig` or parsed flags), and ``kwargs``. Progress
+    ``--precision`` of ``args`` (a ``modules.config.HardwareConfig`` or parsed flags), and ``kwargs``. Progress
     (unless ``enable_progress_bar=False``) is a bar on a terminal, :class:`PlainProgress` otherwise."""
     callbacks = list(callbacks)
     if enable_progress_bar:
