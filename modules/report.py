@@ -141,8 +141,9 @@ def markdown(report, picture):
     lines = ["# Adaptation report", "", report["verdict"], "",
              f"Scored on {report['images']} images of the {report['split']!r} split. Label-free scores need no "
              "label (higher is better): flip = agreement of a prediction with that of the mirrored image; "
-             "confidence and diversity of the predictions; im = diversity − uncertainty; flip_im, their mean, "
-             f"keeps the checkpoints here ({report['selected_by']}).", "",
+             "mix = agreement on a mix of four images with the mix of their predictions; confidence and "
+             "diversity of the predictions; im = diversity − uncertainty; flip_im and mix_im, means. "
+             f"{report['selected_by']} kept the checkpoints here.", "",
              "| model | " + " | ".join(report["adapted"]["label_free"]) + " | mIoU |",
              "|---|" + "---|" * (len(report["adapted"]["label_free"]) + 1)]
     for name in ("black_box", "adapted"):

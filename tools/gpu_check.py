@@ -223,8 +223,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def best_checkpoint(folder):
-    """The best checkpoint a training run kept (``checkpoint-step_<S>-miou_<M>.ckpt``, one per run)."""
-    found = sorted(glob.glob(os.path.join(folder, "checkpoint-step_*-miou_*.ckpt")))
+    """The best checkpoint a training run kept (``checkpoint-step_<S>-<score>.ckpt``, one per run)."""
+    found = sorted(glob.glob(os.path.join(folder, "checkpoint-step_*.ckpt")))
     if not found:
         raise RuntimeError(f"no best checkpoint in {folder}")
     return found[-1]
