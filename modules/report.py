@@ -156,7 +156,7 @@ def markdown(report, picture):
         low, high = report["difference_ci95"]
         lines += ["", f"mIoU difference (adapted − black box), 95 % bootstrap interval over the labelled images: "
                       f"{low:+.2f} to {high:+.2f}."]
-    lines += ["", "Rounds (round 0: the baseline they start from; a round not kept ends them):", "",
+    lines += ["", "Rounds (the first is always kept; a later one not above the round before ends them):", "",
               "| round | score | kept |", "|---|---|---|"]
     lines += [f"| {r['round']} | {r['score']:.4f} | {'yes' if r['kept'] else 'no'} |" for r in report["rounds"]]
     lines += ["", f"![image, black box, adapted]({os.path.basename(picture)})", "",

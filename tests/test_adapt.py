@@ -37,12 +37,12 @@ def test_images_without_any_label_become_an_adapted_onnx_file_and_a_report(black
     out = tmp_path / "out"
     report = adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(out), *TINY])
     saved = json.loads((out / "report.json").read_text())
-    assert saved["verdict"] == report["verdict"] and saved["selected_by"] == "mix"
+    assert saved["verdict"] == report["verdict"] and saved["selected_by"] == "confidence"
     for model in ("black_box", "adapted"):
         assert set(saved[model]["label_free"]) == {"flip_im", "mix_im", "flip", "mix", "im", "diversity", "confidence"}
         assert "miou" not in saved[model]
     assert "difference_ci95" not in saved and saved["images"] == 4
-    assert saved["rounds"][0]["round"] == 0 and 2 <= len(saved["rounds"]) <= 3
+    assert saved["rounds"][0]["round"] == 1 and saved["rounds"][0]["kept"] and 1 <= len(saved["rounds"]) <= 2
     assert (out / "report.md").read_text().startswith("# Adaptation report")
     assert (out / "report.png").is_file()
     # Every stage kept a checkpoint without labels; the baseline's was chosen by the label-free score.
@@ -84,8 +84,8 @@ def test_bad_inputs_are_one_line(black_box, tmp_path):
 
 
 def test_a_round_that_does_not_raise_the_score_is_not_kept_and_ends_the_rounds(tmp_path, monkeypatch):
-    """The guard, on a constructed case: round 1 improves on the start, round 2 is worse; round 2 is
-    trained, not kept, round 3 never starts, and the rounds' result is round 1's student."""
+    """The guard, on a constructed case: round 2 scores below round 1 (which is always kept); round 2
+    is trained, not kept, round 3 never starts, and the rounds' result is round 1's student."""
     scores = {1: 0.60, 2: 0.55, 3: 0.90}
     trained = []
 
@@ -98,7 +98,6 @@ def test_a_round_that_does_not_raise_the_score_is_not_kept_and_ends_the_rounds(t
         return {"best_checkpoint": checkpoint, "best_score": scores[k], "selected_by": "flip_im"}
 
     monkeypatch.setattr(rounds_module.runner, "train", fake_train)
-    monkeypatch.setattr(rounds_module.runner, "test", lambda config: {"label_free": {"flip_im": 0.5}})
 
     class Config:
         log_tb_dir, module_name, experiment_name, restore_from, resume = str(tmp_path), "smhm", "r", "start.pth", None
@@ -116,13 +115,16 @@ def test_a_round_that_does_not_raise_the_score_is_not_kept_and_ends_the_rounds(t
             return os.path.join(self.log_tb_dir, self.module_name, self.experiment_name)
 
     results = rounds_module.train_rounds(Config(), 3)
-    assert [(r["round"], r["kept"]) for r in results] == [(0, True), (1, True), (2, False)]
-    assert [k for k, _ in trained] == [1, 2]  # round 3 never ran
-    assert trained[1][1] == results[1]["student"]  # round 2 started from round 1
-    assert rounds_module.final_student(results) == results[1]["student"]
+    assert [(r["round"], r["kept"]) for r in results] == [(1, True), (2, False)]
+    assert trained == [(1, "start.pth"), (2, results[0]["student"])]  # round 2 from round 1; round 3 never ran
+    assert rounds_module.final_student(results) == results[0]["student"]
     # Rerun: the finished rounds are read back, and the guard ends them at the same place.
     again = rounds_module.train_rounds(Config(), 3)
-    assert [(r["round"], r["kept"]) for r in again] == [(0, True), (1, True), (2, False)] and len(trained) == 2
+    assert [(r["round"], r["kept"]) for r in again] == [(1, True), (2, False)] and len(trained) == 2
+    # Round 1 scoring below anything is kept all the same: it is compared with nothing.
+    scores[1], trained[:] = 0.01, []
+    Config.experiment_name = "s"
+    assert [(r["round"], r["kept"]) for r in rounds_module.train_rounds(Config(), 1)] == [(1, True)]
 
 
 def test_the_interval_of_a_constructed_difference():

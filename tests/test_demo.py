@@ -24,7 +24,7 @@ def check_stages(stages, rounds_at_most):
         assert math.isfinite(test["miou"]) and 0 <= test["miou"] <= 100 and len(test["per_class"]) == 19
         assert os.path.isfile(stage["weights"]) and set(test["label_free"]) >= {"flip_im", "flip"}
         # The black box and the oracle are made with labels; adaptation selects without them.
-        assert stage["selected_by"] == ("val-miou" if name in ("black_box", "oracle") else "mix")
+        assert stage["selected_by"] == ("val-miou" if name in ("black_box", "oracle") else "confidence")
 
 
 def test_quick_demo_runs_every_stage(tmp_path):

@@ -295,10 +295,10 @@ def test_labels_rewritten_with_the_same_size_and_time_are_not_taken_for_the_mine
 # -- a copied run, its own files --------------------------------------------------------------------------
 
 def validations(folder):
-    """The label-free score that keeps the best checkpoint (mix, the default), one per validation."""
+    """The label-free score that keeps the best checkpoint (confidence, the default), one per validation."""
     with open(os.path.join(folder, "label_free_record.csv")) as f:
         rows = list(csv.reader(f))
-    return [float(row[rows[0].index("mix")]) for row in rows[1:]]
+    return [float(row[rows[0].index("confidence")]) for row in rows[1:]]
 
 
 def test_a_copied_experiment_resumes_in_its_own_folder(world, tmp_path, capsys):

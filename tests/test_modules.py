@@ -58,7 +58,7 @@ def test_stage_trains_and_writes_outputs(tree, tmp_path, module):
     folder = tmp_path / "exp" / module / "t"
     assert result["experiment_dir"] == str(folder)
     assert os.path.isfile(folder / "last.ckpt")
-    best = glob.glob(str(folder / "checkpoint-step_2-score_*.ckpt"))  # kept by the label-free mix
+    best = glob.glob(str(folder / "checkpoint-step_2-score_*.ckpt"))  # kept by the label-free confidence
     assert best and result["best_checkpoint"] == best[0]
     assert np.isfinite(result["best_score"])
     with open(folder / "miou_record.csv") as f:
@@ -69,7 +69,7 @@ def test_stage_trains_and_writes_outputs(tree, tmp_path, module):
         rows = list(csv.reader(f))
     assert rows[0] == ["step", "flip_im", "mix_im", "flip", "mix", "im", "diversity", "confidence"]
     assert rows[1][0] == "2"
-    assert float(rows[1][rows[0].index("mix")]) == pytest.approx(result["best_score"], abs=1e-6)
+    assert float(rows[1][rows[0].index("confidence")]) == pytest.approx(result["best_score"], abs=1e-6)
     assert os.path.isfile(folder / "hparams.yaml")
     events = glob.glob(str(folder / "events.out.tfevents.*"))
     assert events

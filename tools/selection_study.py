@@ -46,7 +46,7 @@ def stage_records(demo):
             miou_rows = read_rows(miou_path)
             column = miou_rows[0].index("Mean")
             mious = [float(r[column]) for r in miou_rows[1:]]
-            if free and len(free) == len(mious):  # round 0 is a test-mode score, not a training run
+            if free and len(free) == len(mious):
                 stages[f"{os.path.basename(demo)}/{name}"] = (free, mious)
     return stages
 
