@@ -102,6 +102,26 @@ def build_parser():
     return parser
 
 
+def train_and_extract(step, name, argv, run_folder, target):
+    """Train a stage with ``main.py argv`` through ``step`` (an interrupted run resumes) and extract its
+    best network to ``target``; a stage whose ``target`` exists is done."""
+    from extract_model_state_dict import main as extract
+    from main import main as train_main
+    from utils.run_folder import has_checkpoints
+
+    if os.path.isfile(target):
+        print(f"\n=== {name}: done earlier ({target})")
+        return target
+    if has_checkpoints(run_folder):
+        argv = [*argv, "--resume", "last"]
+    best = step(f"{name}: train", "main.py", argv, train_main)["best_checkpoint"]
+    if not best:
+        raise UserError(f"{name}: no validated checkpoint in {run_folder}")
+    step(f"{name}: extract", "extract_model_state_dict.py",
+         ["--pl-weight-path", best, "--model-weight-keyname", "net", "--save-path", target], extract)
+    return target
+
+
 class Pipeline:
     """The stages, each an entry point's ``main`` called with the command line it prints."""
 
@@ -190,24 +210,8 @@ class Pipeline:
         return save
 
     def train(self, name, module, steps, lr, extra):
-        """Train a stage (an interrupted one resumes) and extract its best network to weights/<name>.pth."""
-        from extract_model_state_dict import main as extract
-        from main import main as train_main
-        from utils.run_folder import has_checkpoints
-
-        target = os.path.join(self.weights, f"{name}.pth")
-        if os.path.isfile(target):
-            print(f"\n=== {name}: done earlier ({target})")
-            return target
-        argv = self.training(name, module, steps, lr, extra)
-        if has_checkpoints(os.path.join(self.runs, module, name)):
-            argv += ["--resume", "last"]
-        best = self.step(f"{name}: train", "main.py", argv, train_main)["best_checkpoint"]
-        if not best:
-            raise UserError(f"{name}: no validated checkpoint in {os.path.join(self.runs, module, name)}")
-        self.step(f"{name}: extract", "extract_model_state_dict.py",
-                  ["--pl-weight-path", best, "--model-weight-keyname", "net", "--save-path", target], extract)
-        return target
+        return train_and_extract(self.step, name, self.training(name, module, steps, lr, extra),
+                                 os.path.join(self.runs, module, name), os.path.join(self.weights, f"{name}.pth"))
 
     def hard_patches(self, pseudo):
         from construct_hard_patch import main as mine

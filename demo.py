@@ -31,7 +31,7 @@ from models.networks import ARCH_NAMES
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run, seed
 from utils.io import atomic_write_text, json_number
 from utils.label_free import CRITERIA, DEFAULT_CRITERION
-from utils.run_folder import LOCK_NAME, folder_lock, has_checkpoints
+from utils.run_folder import LOCK_NAME, folder_lock
 
 # The demo schedule; its measured results and timing are in docs/demo.md. Rare classes "auto": the
 # provider hardly ever predicts most of the published GTA5 rare classes on this benchmark, so the
@@ -145,27 +145,15 @@ class Demo:
                 "--lr-schedule", "constant"]
 
     def train(self, name, module, steps, lr, extra):
-        """Train the provider or the oracle (resuming an interrupted run) and extract its best network
-        to weights/<name>.pth. Both are built with labels (of the source, of the target): kept by val mIoU."""
-        from extract_model_state_dict import main as extract
-        from main import main as train_main
+        """Train the provider or the oracle and extract its best network to weights/<name>.pth. Both are
+        built with labels (of the source, of the target): kept by val mIoU."""
+        from adapt import train_and_extract
 
-        target = os.path.join(self.weights, f"{name}.pth")
-        if os.path.isfile(target):
-            print(f"\n=== {name}: done earlier ({target})")
-            return target
         argv = ["--module-name", module, "--mode", "train", *self.common_training(self.arch_of(name)),
-                "--experiment-name", name,
-                "--max-steps", str(steps), "--lr", str(lr), "--val-interval", str(max(1, steps // 4)),
-                "--select-by", "val-miou", *extra]
-        if has_checkpoints(os.path.join(self.runs, module, name)):
-            argv += ["--resume", "last"]
-        best = self.step(f"{name}: train", "main.py", argv, train_main)["best_checkpoint"]
-        if not best:
-            raise UserError(f"{name}: no validated checkpoint in {os.path.join(self.runs, module, name)}")
-        self.step(f"{name}: extract", "extract_model_state_dict.py",
-                  ["--pl-weight-path", best, "--model-weight-keyname", "net", "--save-path", target], extract)
-        return target
+                "--experiment-name", name, "--max-steps", str(steps), "--lr", str(lr),
+                "--val-interval", str(max(1, steps // 4)), "--select-by", "val-miou", *extra]
+        return train_and_extract(self.step, name, argv, os.path.join(self.runs, module, name),
+                                 os.path.join(self.weights, f"{name}.pth"))
 
     def export(self, provider):
         """The provider as a file that is only run (``python -m tools.export_provider``): from here on the
