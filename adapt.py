@@ -33,14 +33,14 @@ import time
 
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run, seed
 from utils.io import atomic_write_bytes, atomic_write_text
-from utils.label_free import CRITERIA, DEFAULT_CRITERION
+from utils.criteria import CRITERIA, DEFAULT_CRITERION
 
 STUDENT_DEFAULT = "deeplabv2_r101"  # the published target network
 
 
 def build_parser():
     from modules.config import add_target_dataset_args
-    from models.networks import ARCH_NAMES
+    from models.archs import ARCH_NAMES
 
     parser = ArgumentParser(prog="adapt.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     inputs = parser.add_argument_group("what you have")

@@ -27,10 +27,10 @@ import sys
 import time
 
 from datasets.targets import TARGETS
-from models.networks import ARCH_NAMES
+from models.archs import ARCH_NAMES
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run, seed
 from utils.io import atomic_write_text, json_number
-from utils.label_free import CRITERIA, DEFAULT_CRITERION
+from utils.criteria import CRITERIA, DEFAULT_CRITERION
 from utils.run_folder import LOCK_NAME, folder_lock
 
 # The demo schedule; its measured results and timing are in docs/demo.md. Rare classes "auto": the

@@ -16,6 +16,9 @@ COMMANDS = [
     ["extract_model_state_dict.py", "--help"],
     ["-m", "tools.export_provider", "--help"],
     ["utils/transfer_trainid.py", "--help"],
+    ["adapt.py", "--help"],
+    ["demo.py", "--help"],
+    ["-m", "tools.selection_study", "--help"],
 ]
 PROBE = """
 import runpy, sys

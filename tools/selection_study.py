@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 from utils.cli import ArgumentParser, UserError, run
-from utils.label_free import CRITERIA
+from utils.criteria import CRITERIA
 
 
 def read_rows(path):
