@@ -40,7 +40,7 @@ def build_parser():
 def report(result, summary, scores, truth_note):
     total, skipped = len(result["names"]), result["skipped"]
     print(f"pseudo-labels: {total} images ({total - skipped} labelled now, {skipped} already done)")
-    print(f"easy: {summary['easy']}, hard: {summary['hard']} (median entropy {summary['median_entropy']})")
+    print(f"easy: {summary['easy']}, hard: {summary['hard']} (median entropy {summary['median_entropy']:.4f})")
     print("pixel share per class (%):")
     for name, share in summary["class_pixel_share"].items():
         print(f"  {name:<14} {100 * share:6.2f}")
