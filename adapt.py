@@ -169,7 +169,8 @@ class Pipeline:
 
     def labelled_split(self, split):
         """Whether every image of ``split`` has a label: then the stages report its mIoU too."""
-        return bool(self.label_paths(split)) and all(self.label_paths(split).values())
+        paths = self.label_paths(split)
+        return bool(paths) and all(paths.values())
 
     def label_paths(self, split):
         """``{name: label path or None}`` of the split's images (``{}`` without labels)."""

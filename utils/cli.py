@@ -206,8 +206,8 @@ def _duration(seconds):
 
 class PlainLines:
     """Progress for a log file: ``desc done/total[, extra], rate, time left`` on standard output about
-    every ``every`` seconds and once at the end, never a carriage return. ``rate_of`` counts what the
-    rate is of (``images`` given to :meth:`update`, else the items done)."""
+    every ``every`` seconds and once at the end, never a carriage return. The rate counts the
+    ``images`` given to :meth:`update` when there are any, else the items done."""
 
     def __init__(self, iterable=None, total=None, desc="", unit="it", every=30.0):
         self.iterable, self.desc, self.unit, self.every = iterable, desc, unit, every
@@ -244,15 +244,12 @@ class PlainLines:
         if self.done and self.printed_at != self.done:
             self.print()
 
-    def set_postfix_str(self, text):  # what tqdm offers; a log file shows only the counts
-        pass
 
-
-def progress(iterable=None, total=None, desc="", unit="it", leave=True, disable=False):
-    """A progress display over ``iterable`` (or updated by hand): tqdm's bar on a terminal,
-    :class:`PlainLines` when output goes to a file, nothing with ``disable``."""
+def progress(iterable, total=None, desc="", unit="it", leave=True, disable=False):
+    """``iterable`` with a progress display: tqdm's bar on a terminal, :class:`PlainLines` when output
+    goes to a file, nothing with ``disable``."""
     if disable:
-        return PlainLines(iterable, total, desc, unit, every=float("inf")) if iterable is None else iterable
+        return iterable
     if interactive():
         from tqdm import tqdm
 
