@@ -4,7 +4,6 @@ condition after the table and a row in ``miou_record_<condition>.csv``), the tra
 TensorBoard, the predicted PNGs of ``--save-predictions``, and with ``--compile`` the compile time apart from
 the step time. The stage modules compute and log numbers and return what these callbacks turn into files;
 the runner attaches them."""
-import csv
 import os
 import time
 
@@ -19,7 +18,7 @@ from utils.cli import UserError
 from utils.io import write_png, write_rgb_png
 from utils.label_free import CRITERIA
 from utils.labels import colorize
-from utils.metrics import append_record, condition_record_path, format_condition_table, format_table
+from utils.metrics import append_csv_row, append_record, condition_record_path, format_condition_table, format_table
 from utils.visualize import labelled_picture
 
 
@@ -27,12 +26,15 @@ class ScoreRecord(Callback):
     """After each validation and test (first process only; every process holds the same scores,
     summed over all of them): print a line per validation, the per-class table after a test, and
     append a row to the records: the label-free scores to ``label_free_record.csv`` beside the mIoU
-    record, where labels were scored, the IoUs to the mIoU record. Scores per condition (ACDC) add
+    record, where labels were scored, the IoUs to the mIoU record. Each row names what it scored: a
+    validation the run's network at that step (``weights`` the run folder), a test the file of
+    ``--restore-from``. Scores per condition (ACDC) add
     their means and a row to each condition's own record, ``<record>_<condition>.csv``, in the format
     of the main one, which stays as it is."""
 
-    def __init__(self, record_path, test_title, select_by):
+    def __init__(self, record_path, test_title, select_by, run_folder, test_weights):
         self.record_path = record_path
+        self.run_folder, self.test_weights = run_folder, test_weights
         self.label_free_path = os.path.join(os.path.dirname(record_path), "label_free_record.csv")
         self.test_title, self.select_by = test_title, select_by
         self.best = None
@@ -56,11 +58,12 @@ class ScoreRecord(Callback):
                 table = format_table(scores, title=title)
                 rank_zero_info(table + ("\n" + format_condition_table(conditions) if conditions else ""))
             rank_zero_info(f"{title}: label-free " + ", ".join(f"{k} {v:.4f}" for k, v in free.items()))
-        append_label_free_record(self.label_free_path, trainer.global_step if title is None else "test", free)
+        step, weights = (trainer.global_step, self.run_folder) if title is None else ("test", self.test_weights)
+        append_label_free_record(self.label_free_path, step, weights, free)
         if "miou" in scores:
-            append_record(self.record_path, scores)
+            append_record(self.record_path, scores, step, weights)
             for condition, condition_scores in conditions.items():
-                append_record(condition_record_path(self.record_path, condition), condition_scores)
+                append_record(condition_record_path(self.record_path, condition), condition_scores, step, weights)
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
@@ -70,14 +73,10 @@ class ScoreRecord(Callback):
         self._write(trainer, pl_module.last_scores, self.test_title)
 
 
-def append_label_free_record(path, step, scores):
-    """One row of label-free scores (``utils/label_free.py``) after the header ``step`` + criteria."""
-    new = not os.path.isfile(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(["step", *CRITERIA])
-        writer.writerow([step, *(f"{scores[c]:.6f}" for c in CRITERIA)])
+def append_label_free_record(path, step, weights, scores):
+    """One row of label-free scores (``utils/label_free.py``) after the header ``step``, ``weights`` +
+    criteria."""
+    append_csv_row(path, ["step", "weights", *CRITERIA], [step, weights, *(f"{scores[c]:.6f}" for c in CRITERIA)])
 
 
 class TrainingPictures(Callback):

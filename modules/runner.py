@@ -215,7 +215,8 @@ def build_trainer(config):
         use_cache_dir(config.log_tb_dir)
     callbacks.append(ScoreRecord(os.path.join(config.experiment_dir, "miou_record.csv"),
                                  test_title=f"test ({config.restore_from or 'no weights'})",
-                                 select_by=config.evaluation.select_by))
+                                 select_by=config.evaluation.select_by, run_folder=config.experiment_dir,
+                                 test_weights=config.restore_from or "none (random initialisation)"))
     if config.mode == "test" and config.evaluation.save_predictions:
         callbacks.append(PredictionPNGs(config.evaluation.save_predictions))
     val_interval = config.evaluation.val_interval

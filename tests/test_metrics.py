@@ -235,10 +235,12 @@ def test_csv_record_header_and_rows(tmp_path):
     confmat[0, 1] = 1
     confmat[5, 5] = 0
     second = scores_from_confusion(confmat)
-    append_record(str(path), first)
-    append_record(str(path), second)
+    append_record(str(path), first, 10, "runs/basic/t")
+    append_record(str(path), second, "test", "student.pth")
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+        rows = [r[2:] for r in csv.reader(f)]
+    with open(path, newline="") as f:
+        assert [r[:2] for r in csv.reader(f)] == [["step", "weights"], ["10", "runs/basic/t"], ["test", "student.pth"]]
     assert rows[0] == list(CLASS_NAMES) + ["Mean", "Mean-16", "Mean-13", "Mean-13 (published code)"]
     assert len(rows) == 3 and all(len(r) == NUM_CLASSES + 4 for r in rows)
     assert rows[1] == ["100.00"] * (NUM_CLASSES + 4)
@@ -249,12 +251,12 @@ def test_csv_record_header_and_rows(tmp_path):
 
 def test_csv_record_has_the_published_thirteen_right_after_mean_13(tmp_path):
     path = tmp_path / "miou.csv"
-    append_record(str(path), scores_from_confusion(_two_thirteens_confusion()))
+    append_record(str(path), scores_from_confusion(_two_thirteens_confusion()), "test", "a.pth")
     with open(path, newline="") as f:
         header, row = list(csv.reader(f))
     at = header.index("Mean-13")
     assert header[at + 1] == "Mean-13 (published code)" and len(header) == at + 2 == len(row)
-    assert dict(zip(header, row)) == {**{n: "100.00" for n in CLASS_NAMES}, "road": "50.00", "wall": "0.00",
+    assert dict(zip(header, row)) == {"step": "test", "weights": "a.pth", **{n: "100.00" for n in CLASS_NAMES}, "road": "50.00", "wall": "0.00",
                                       "traffic light": "50.00", "traffic sign": "50.00", "Mean": "86.84",
                                       "Mean-16": "84.38", "Mean-13": "88.46", "Mean-13 (published code)": "84.62"}
 
@@ -263,7 +265,7 @@ def test_csv_record_refuses_a_foreign_file(tmp_path):
     path = tmp_path / "other.csv"
     path.write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match="other.csv"):
-        append_record(str(path), scores_from_confusion(np.eye(NUM_CLASSES, dtype=np.int64)))
+        append_record(str(path), scores_from_confusion(np.eye(NUM_CLASSES, dtype=np.int64)), 1, "x")
 
 
 def _distributed_worker(rank, init_file, out_dir, preds, targets):

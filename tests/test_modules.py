@@ -64,10 +64,11 @@ def test_stage_trains_and_writes_outputs(tree, tmp_path, module):
     with open(folder / "miou_record.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0][-4:] == ["Mean", "Mean-16", "Mean-13", "Mean-13 (published code)"]
-    assert rows[0][0] == "road" and len(rows) == 2 and len(rows[1]) == len(rows[0])
+    assert rows[0][:3] == ["step", "weights", "road"] and len(rows) == 2 and len(rows[1]) == len(rows[0])
+    assert rows[1][:2] == ["2", str(folder)]  # the run's network at step 2
     with open(folder / "label_free_record.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["step", "flip_im", "mix_im", "flip", "mix", "im", "diversity", "confidence"]
+    assert rows[0] == ["step", "weights", "flip_im", "mix_im", "flip", "mix", "im", "diversity", "confidence"]
     assert rows[1][0] == "2"
     assert float(rows[1][rows[0].index("confidence")]) == pytest.approx(result["best_score"], abs=1e-6)
     assert os.path.isfile(folder / "hparams.yaml")
@@ -180,8 +181,10 @@ def test_test_mode_scores_and_saves_predictions(tree, tmp_path):
     import cv2
     prediction = cv2.imread(str(out / "train_ids" / "frankfurt" / names[0]), cv2.IMREAD_UNCHANGED)
     assert prediction.shape == (32, 64) and prediction.max() < 19
-    with open(tmp_path / "exp" / "basic" / "t" / "miou_record.csv") as f:
-        assert len(list(csv.reader(f))) == 2
+    for record in ("miou_record.csv", "label_free_record.csv"):  # each row names the weights it scored
+        with open(tmp_path / "exp" / "basic" / "t" / record) as f:
+            rows = list(csv.reader(f))
+        assert len(rows) == 2 and rows[1][:2] == ["test", tree["weights"]]
 
 
 def test_evaluation_matches_an_independent_computation(tree, tmp_path):

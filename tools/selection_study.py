@@ -45,7 +45,7 @@ def stage_records(demo):
             free = [dict(zip(rows[0], r)) for rows in [read_rows(free_path)] for r in rows[1:] if r[0] != "test"]
             miou_rows = read_rows(miou_path)
             column = miou_rows[0].index("Mean")
-            mious = [float(r[column]) for r in miou_rows[1:]]
+            mious = [float(r[column]) for r in miou_rows[1:] if r[0] != "test"]
             if free and len(free) == len(mious):
                 stages[f"{os.path.basename(demo)}/{name}"] = (free, mious)
     return stages

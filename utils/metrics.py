@@ -130,29 +130,33 @@ def condition_record_path(csv_path, condition):
 
 
 def record_header(num_classes=NUM_CLASSES):
-    return list(class_names(num_classes)) + list(MEAN_COLUMNS)
+    return ["step", "weights", *class_names(num_classes), *MEAN_COLUMNS]
 
 
-def append_record(csv_path, scores):
-    """Append one evaluation (per-class IoUs and the means, in percent) to a CSV record, creating
-    the file and its header on first use."""
-    header = record_header(len(scores["per_class"]))
-    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
-    if os.path.isfile(csv_path) and os.path.getsize(csv_path) > 0:
-        with open(csv_path, newline="") as f:
-            rows = list(csv.reader(f))
-        if (rows[0] if rows else []) != header:
-            raise UserError(f"{csv_path} has a different header (not a record of {len(scores['per_class'])} classes); "
-                            "choose another record file")
-        new_file = False
-    else:
-        new_file = True
+def append_record(csv_path, scores, step, weights):
+    """Append one evaluation to a CSV record: the weights it scored (``step`` of the run and
+    ``weights``, the file or run folder that holds them), then the per-class IoUs and the means, in
+    percent."""
     values = list(scores["per_class"]) + [scores[key] for key in MEAN_KEYS]
+    append_csv_row(csv_path, record_header(len(scores["per_class"])), [step, weights, *(f"{v:.2f}" for v in values)])
+
+
+def append_csv_row(csv_path, header, row):
+    """Append ``row`` to a CSV file, writing ``header`` first into a new one; a file that starts with
+    another header is refused (a record of another kind, or of another version)."""
+    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    new_file = not os.path.isfile(csv_path) or os.path.getsize(csv_path) == 0
+    if not new_file:
+        with open(csv_path, newline="") as f:
+            first = next(csv.reader(f), [])
+        if first != header:
+            raise UserError(f"{csv_path} has another header than this record's ({', '.join(header[:3])}, ...): "
+                            "choose another record file or run folder")
     with open(csv_path, "a", newline="") as f:
         writer = csv.writer(f)
         if new_file:
             writer.writerow(header)
-        writer.writerow([f"{v:.2f}" for v in values])
+        writer.writerow(row)
 
 
 def image_confusion(prediction, label, num_classes, ignore_index=IGNORE_INDEX):
