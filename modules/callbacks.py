@@ -35,17 +35,16 @@ class ScoreRecord(Callback):
     def __init__(self, record_path, test_title, select_by, run_folder, test_weights):
         self.record_path = record_path
         self.run_folder, self.test_weights = run_folder, test_weights
-        self.label_free_path = os.path.join(os.path.dirname(record_path), "label_free_record.csv")
         self.test_title, self.select_by = test_title, select_by
         self.best = None
 
     def _write(self, trainer, scores, title=None):
         if not trainer.is_global_zero or scores is None:
             return
-        conditions = scores.get("conditions") or {}
-        free = scores["label_free"]
-        chosen = {"val-miou": scores.get("miou"), "last": trainer.global_step}.get(self.select_by, free.get(self.select_by))
         if title is None:  # a validation: one line, the table is in the record
+            conditions = scores.get("conditions") or {}
+            chosen = {"val-miou": scores.get("miou"), "last": trainer.global_step}.get(
+                self.select_by, scores["label_free"].get(self.select_by))
             if chosen is not None:
                 self.best = chosen if self.best is None else max(self.best, chosen)
             miou = f", val mIoU {scores['miou']:.2f}" if "miou" in scores and self.select_by != "val-miou" else ""
@@ -53,17 +52,9 @@ class ScoreRecord(Callback):
             name = "val mIoU" if self.select_by == "val-miou" else self.select_by
             rank_zero_info(f"validation at step {trainer.global_step}: {name} {chosen:.4f} (best "
                            f"{self.best:.4f}){miou}{by_condition}")
+            record_scores(self.record_path, scores, trainer.global_step, self.run_folder)
         else:
-            if "miou" in scores:
-                table = format_table(scores, title=title)
-                rank_zero_info(table + ("\n" + format_condition_table(conditions) if conditions else ""))
-            rank_zero_info(f"{title}: label-free " + ", ".join(f"{k} {v:.4f}" for k, v in free.items()))
-        step, weights = (trainer.global_step, self.run_folder) if title is None else ("test", self.test_weights)
-        append_label_free_record(self.label_free_path, step, weights, free)
-        if "miou" in scores:
-            append_record(self.record_path, scores, step, weights)
-            for condition, condition_scores in conditions.items():
-                append_record(condition_record_path(self.record_path, condition), condition_scores, step, weights)
+            report_test(self.record_path, scores, title, self.test_weights)
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
@@ -73,10 +64,27 @@ class ScoreRecord(Callback):
         self._write(trainer, pl_module.last_scores, self.test_title)
 
 
-def append_label_free_record(path, step, weights, scores):
-    """One row of label-free scores (``utils/label_free.py``) after the header ``step``, ``weights`` +
-    criteria."""
-    append_csv_row(path, ["step", "weights", *CRITERIA], [step, weights, *(f"{scores[c]:.6f}" for c in CRITERIA)])
+def report_test(record_path, scores, title, weights):
+    """Print a test's table (and its label-free scores) and append its rows to the records."""
+    conditions = scores.get("conditions") or {}
+    if "miou" in scores:
+        rank_zero_info(format_table(scores, title=title) + ("\n" + format_condition_table(conditions) if conditions else ""))
+    if scores.get("label_free"):
+        rank_zero_info(f"{title}: label-free " + ", ".join(f"{k} {v:.4f}" for k, v in scores["label_free"].items()))
+    record_scores(record_path, scores, "test", weights)
+
+
+def record_scores(record_path, scores, step, weights):
+    """Append one evaluation to ``label_free_record.csv`` beside ``record_path`` (where label-free
+    scores were computed), to the mIoU record and to each condition's (where labels were scored)."""
+    if scores.get("label_free"):
+        append_csv_row(os.path.join(os.path.dirname(record_path), "label_free_record.csv"),
+                       ["step", "weights", *CRITERIA],
+                       [step, weights, *(f"{scores['label_free'][c]:.6f}" for c in CRITERIA)])
+    if "miou" in scores:
+        append_record(record_path, scores, step, weights)
+        for condition, condition_scores in (scores.get("conditions") or {}).items():
+            append_record(condition_record_path(record_path, condition), condition_scores, step, weights)
 
 
 class TrainingPictures(Callback):

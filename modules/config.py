@@ -353,7 +353,9 @@ def add_run_args(parser):
                              "(modules/predict.py) (default: %(default)s)")
     parser.add_argument("--restore-from", default=None,
                         help="initial weights: a state dict, a Lightning checkpoint, or the ImageNet DeepLab "
-                             "init (head left fresh); in test mode, the weights to evaluate")
+                             "init (head left fresh); in test and predict mode, what to evaluate: those, a black "
+                             "box's ONNX file, or a folder of its label maps (<name>.png per image, "
+                             "modules/label_map_box.py)")
     parser.add_argument("--experiment-name", type=name_text, default="none",
                         help="outputs go to <log-tb-dir>/<module-name>/<experiment-name> (default: %(default)s)")
     parser.add_argument("--log-tb-dir", "--experiments-dir", dest="log_tb_dir", default="./experiments",

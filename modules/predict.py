@@ -28,9 +28,11 @@ import cv2
 import torch
 
 from datasets.base import TargetDataset
+from modules.label_map_box import label_map_paths
+from modules.label_map_box import predictions as label_map_predictions
 from modules.prediction import FileWriter, PredictionData, PredictionModule, check_item, run_predict
 from modules.providers import check_finite
-from utils.cli import UserError
+from utils.cli import UserError, progress
 from utils.fingerprint import fingerprint
 from utils.inference import multiscale_logits, upsampled_argmax
 from utils.io import read_image_bgr, stored_shape, write_png, write_rgb_png
@@ -56,8 +58,8 @@ def check_predict_config(config):
     """The flags predict mode needs, each missing or wrong one a one-line ``UserError``."""
     if not config.restore_from:
         raise UserError("--mode predict needs --restore-from: the weights to predict with")
-    if not os.path.isfile(config.restore_from):
-        raise UserError(f"--restore-from: weight file not found: {config.restore_from}")
+    if not os.path.exists(config.restore_from):
+        raise UserError(f"--restore-from: weight file or folder of label maps not found: {config.restore_from}")
     save = config.evaluation.save_predictions
     if not save:
         raise UserError("--mode predict needs --save-predictions: the folder to write the predictions to")
@@ -130,7 +132,8 @@ def settings_of(config):
             "flip": config.evaluation.flip_when_test, "scales": list(config.evaluation.scales), "precision": config.hardware.precision,
             # only when off, so that the folders of earlier runs resume as they are
             **({} if config.hardware.fold_bn else {"fold_bn": False}),
-            "weights": fingerprint([config.restore_from], names=[""])}
+            "weights": (os.path.abspath(config.restore_from) if os.path.isdir(config.restore_from)
+                        else fingerprint([config.restore_from], names=[""]))}
 
 
 def predict(config):
@@ -139,15 +142,24 @@ def predict(config):
     check_predict_config(config)
     save = config.evaluation.save_predictions
     dataset, sizes = predict_dataset(config)
-    from modules.base import SegmentationModule  # the network as every stage builds it
-
-    net = SegmentationModule(config).net
     names = dataset.names
+    label_maps = os.path.isdir(config.restore_from)  # a black box known by its label maps: nothing to run
+    if label_maps:
+        maps = label_map_paths(config.restore_from, names)
+    else:
+        from modules.base import SegmentationModule  # the network as every stage builds it
+
+        net = SegmentationModule(config).net
     with folder_lock(save, "--save-predictions"):
         claim_folder(os.path.join(save, STATE), settings_of(config), config.evaluation.overwrite,
                      outputs=[os.path.join(save, kind) for kind in KINDS], flag="--save-predictions")
         done = frozenset() if config.evaluation.overwrite else frozenset(done_names(save, names))
-        if len(done) < len(names):
+        if label_maps:
+            writer = PredictionFiles(save, [path for path, _, _ in dataset.samples], config.network.num_classes)
+            for prediction in progress(label_map_predictions(maps, names, sizes, config.network.num_classes, done),
+                                       total=len(names) - len(done), desc="predict: label maps", unit="image"):
+                writer.write_batch(prediction, None)
+        elif len(done) < len(names):
             module = ImagePredictionModule(net, sizes, flip=config.evaluation.flip_when_test,
                                            scales=config.evaluation.scales, fold_bn=config.hardware.fold_bn,
                                            source=config.restore_from)

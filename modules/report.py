@@ -16,6 +16,7 @@ import torch
 from datasets.base import TargetDataset, collate
 from datasets.pixels import to_bgr_uint8
 from modules.config import NetworkConfig
+from modules.label_map_box import label_map_paths, read_label_map
 from models.networks import get_network, network_of
 from modules.providers import load_provider
 from utils.cli import progress
@@ -60,7 +61,7 @@ def score(models, dataset, label_paths, label_maps=None):
         for i, item_name in enumerate(batch["name"]):
             label = read_label(label_paths[item_name]) if label_paths.get(item_name) else None
             size = label.shape if label is not None else batch["image"].shape[-2:]
-            predictions = {name: (read_label(label_maps[item_name]) if net is None else
+            predictions = {name: (read_label_map(label_maps[item_name], size, NUM_CLASSES) if net is None else
                                   upsampled_argmax(logits[name][i], size).numpy()) for name, net in models.items()}
             if label is not None:
                 for name, prediction in predictions.items():
@@ -116,7 +117,7 @@ def write_report(pipeline, student, rounds, onnx):
     label_paths = pipeline.label_paths(split)
     label_maps = None
     if pipeline.black_box_kind == "labels":
-        label_maps = {n: os.path.join(a.black_box, n + ".png") for n in dataset.names}
+        label_maps = label_map_paths(a.black_box, dataset.names)
     adapted = get_network(arch=a.student, restore_from=student).eval()
     results, shown = score({"black_box": black_box_network(pipeline), "adapted": adapted}, dataset, label_paths,
                            label_maps)

@@ -10,7 +10,7 @@ from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ModelCh
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from modules import MODULES
-from modules.callbacks import CompileTime, PredictionPNGs, ScoreRecord, TrainingPictures
+from modules.callbacks import CompileTime, PredictionPNGs, ScoreRecord, TrainingPictures, report_test
 from modules.config import CONFIG_FILE
 from modules.data import SegmentationDataModule
 from utils.cli import UserError
@@ -258,6 +258,15 @@ def test(config):
     """Evaluate ``--restore-from`` on the val split; returns the scores (per-class IoU and means, %)."""
     if not config.restore_from:
         raise UserError("--mode test needs --restore-from: the weights to evaluate")
+    if os.path.isdir(config.restore_from):  # a black box known by its label maps: nothing to run
+        from modules.label_map_box import test_scores
+
+        scores = test_scores(config)
+        with holding_outputs(config):
+            write_config(os.path.join(config.experiment_dir, CONFIG_FILE), config)
+            report_test(os.path.join(config.experiment_dir, "miou_record.csv"), scores,
+                        f"test ({config.restore_from}, label maps)", config.restore_from)
+        return scores
     with holding_outputs(config):
         module, data, _ = build(config)
         trainer = build_trainer(config)

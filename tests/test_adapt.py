@@ -186,3 +186,16 @@ def test_the_verdict_rests_on_labels_and_says_what_label_free_scores_cannot_tell
     unlabelled = verdict({"black_box": {"label_free": {**free, "diversity": 0.6}}, "adapted": {"label_free": free}})
     assert unlabelled.startswith("WITHOUT LABELS") and "fewer classes" in unlabelled
     assert "fewer classes" not in verdict({"black_box": {"label_free": free}, "adapted": {"label_free": free}})
+
+
+@pytest.mark.slow
+def test_a_folder_of_label_maps_is_a_black_box(tmp_path):
+    """The black box as a prediction service gives it: label maps, here the labels themselves."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    make_image_folder(str(images), str(labels))
+    rounds = TINY.index("--rounds") + 1
+    report = adapt.main(["--black-box", str(labels), "--images", str(images), "--labels", str(labels),
+                         "--out", str(tmp_path / "out"), *TINY[:rounds], "1", *TINY[rounds + 1:]])
+    assert report["black_box"]["miou"] == 100.0 and report["black_box"]["label_free"] is None
+    assert report["adapted"]["miou"] < 100.0 and report["difference_ci95"][1] < 0
+    assert report["verdict"].startswith("ADAPTATION DID NOT HELP")

@@ -1,0 +1,73 @@
+"""A black box known only by its label maps (``modules/label_map_box.py``): ``--mode test`` scores the
+folder as it scores the network whose predictions it holds, per condition too, and ``--mode
+predict`` pictures it; a missing or foreign map is one line."""
+import csv
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+import main as main_script
+from tests.fixtures import assert_one_line_refusal, make_acdc, run_refused, tiny_weights
+
+COMMON = ["--arch", "deeplabv2_tiny", "--input-size", "64x32", "--num-workers", "0", "--accelerator", "cpu",
+          "--devices", "1", "--test-batch-size", "1"]
+
+
+@pytest.fixture(scope="module")
+def acdc(tmp_path_factory):
+    """An ACDC tree (two conditions, labelled val), weights, and their predictions as label maps."""
+    root = tmp_path_factory.mktemp("box")
+    make_acdc(str(root / "acdc"), conditions=("fog", "night"), val=2)
+    weights = tiny_weights(str(root / "w.pth"))
+    target = ["--target-dataset", "acdc", "--data-dir", str(root / "acdc"), "--conditions", "fog,night"]
+    main_script.main(["--mode", "predict", "--restore-from", weights, *target, "--save-predictions",
+                      str(root / "pred"), "--log-tb-dir", str(root / "runs"), *COMMON])
+    return {"root": root, "weights": weights, "target": target, "maps": str(root / "pred" / "train_ids")}
+
+
+def files(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, names in os.walk(folder) for f in names}
+
+
+def test_label_maps_score_as_the_network_they_came_from(acdc, tmp_path):
+    def test(restore_from, name):
+        return main_script.main(["--mode", "test", "--restore-from", restore_from, *acdc["target"],
+                                 "--experiment-name", name, "--log-tb-dir", str(tmp_path / "exp"), *COMMON])
+
+    network, maps = test(acdc["weights"], "network"), test(acdc["maps"], "maps")
+    assert maps["per_class"] == pytest.approx(network["per_class"], nan_ok=True)
+    assert maps["miou"] == pytest.approx(network["miou"])
+    for condition in ("fog", "night"):
+        assert maps["conditions"][condition]["miou"] == pytest.approx(network["conditions"][condition]["miou"])
+    for record in ("miou_record.csv", "miou_record_fog.csv"):  # the rows name the folder they scored
+        with open(tmp_path / "exp" / "basic" / "maps" / record, newline="") as f:
+            rows = list(csv.reader(f))
+        assert len(rows) == 2 and rows[1][:2] == ["test", acdc["maps"]]
+    assert not (tmp_path / "exp" / "basic" / "maps" / "label_free_record.csv").exists()  # maps carry no scores
+
+
+def test_label_maps_are_pictured_by_predict(acdc, tmp_path):
+    out = str(tmp_path / "again")
+    argv = ["--mode", "predict", "--restore-from", acdc["maps"], *acdc["target"], "--save-predictions", out,
+            "--log-tb-dir", str(tmp_path / "runs"), *COMMON]
+    assert main_script.main(argv) == {"save": out, "images": 4, "predicted": 4, "skipped": 0}
+    assert files(os.path.join(out, "train_ids")) == files(acdc["maps"])
+    assert len(files(os.path.join(out, "pictures"))) == 4
+    assert main_script.main(argv)["skipped"] == 4  # a rerun resumes
+
+
+def test_a_missing_or_foreign_label_map_is_one_line(acdc, tmp_path, capsys):
+    maps = tmp_path / "maps"
+    for rel, data in files(acdc["maps"]).items():
+        os.makedirs(maps / os.path.dirname(rel), exist_ok=True)
+        (maps / rel).write_bytes(data)
+    first = sorted(files(str(maps)))[0]
+    os.remove(maps / first)
+    out = tmp_path / "exp"
+    argv = ["--mode", "test", "--restore-from", str(maps), *acdc["target"], "--log-tb-dir", str(out), *COMMON]
+    assert_one_line_refusal(*run_refused(capsys, main_script.main, argv), str(maps / first), str(out))
+    cv2.imwrite(str(maps / first), np.full((32, 64), 40, np.uint8))
+    assert_one_line_refusal(*run_refused(capsys, main_script.main, argv), "value 40 is no train id", str(out))
