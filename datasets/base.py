@@ -352,11 +352,7 @@ class TargetDataset(LabelledImages):
 
 def collate(samples):
     """A batch of items: images stacked, names as a list; labels stacked, or a list when their
-    sizes differ (full-resolution labels in evaluation). An item carrying a user error (see
-    ``modules.prediction.ErrorsAsItems``) makes the batch that error, passed on to the step."""
-    errors = [s["error"] for s in samples if "error" in s]
-    if errors:
-        return {"error": errors[0]}
+    sizes differ (full-resolution labels in evaluation)."""
     batch = {"name": [s["name"] for s in samples], "index": torch.tensor([s["index"] for s in samples])}
     if "image" in samples[0]:
         batch["image"] = torch.stack([s["image"] for s in samples])

@@ -25,7 +25,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from datasets.pixels import resize_label, to_bgr_uint8
-from modules.prediction import ErrorsAsItems, RecordFile, check_item, read_records
+from modules.prediction import RecordFile, read_records
 from modules.config import ProviderRun
 from modules.pseudo_labels import IMAGE_SAMPLE_BYTES, generate, target_dataset
 from modules.stage_output import check_pseudo_labels_finished
@@ -85,10 +85,10 @@ class _Labels(Dataset):
 def image_class_counts(label_paths, input_size, num_classes, num_workers=0, resize_backend="pil"):
     """Pixels of every class in each label (N x C, int64), at the input size (``None``: as stored)."""
     counts = np.zeros((len(label_paths), num_classes), dtype=np.int64)
-    loader = DataLoader(ErrorsAsItems(_Labels(label_paths, input_size, num_classes, resize_backend)), batch_size=None,
+    loader = DataLoader(_Labels(label_paths, input_size, num_classes, resize_backend), batch_size=None,
                         num_workers=num_workers_or_default(num_workers))
     for i, image_counts in enumerate(progress(loader, desc="counting class pixels", leave=False)):
-        counts[i] = np.asarray(check_item(image_counts), dtype=np.int64)
+        counts[i] = np.asarray(image_counts, dtype=np.int64)
     return counts
 
 
@@ -188,11 +188,10 @@ def mine(dataset, names, save, boxes, rare, num_workers=0):
     pending = [i for i, name in enumerate(names) if name not in done]
     records = RecordFile(os.path.join(save, ".state", "mined.tsv"))
     try:
-        loader = DataLoader(ErrorsAsItems(Subset(dataset, pending)), batch_size=None,
+        loader = DataLoader(Subset(dataset, pending), batch_size=None,
                             num_workers=num_workers_or_default(num_workers))
         with BackgroundWriter() as writer:
             for item in progress(loader, total=len(pending), desc="mining hard patches"):
-                check_item(item)
                 label = item["label"].numpy().astype(np.uint8)
                 kept = select_patches(label, boxes, rare)
                 row = (item["name"], _encode(kept))

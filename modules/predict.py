@@ -30,7 +30,7 @@ import torch
 from datasets.base import TargetDataset
 from modules.label_map_box import label_map_paths
 from modules.label_map_box import predictions as label_map_predictions
-from modules.prediction import FileWriter, PredictionData, PredictionModule, check_item, run_predict
+from modules.prediction import FileWriter, PredictionData, PredictionModule, run_predict
 from modules.providers import check_finite
 from utils.cli import UserError, progress
 from utils.fingerprint import fingerprint
@@ -92,7 +92,6 @@ class ImagePredictionModule(PredictionModule):
         self.sizes = list(sizes)
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
-        check_item(batch)
         # One scale: the network's output, upsampled once, as evaluation does; several: their mean at the input size.
         logits = multiscale_logits(self.net, batch["image"], self.scales, self.flip)
         check_finite(logits, batch["name"], self.source)

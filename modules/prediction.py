@@ -20,7 +20,7 @@ import os
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from datasets.base import collate
 from datasets.samplers import ShardSampler
@@ -65,7 +65,6 @@ class PredictionModule(pl.LightningModule):
         return multiscale_logits(self.net, images, self.scales, self.flip, size=tuple(images.shape[-2:])).float()
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
-        check_item(batch)
         logits = self.logits(batch["image"])
         check_finite(logits, batch["name"], self.source)
         out = {"name": list(batch["name"]),
@@ -75,31 +74,6 @@ class PredictionModule(pl.LightningModule):
         if self.confidence_scale:
             out["confidence"] = (logits.softmax(dim=1).amax(dim=1) * self.confidence_scale).round().int().cpu()
         return out
-
-
-class ErrorsAsItems(Dataset):
-    """Turns a user error inside a loader process into an item ``{"error": message}``, so that it
-    reaches the user as the original one-line message instead of a worker traceback (see
-    :func:`check_item`)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        try:
-            return self.dataset[index]
-        except UserError as err:
-            return {"error": str(err)}
-
-
-def check_item(item):
-    """Raise the user error carried by an item of :class:`ErrorsAsItems`; else return the item."""
-    if isinstance(item, dict) and "error" in item:
-        raise UserError(item["error"])
-    return item
 
 
 def shard_batches(names, batch_size, rank=0, world_size=1, done=frozenset()):
@@ -144,7 +118,7 @@ class PredictionData(pl.LightningDataModule):
         # the concatenation again gives back exactly these batches.
         indices = _Indices(i for batch in batches for i in batch)
         # One pass: no persistent workers (utils/loaders.py).
-        return DataLoader(ErrorsAsItems(self.dataset), batch_size=self.batch_size, sampler=indices, collate_fn=collate,
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices, collate_fn=collate,
                           **loader_kwargs(self.num_workers, trainer))
 
 

@@ -45,8 +45,7 @@ from datasets.cityscapes import LABEL_SUFFIX
 from datasets.targets import TARGETS, make_target
 from datasets.pixels import resize_label
 from modules.config import ProviderRun
-from modules.prediction import (ErrorsAsItems, PredictionData, PredictionModule, RecordWriter,
-                                check_item, read_records, run_predict)
+from modules.prediction import PredictionData, PredictionModule, RecordWriter, read_records, run_predict
 from modules.providers import load_provider
 from utils.cli import UserError, progress
 from utils.fingerprint import fingerprint
@@ -378,10 +377,9 @@ def ground_truth_scores(save, split, names, layout, num_classes, num_workers=0, 
         return None, f"ground truth incomplete: {len(absent)} of {len(pairs)} files missing (first: {absent[0]})"
     # Only the first process reports, so the matrix must not wait for the others to sum it.
     confusion = ConfusionMatrix(num_classes, IGNORE_INDEX, sync_on_compute=False)
-    loader = DataLoader(ErrorsAsItems(_LabelPairs(pairs, resize_backend)), batch_size=None,
+    loader = DataLoader(_LabelPairs(pairs, resize_backend), batch_size=None,
                         num_workers=num_workers_or_default(num_workers))
-    for item in loader:
-        prediction, truth = check_item(item)
+    for prediction, truth in loader:
         confusion.update(prediction, truth)
     return scores_from_confusion(confusion.compute()), truth_dir
 

@@ -135,6 +135,23 @@ def test_a_damaged_file_with_such_a_name_is_one_line(weights, tmp_path):
         read_image_bgr(os.path.join(data, BAD + ".png"))
 
 
+@pytest.mark.parametrize("script", ["generate", "predict"])
+def test_a_truncated_image_read_in_a_loader_process_is_one_line(weights, tmp_path, capsys, script):
+    """The header is whole (the checks at the start pass), the pixels are cut short: the error is
+    raised inside a DataLoader worker and still reaches the user as one line naming the file."""
+    data = folder_of(tmp_path / "data", ["a.png", "b.png"])
+    ok, buffer = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (SIZE[1], SIZE[0], 3), np.uint8))
+    write_bytes(os.path.join(data, "b.png"), buffer.tobytes()[:len(buffer) // 2])
+    out = str(tmp_path / "out")
+    workers = ["--num-workers", "1"]
+    if script == "generate":
+        code, err = run_refused(capsys, generate_pseudo_labels.main, stage_argv(data, out, weights, *workers))
+    else:
+        code, err = run_refused(capsys, main_script.main, predict_argv(data, weights, out) + workers)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "b.png" in err, err
+    assert "Traceback" not in err and "DataLoader worker" not in err  # finished images are kept to resume
+
+
 # -- 2. non-finite scores ---------------------------------------------------------------------------------------
 
 def onnx_provider(path, unary, num_classes=19):
