@@ -19,6 +19,7 @@ COMMANDS = [
     ["adapt.py", "--help"],
     ["demo.py", "--help"],
     ["-m", "tools.selection_study", "--help"],
+    ["-m", "tools.gpu_check", "--help"],
 ]
 PROBE = """
 import runpy, sys

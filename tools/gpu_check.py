@@ -46,8 +46,6 @@ import time
 import traceback
 import warnings
 
-from pytorch_lightning.callbacks import Callback
-
 from utils.cli import ArgumentParser, UserError, at_least, input_size, run
 from utils.io import atomic_write_text
 
@@ -320,31 +318,6 @@ def run_method(opts, path):
 
 # -- part 3: the compiled step against the eager one, and synchronisations --------------------------------
 
-class StepRecorder(Callback):
-    """Each step's loss (kept on the device until the end), and with ``watch_syncs`` every
-    synchronising CUDA call from the second step on (``torch.cuda.set_sync_debug_mode``; the module's
-    batch-end hook, the EMA update, counts in its step)."""
-
-    def __init__(self, watch_syncs):
-        self.watch_syncs, self.losses, self.watching = watch_syncs, [], False
-
-    def _watch(self, on):
-        if self.watch_syncs and on != self.watching:
-            import torch
-
-            torch.cuda.set_sync_debug_mode(1 if on else 0)
-            self.watching = on
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._watch(batch_idx >= 1)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.losses.append(outputs["loss"].detach().float().clone())
-
-    def on_train_end(self, trainer, pl_module):
-        self._watch(False)
-
-
 def _sync_site(message, stack):
     """Where a synchronising call came from: the innermost frame of this project, else of Lightning."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -358,12 +331,35 @@ def _sync_site(message, stack):
 def train_smhm(argv, batch, steps, cuda, watch_syncs):
     """``steps`` smhm steps on ``batch`` in a Trainer; returns (losses, weights, syncs per site)."""
     import torch
+    from pytorch_lightning.callbacks import Callback
     from torch.utils.data import DataLoader
 
     from modules import MODULES
     from modules.config import HardwareConfig, parse_args
     from tools.benchmark import RepeatedBatch
     from utils.lightning import make_trainer
+
+    class StepRecorder(Callback):
+        """Each step's loss (kept on the device until the end), and with ``watch_syncs`` every
+        synchronising CUDA call from the second step on (``torch.cuda.set_sync_debug_mode``; the module's
+        batch-end hook, the EMA update, counts in its step)."""
+
+        def __init__(self, watch_syncs):
+            self.watch_syncs, self.losses, self.watching = watch_syncs, [], False
+
+        def _watch(self, on):
+            if self.watch_syncs and on != self.watching:
+                torch.cuda.set_sync_debug_mode(1 if on else 0)
+                self.watching = on
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self._watch(batch_idx >= 1)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(outputs["loss"].detach().float().clone())
+
+        def on_train_end(self, trainer, pl_module):
+            self._watch(False)
 
     config = parse_args(argv)
     torch.manual_seed(0)
