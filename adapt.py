@@ -196,7 +196,12 @@ class Pipeline:
 
     # -- the stages ---------------------------------------------------------------------------------
     def pseudo_labels(self):
-        if self.black_box_kind == "labels":
+        if self.black_box_kind == "labels":  # the report scores the maps of its split: are they all there?
+            from datasets.base import TargetDataset
+            from modules.label_map_box import label_map_paths
+
+            names = TargetDataset(self.make_target(), self.report_split, input_size=self.args.input_size).names
+            label_map_paths(self.args.black_box, names, self.report_split, "--black-box")
             print(f"\n=== pseudo-labels: the black box's label maps in {self.args.black_box}")
             return self.args.black_box
         from generate_pseudo_labels import main as pseudo

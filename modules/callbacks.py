@@ -18,7 +18,8 @@ from utils.cli import UserError
 from utils.io import write_png, write_rgb_png
 from utils.label_free import CRITERIA
 from utils.labels import colorize
-from utils.metrics import append_csv_row, append_record, condition_record_path, format_condition_table, format_table
+from utils.metrics import (append_csv_row, append_record, check_csv_header, condition_record_path,
+                           format_condition_table, format_table, record_header)
 from utils.visualize import labelled_picture
 
 
@@ -32,7 +33,8 @@ class ScoreRecord(Callback):
     their means and a row to each condition's own record, ``<record>_<condition>.csv``, in the format
     of the main one, which stays as it is."""
 
-    def __init__(self, record_path, test_title, select_by, run_folder, test_weights):
+    def __init__(self, record_path, test_title, select_by, run_folder, test_weights, num_classes):
+        check_records(record_path, num_classes)  # before any work, not after the first validation
         self.record_path = record_path
         self.run_folder, self.test_weights = run_folder, test_weights
         self.test_title, self.select_by = test_title, select_by
@@ -74,12 +76,25 @@ def report_test(record_path, scores, title, weights):
     record_scores(record_path, scores, "test", weights)
 
 
+LABEL_FREE_RECORD, LABEL_FREE_HEADER = "label_free_record.csv", ["step", "weights", *CRITERIA]
+
+
+def check_records(record_path, num_classes):
+    """Refuse a record beside ``record_path`` (the mIoU record, a condition's, the label-free one)
+    written in another format: one line, before anything is run."""
+    folder, (stem, ext) = os.path.dirname(record_path), os.path.splitext(os.path.basename(record_path))
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name == LABEL_FREE_RECORD:
+            check_csv_header(os.path.join(folder, name), LABEL_FREE_HEADER)
+        elif name.startswith(stem) and name.endswith(ext):
+            check_csv_header(os.path.join(folder, name), record_header(num_classes))
+
+
 def record_scores(record_path, scores, step, weights):
     """Append one evaluation to ``label_free_record.csv`` beside ``record_path`` (where label-free
     scores were computed), to the mIoU record and to each condition's (where labels were scored)."""
     if scores.get("label_free"):
-        append_csv_row(os.path.join(os.path.dirname(record_path), "label_free_record.csv"),
-                       ["step", "weights", *CRITERIA],
+        append_csv_row(os.path.join(os.path.dirname(record_path), LABEL_FREE_RECORD), LABEL_FREE_HEADER,
                        [step, weights, *(f"{scores['label_free'][c]:.6f}" for c in CRITERIA)])
     if "miou" in scores:
         append_record(record_path, scores, step, weights)

@@ -1,54 +1,70 @@
 """A black box known only by its label maps: a folder of train-id PNGs, ``<name>.png`` for each image
-(its path inside the split without the extension), as a prediction service returns them. Given as
-``--restore-from DIR``, ``--mode test`` scores the maps against the split's labels and ``--mode
-predict`` pictures them, as for a network; nothing is run. A map of another size than the label
-(or image) is resized to it by nearest neighbour. Label maps carry no scores, so no label-free
-score is computed for them."""
+(its path inside the split without the extension; in the folder itself, or under ``<split>/`` or
+``label_ids/<split>/`` as the pseudo-label stage writes them), as a prediction service returns them.
+Given as ``--restore-from DIR``, ``--mode test`` scores the maps against the split's labels and
+``--mode predict`` pictures them, as for a network; nothing is run. A map of another size than the
+label (or image) is resized to it by nearest neighbour; a pixel the service left without a class
+(255) counts as a miss. Label maps carry no scores, so no label-free score is computed for them."""
 import os
 
 import cv2
 import numpy as np
 import torch
 
-from datasets.base import TargetDataset
+from datasets.base import TargetDataset, check_label_values
 from utils.cli import UserError, progress
+from utils.fingerprint import fingerprint
 from utils.io import read_label
 from utils.metrics import image_confusion, scores_from_confusion
 
 
-def label_map_paths(folder, names):
-    """``{name: path}`` of the label map of every image; one missing is a one-line ``UserError``."""
-    paths = {name: os.path.join(folder, name + ".png") for name in names}
-    missing = [path for path in paths.values() if not os.path.isfile(path)]
-    if missing:
-        raise UserError(f"--restore-from {folder}: no label map for {len(missing)} of the {len(paths)} images, "
-                        f"e.g. {missing[0]} (a folder of label maps holds <name>.png for every image)")
-    return paths
+def label_map_paths(folder, names, split, flag="--restore-from"):
+    """``{name: path}`` of the label map of every image, from the layout of ``folder`` that holds the
+    most of them; one missing is a one-line ``UserError``."""
+    best = None
+    for root in (os.path.join(folder, "label_ids", split), os.path.join(folder, split), folder):
+        paths = {name: os.path.join(root, name + ".png") for name in names}
+        missing = [path for path in paths.values() if not os.path.isfile(path)]
+        if not missing:
+            return paths
+        best = min(best or (missing, paths), (missing, paths), key=lambda pair: len(pair[0]))
+    missing = best[0]
+    raise UserError(f"{flag} {folder}: no label map for {len(missing)} of the {len(names)} images, e.g. {missing[0]} "
+                    "(a folder of label maps holds <name>.png for every image; weights are a file)")
 
 
 def read_label_map(path, shape, num_classes):
-    """The label map at ``path`` at ``shape`` (height, width); a value not below ``num_classes`` but
-    not 255 (ignored) is a one-line ``UserError``."""
+    """The label map at ``path`` at ``shape`` (height, width), as ``uint8``."""
     label_map = read_label(path)
-    bad = (label_map >= num_classes) & (label_map != 255)
-    if bad.any():
-        raise UserError(f"{path}: value {int(label_map[bad][0])} is no train id of {num_classes} classes")
+    check_label_values(label_map, num_classes, path)
     if label_map.shape != tuple(shape):
         label_map = cv2.resize(label_map, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-    return label_map
+    return label_map.astype(np.uint8)
+
+
+def check_test_flags(config):
+    """Test mode's flags that would do nothing for label maps are one line each."""
+    e = config.evaluation
+    for flag, given in (("--save-predictions", e.save_predictions), ("--flip-when-test", e.flip_when_test),
+                        ("--scales", tuple(e.scales) != (1.0,))):
+        if given:
+            raise UserError(f"{flag} does nothing for a folder of label maps (--restore-from {config.restore_from}): "
+                            "drop it" + ("; --mode predict pictures the maps" if flag == "--save-predictions" else ""))
 
 
 def test_scores(config):
     """The scores of the label maps in ``--restore-from`` on the ``--val-split`` labels (per condition
     too, where the target scores conditions), in the format of a network's test."""
+    check_test_flags(config)
     d, num_classes = config.data, config.network.num_classes
     dataset = TargetDataset(d.target(), d.val_split, input_size=config.network.input_size, labels=True,
                             list_root=d.lists, num_classes=num_classes, resize_backend=d.resize_backend)
-    maps = label_map_paths(config.restore_from, dataset.names)
-    total = np.zeros((num_classes, num_classes), dtype=np.int64)
+    maps = label_map_paths(config.restore_from, dataset.names, d.val_split)
+    total = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
     conditions = {c: np.zeros_like(total) for c in d.scored_conditions()}
     for _, label_path, name in progress(dataset.samples, desc="test: label maps", unit="image"):
         label = read_label(label_path)
+        check_label_values(label, num_classes, label_path)
         confusion = image_confusion(read_label_map(maps[name], label.shape, num_classes), label, num_classes)
         total += confusion
         if name.split("/", 1)[0] in conditions:
@@ -57,6 +73,11 @@ def test_scores(config):
     if conditions:
         scores["conditions"] = {c: scores_from_confusion(m) for c, m in conditions.items()}
     return scores
+
+
+def settings(maps):
+    """What decides predict mode's outputs from label maps: the map files themselves."""
+    return {"label_maps": fingerprint(list(maps.values()), names=list(maps))}
 
 
 def predictions(maps, names, sizes, num_classes, done):

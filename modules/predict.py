@@ -1,5 +1,7 @@
 """``main.py --mode predict``: the predictions of ``--restore-from`` for every image of a target split,
-no labels needed (your own images: ``--target-dataset folder --data-dir DIR``).
+no labels needed (your own images: ``--target-dataset folder --data-dir DIR``). ``--restore-from``
+may also be a black box's folder of label maps (``modules/label_map_box.py``): then its maps are
+written and pictured as predictions, and nothing is run.
 
 For each image, named ``<name>`` by its path inside the split without the extension, the run writes
 under ``--save-predictions OUT``, at the image's own resolution (the logits at the network's output
@@ -30,6 +32,7 @@ import torch
 from datasets.base import TargetDataset
 from modules.label_map_box import label_map_paths
 from modules.label_map_box import predictions as label_map_predictions
+from modules.label_map_box import settings as label_map_settings
 from modules.prediction import FileWriter, PredictionData, PredictionModule, run_predict
 from modules.providers import check_finite
 from utils.cli import UserError, progress
@@ -131,8 +134,7 @@ def settings_of(config):
             "flip": config.evaluation.flip_when_test, "scales": list(config.evaluation.scales), "precision": config.hardware.precision,
             # only when off, so that the folders of earlier runs resume as they are
             **({} if config.hardware.fold_bn else {"fold_bn": False}),
-            "weights": (os.path.abspath(config.restore_from) if os.path.isdir(config.restore_from)
-                        else fingerprint([config.restore_from], names=[""]))}
+            "weights": fingerprint([config.restore_from], names=[""])}
 
 
 def predict(config):
@@ -144,13 +146,18 @@ def predict(config):
     names = dataset.names
     label_maps = os.path.isdir(config.restore_from)  # a black box known by its label maps: nothing to run
     if label_maps:
-        maps = label_map_paths(config.restore_from, names)
+        maps = label_map_paths(config.restore_from, names, config.data.val_split)
+        for inner, outer, how in ((config.restore_from, save, "holds"), (save, config.restore_from, "is inside")):
+            if (os.path.realpath(inner) + os.sep).startswith(os.path.realpath(outer) + os.sep):
+                raise UserError(f"--save-predictions {save} {how} the label maps of --restore-from "
+                                f"{config.restore_from}: choose a folder apart from them")
     else:
         from modules.base import SegmentationModule  # the network as every stage builds it
 
         net = SegmentationModule(config).net
     with folder_lock(save, "--save-predictions"):
-        claim_folder(os.path.join(save, STATE), settings_of(config), config.evaluation.overwrite,
+        claim_folder(os.path.join(save, STATE), label_map_settings(maps) if label_maps else settings_of(config),
+                     config.evaluation.overwrite,
                      outputs=[os.path.join(save, kind) for kind in KINDS], flag="--save-predictions")
         done = frozenset() if config.evaluation.overwrite else frozenset(done_names(save, names))
         if label_maps:

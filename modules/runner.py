@@ -10,7 +10,7 @@ from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ModelCh
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from modules import MODULES
-from modules.callbacks import CompileTime, PredictionPNGs, ScoreRecord, TrainingPictures, report_test
+from modules.callbacks import CompileTime, PredictionPNGs, ScoreRecord, TrainingPictures, check_records, report_test
 from modules.config import CONFIG_FILE
 from modules.data import SegmentationDataModule
 from utils.cli import UserError
@@ -216,7 +216,8 @@ def build_trainer(config):
     callbacks.append(ScoreRecord(os.path.join(config.experiment_dir, "miou_record.csv"),
                                  test_title=f"test ({config.restore_from or 'no weights'})",
                                  select_by=config.evaluation.select_by, run_folder=config.experiment_dir,
-                                 test_weights=config.restore_from or "none (random initialisation)"))
+                                 test_weights=config.restore_from or "none (random initialisation)",
+                                 num_classes=config.network.num_classes))
     if config.mode == "test" and config.evaluation.save_predictions:
         callbacks.append(PredictionPNGs(config.evaluation.save_predictions))
     val_interval = config.evaluation.val_interval
@@ -261,11 +262,12 @@ def test(config):
     if os.path.isdir(config.restore_from):  # a black box known by its label maps: nothing to run
         from modules.label_map_box import test_scores
 
+        record = os.path.join(config.experiment_dir, "miou_record.csv")
+        check_records(record, config.network.num_classes)
         scores = test_scores(config)
         with holding_outputs(config):
             write_config(os.path.join(config.experiment_dir, CONFIG_FILE), config)
-            report_test(os.path.join(config.experiment_dir, "miou_record.csv"), scores,
-                        f"test ({config.restore_from}, label maps)", config.restore_from)
+            report_test(record, scores, f"test ({config.restore_from}, label maps)", config.restore_from)
         return scores
     with holding_outputs(config):
         module, data, _ = build(config)

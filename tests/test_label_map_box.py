@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import main as main_script
-from tests.fixtures import assert_one_line_refusal, make_acdc, run_refused, tiny_weights
+from tests.fixtures import assert_one_line_refusal, make_acdc, make_image_folder, run_refused, tiny_weights
+from utils.io import read_label
 
 COMMON = ["--arch", "deeplabv2_tiny", "--input-size", "64x32", "--num-workers", "0", "--accelerator", "cpu",
           "--devices", "1", "--test-batch-size", "1"]
@@ -70,4 +71,47 @@ def test_a_missing_or_foreign_label_map_is_one_line(acdc, tmp_path, capsys):
     argv = ["--mode", "test", "--restore-from", str(maps), *acdc["target"], "--log-tb-dir", str(out), *COMMON]
     assert_one_line_refusal(*run_refused(capsys, main_script.main, argv), str(maps / first), str(out))
     cv2.imwrite(str(maps / first), np.full((32, 64), 40, np.uint8))
-    assert_one_line_refusal(*run_refused(capsys, main_script.main, argv), "value 40 is no train id", str(out))
+    assert_one_line_refusal(*run_refused(capsys, main_script.main, argv), "label values outside 0..18 and 255", str(out))
+
+
+def test_a_pixel_without_a_class_is_a_miss_of_its_class(tmp_path):
+    """Known answer: the maps are the labels, but with every second road pixel left without a class
+    (255): road IoU 50 %, every other class present 100 %."""
+    images, labels, maps = tmp_path / "images", tmp_path / "labels", tmp_path / "maps"
+    relative = make_image_folder(str(images), str(labels))
+    for rel in relative:
+        label = read_label(str(labels / (os.path.splitext(rel)[0] + ".png")))
+        road = np.flatnonzero(label.ravel() == 0)[::2]
+        label.ravel()[road] = 255
+        os.makedirs(maps / os.path.dirname(rel), exist_ok=True)
+        cv2.imwrite(str(maps / (os.path.splitext(rel)[0] + ".png")), label)
+    scores = main_script.main(["--mode", "test", "--restore-from", str(maps), "--target-dataset", "folder",
+                               "--data-dir", str(images), "--label-dir", str(labels),
+                               "--log-tb-dir", str(tmp_path / "exp"), *COMMON])
+    present = [v for v in scores["per_class"] if not np.isnan(v)]
+    assert scores["per_class"][0] == pytest.approx(50.0, abs=0.5) and present.count(100.0) == len(present) - 1
+
+
+def test_what_label_maps_cannot_do_is_one_line(acdc, tmp_path, capsys):
+    out = tmp_path / "exp"
+    test = ["--mode", "test", "--restore-from", acdc["maps"], *acdc["target"], "--log-tb-dir", str(out), *COMMON]
+    for extra, said in ((["--flip-when-test"], "--flip-when-test does nothing"),
+                        (["--save-predictions", str(tmp_path / "p")], "--mode predict pictures the maps")):
+        assert_one_line_refusal(*run_refused(capsys, main_script.main, test + extra), said, str(out))
+    # predictions written around the maps they read (--overwrite would delete them) are refused
+    around = os.path.dirname(acdc["maps"])
+    predict = ["--mode", "predict", "--restore-from", acdc["maps"], *acdc["target"], "--save-predictions", around,
+               "--overwrite", "--log-tb-dir", str(out), *COMMON]
+    code, err = run_refused(capsys, main_script.main, predict)
+    assert code == 2 and "holds the label maps" in err and len(files(acdc["maps"])) == 4
+
+
+def test_a_record_of_another_format_is_refused_before_any_work(acdc, tmp_path, capsys):
+    folder = tmp_path / "exp" / "basic" / "none"
+    folder.mkdir(parents=True)
+    (folder / "miou_record_fog.csv").write_text("road,sidewalk\n1,2\n")
+    argv = ["--mode", "test", "--restore-from", acdc["weights"], *acdc["target"], "--log-tb-dir", str(tmp_path / "exp"),
+            *COMMON]
+    code, err = run_refused(capsys, main_script.main, argv)
+    assert code == 2 and "miou_record_fog.csv has another header" in err
+    assert sorted(os.listdir(folder)) == ["miou_record_fog.csv"]  # nothing scored, nothing appended

@@ -71,8 +71,8 @@ def iou_per_class(confmat):
     ground truth and the prediction (TP + FP + FN == 0)."""
     confmat = confmat.detach().cpu().numpy() if torch.is_tensor(confmat) else np.asarray(confmat)
     confmat = confmat.astype(np.float64)
-    tp = np.diag(confmat)
-    union = confmat.sum(0) + confmat.sum(1) - tp
+    tp = np.diag(confmat)  # a last column beyond the classes (image_confusion's "no class") counts as missed
+    union = confmat.sum(0)[:len(tp)] + confmat.sum(1) - tp
     iou = np.full(len(tp), np.nan)
     np.divide(tp, union, out=iou, where=union > 0)
     return iou
@@ -145,13 +145,7 @@ def append_csv_row(csv_path, header, row):
     """Append ``row`` to a CSV file, writing ``header`` first into a new one; a file that starts with
     another header is refused (a record of another kind, or of another version)."""
     os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
-    new_file = not os.path.isfile(csv_path) or os.path.getsize(csv_path) == 0
-    if not new_file:
-        with open(csv_path, newline="") as f:
-            first = next(csv.reader(f), [])
-        if first != header:
-            raise UserError(f"{csv_path} has another header than this record's ({', '.join(header[:3])}, ...): "
-                            "choose another record file or run folder")
+    new_file = not check_csv_header(csv_path, header)
     with open(csv_path, "a", newline="") as f:
         writer = csv.writer(f)
         if new_file:
@@ -159,12 +153,29 @@ def append_csv_row(csv_path, header, row):
         writer.writerow(row)
 
 
+def check_csv_header(csv_path, header):
+    """Whether the CSV file exists with rows; one that starts with another header is refused (a
+    record of another kind, or of another version)."""
+    if not os.path.isfile(csv_path) or os.path.getsize(csv_path) == 0:
+        return False
+    with open(csv_path, newline="") as f:
+        first = next(csv.reader(f), [])
+    if first != header:
+        raise UserError(f"{csv_path} has another header than this record's ({', '.join(header[:3])}, ...): "
+                        "choose another record file or run folder")
+    return True
+
+
 def image_confusion(prediction, label, num_classes, ignore_index=IGNORE_INDEX):
-    """The confusion matrix ``[ground truth, prediction]`` of one image (integer arrays, same shape)."""
+    """The confusion matrix ``[ground truth, prediction]`` of one image (integer arrays, same shape),
+    ``num_classes`` × ``num_classes + 1``: the last column counts the pixels predicted as no class
+    (255 in a label map), each a miss of its true class (:func:`iou_per_class` takes such a matrix)."""
     prediction, label = np.asarray(prediction).ravel(), np.asarray(label).ravel()
     keep = label != ignore_index
-    index = label[keep].astype(np.int64) * num_classes + prediction[keep].astype(np.int64)
-    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    columns = num_classes + 1
+    predicted = np.minimum(prediction[keep].astype(np.int64), num_classes)
+    index = label[keep].astype(np.int64) * columns + predicted
+    return np.bincount(index, minlength=num_classes * columns).reshape(num_classes, columns)
 
 
 def bootstrap_difference(confusions_a, confusions_b, samples=1000, seed=0, level=0.95):
