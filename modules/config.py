@@ -51,16 +51,16 @@ class NetworkConfig:
 def add_network_args(parser, title="network"):
     """The flags that choose the network and its input size, shared by every entry point."""
     group = parser.add_argument_group(title)
-    group.add_argument("--arch", default="deeplabv2_r101", choices=ARCH_NAMES,
+    group.add_argument("--arch", default=NetworkConfig.arch, choices=ARCH_NAMES,
                        help="deeplabv2_r101 (published), deeplabv2_r50, deeplabv2_tiny for CPU trials, or a student "
                             "from segmentation-models-pytorch: segformer_b0..segformer_b5, deeplabv3plus_r50, "
                             "deeplabv3plus_r101 (docs/students.md) (default: %(default)s)")
-    group.add_argument("--num-classes", type=at_least(1, 255), default=19,
+    group.add_argument("--num-classes", type=at_least(1, 255), default=NetworkConfig.num_classes,
                        help="number of train ids, at most 255 (255 is the ignore label) (default: %(default)s)")
-    group.add_argument("--head-branches", type=int, choices=(2, 4), default=2,
+    group.add_argument("--head-branches", type=int, choices=(2, 4), default=NetworkConfig.head_branches,
                        help="ASPP branches summed in the head: 2 as the published checkpoints were made, or all 4 "
                             "(default: %(default)s)")
-    group.add_argument("--input-size", type=input_size, default=(1024, 512), metavar="WxH",
+    group.add_argument("--input-size", type=input_size, default=NetworkConfig.input_size, metavar="WxH",
                        help="images are resized (bicubic) to WIDTHxHEIGHT for training and inference "
                             "(default: 1024x512)")
     return group
@@ -81,14 +81,14 @@ def add_hardware_args(parser):
     """The flags :func:`make_trainer` reads and ``--fold-bn`` (how inference runs the network), the same
     for training and the data stages; returns their group."""
     group = parser.add_argument_group("hardware")
-    group.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
-    group.add_argument("--devices", type=devices, default="auto",
+    group.add_argument("--accelerator", default=HardwareConfig.accelerator, help="cpu, gpu or auto (default: %(default)s)")
+    group.add_argument("--devices", type=devices, default=HardwareConfig.devices,
                        help="number of devices per node, a list such as 0,1, or auto (default: %(default)s)")
-    group.add_argument("--num-nodes", type=at_least(1), default=1, help="number of machines (default: %(default)s)")
-    group.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: %(default)s)")
-    group.add_argument("--precision", default="32-true",
+    group.add_argument("--num-nodes", type=at_least(1), default=HardwareConfig.num_nodes, help="number of machines (default: %(default)s)")
+    group.add_argument("--strategy", default=HardwareConfig.strategy, help="Lightning strategy, e.g. ddp (default: %(default)s)")
+    group.add_argument("--precision", default=HardwareConfig.precision,
                        help="32-true as published, or bf16-mixed for speed on recent GPUs (default: %(default)s)")
-    group.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+    group.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=HardwareConfig.fold_bn,
                        help="for inference (pseudo-labels, hard patches, validation, test, predict mode), run a copy "
                             "of the network with each BatchNorm folded into the convolution before it: the same "
                             "results up to float rounding, faster; --no-fold-bn runs the network as it is, for "
@@ -200,14 +200,14 @@ class DataConfig:
 def add_data_args(parser):
     group = parser.add_argument_group("data")
     add_target_dataset_args(group)
-    group.add_argument("--list-root", default=None, metavar="DIR",
+    group.add_argument("--list-root", default=DataConfig.list_root, metavar="DIR",
                        help="folder with <split>.txt image lists (lines: image paths inside the split, as "
                             "<city>/<stem>_leftImg8bit.png); a split whose list is not in it is found by scanning its "
                             "image folder; a folder you name must exist (default: "
                             f"{CITYSCAPES_LIST_ROOT} for cityscapes, which may be absent; none for the other targets)")
-    group.add_argument("--val-split", default="val", help="split used for validation and testing (default: %(default)s)")
+    group.add_argument("--val-split", default=DataConfig.val_split, help="split used for validation and testing (default: %(default)s)")
     add_num_workers_arg(group)
-    group.add_argument("--image-cache", default="auto", metavar="DIR|auto|off",
+    group.add_argument("--image-cache", default=DataConfig.image_cache, metavar="DIR|auto|off",
                        help="keep every training and evaluation image, decoded and resized to --input-size, as a raw "
                             "array under DIR (about W*H*3 bytes each) after its first read, and read it from there "
                             "in later epochs, rounds and runs; changed images, or another --input-size or "
@@ -215,10 +215,10 @@ def add_data_args(parser):
                             "disk holds the images not cached yet with a tenth of the disk (1 to 20 GiB) to spare, "
                             "else no cache (a line says why); off: no cache (default: %(default)s)")
     add_resize_backend_arg(group)
-    group.add_argument("--train-batch-size", type=at_least(1), default=4, help="images per training step and device (default: %(default)s)")
-    group.add_argument("--val-batch-size", type=at_least(1), default=2, help="images per validation step (default: %(default)s)")
-    group.add_argument("--test-batch-size", type=at_least(1), default=2, help="images per test step (default: %(default)s)")
-    group.add_argument("--rare-class-sampling", type=positive_float, default=None, metavar="T",
+    group.add_argument("--train-batch-size", type=at_least(1), default=DataConfig.train_batch_size, help="images per training step and device (default: %(default)s)")
+    group.add_argument("--val-batch-size", type=at_least(1), default=DataConfig.val_batch_size, help="images per validation step (default: %(default)s)")
+    group.add_argument("--test-batch-size", type=at_least(1), default=DataConfig.test_batch_size, help="images per test step (default: %(default)s)")
+    group.add_argument("--rare-class-sampling", type=positive_float, default=DataConfig.rare_class_sampling, metavar="T",
                        help="baseline, spatial_mix, smhm: draw each training image (and smhm's hard patch) by "
                             "rare-class sampling: a class c with probability softmax((1 - f_c) / T) over the classes, "
                             "f_c its pixel share in the pseudo-labels of --pseudo-label-root, then an image "
@@ -380,40 +380,40 @@ def add_run_args(parser):
     opt.add_argument("--lr", type=learning_rate, default=1e-4,
                      help="learning rate (default: %(default)s; as published, 1e-4 for the baseline and 1e-5 for "
                           "spatial_mix and smhm)")
-    opt.add_argument("--optimizer", choices=("adam", "sgd", "adamw"), default="adam",
+    opt.add_argument("--optimizer", choices=("adam", "sgd", "adamw"), default=OptimConfig.optimizer,
                      help="adam as published; sgd (momentum 0.9, weight decay 5e-4, head at 10x lr); or adamw, the "
                           "transformer recipe of SegFormer / DAFormer for the students (with --lr 6e-5: weight decay "
                           "0.01, none on norm layers, decoder and head at 10x lr) (default: %(default)s)")
-    opt.add_argument("--lr-schedule", choices=("auto", "cosine", "constant", "poly", "warmup_poly"), default="auto",
+    opt.add_argument("--lr-schedule", choices=("auto", "cosine", "constant", "poly", "warmup_poly"), default=OptimConfig.lr_schedule,
                      help="cosine: the published per-epoch cosine, lr(epoch e) = lr * (1 + cos(pi * e / 10)) / 2, "
                           "periodic (0 at epoch 10, back to lr at epoch 20, ...); constant; poly (power 0.9 to "
                           "--max-steps); or warmup_poly: linear warm-up over --warmup-steps from 1e-6 of lr, then "
                           "poly with power 1 to 0; auto = cosine for adam, poly for sgd, as published, warmup_poly "
                           "for adamw (default: %(default)s)")
-    opt.add_argument("--warmup-steps", type=at_least(0), default=1500,
+    opt.add_argument("--warmup-steps", type=at_least(0), default=OptimConfig.warmup_steps,
                      help="steps of the linear warm-up of --lr-schedule warmup_poly (default: %(default)s)")
-    opt.add_argument("--max-steps", type=at_least(1), default=20000,
+    opt.add_argument("--max-steps", type=at_least(1), default=OptimConfig.max_steps,
                      help="training ends after this many optimiser steps (default: %(default)s)")
-    opt.add_argument("--max-epochs", type=at_least(1), default=None, help="or after this many epochs, whichever comes first")
-    opt.add_argument("--seed", type=seed, default=0, help="random seed, 0 to 2**32-1 (default: %(default)s)")
+    opt.add_argument("--max-epochs", type=at_least(1), default=OptimConfig.max_epochs, help="or after this many epochs, whichever comes first")
+    opt.add_argument("--seed", type=seed, default=OptimConfig.seed, help="random seed, 0 to 2**32-1 (default: %(default)s)")
 
     ev = parser.add_argument_group("evaluation and logging")
-    ev.add_argument("--val-interval", type=interval, default=1.0,
+    ev.add_argument("--val-interval", type=interval, default=EvalConfig.val_interval,
                     help="validate every fraction of an epoch (1.0 = each epoch) or every N steps (an integer) "
                          "(default: %(default)s)")
-    ev.add_argument("--select-by", choices=(*CRITERIA, "last", "val-miou"), default=DEFAULT_CRITERION,
+    ev.add_argument("--select-by", choices=(*CRITERIA, "last", "val-miou"), default=EvalConfig.select_by,
                     help="how a stage keeps its best checkpoint: a label-free score of the val split's images "
                          "(utils/label_free.py: agreement under a flip or a mix, confident and diverse predictions, "
                          "and their means), needing no target labels; last, the last checkpoint; or val-miou, the "
                          "published protocol, which selects with the labels of the split it reports on "
                          "(default: %(default)s)")
     ev.add_argument("--flip-when-test", action="store_true", help="add horizontal-flip test-time augmentation")
-    ev.add_argument("--save-predictions", default=None, metavar="DIR",
+    ev.add_argument("--save-predictions", default=EvalConfig.save_predictions, metavar="DIR",
                     help="test mode: write predicted train-id PNGs (train_ids/) and colour PNGs (color/) at "
                          "ground-truth resolution, mirroring the images' paths inside the split (<city>/<stem> "
                          "for Cityscapes); predict mode: train_ids/, color/ and pictures/ at each image's own "
                          "resolution, resumed by rerunning the same command")
-    ev.add_argument("--scales", type=float_list(positive_float), default=(1.0,), metavar="S,S,...",
+    ev.add_argument("--scales", type=float_list(positive_float), default=EvalConfig.scales, metavar="S,S,...",
                     help="test and predict mode: average the logits over these input scale factors, e.g. "
                          "0.75,1.0,1.25 (each scale's logits resized back to the input size, flip-augmented with "
                          "--flip-when-test), as the data stages' --multiscale; training validates at the one "
@@ -421,19 +421,19 @@ def add_run_args(parser):
     ev.add_argument("--overwrite", action="store_true",
                     help="predict mode: replace the predictions in --save-predictions made with other settings or "
                          "weights (a rerun with the same ones resumes)")
-    ev.add_argument("--log-interval", type=at_least(1), default=50, help="log scalars every N steps (default: %(default)s)")
-    ev.add_argument("--visualize-interval", type=at_least(0), default=500,
+    ev.add_argument("--log-interval", type=at_least(1), default=EvalConfig.log_interval, help="log scalars every N steps (default: %(default)s)")
+    ev.add_argument("--visualize-interval", type=at_least(0), default=EvalConfig.visualize_interval,
                     help="log an input | target | prediction picture every N steps; 0 = never (default: %(default)s)")
 
     hw = add_hardware_args(parser)
-    hw.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=None,
+    hw.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=TrainingHardware.sync_batchnorm,
                     help="BatchNorm statistics of the student and the teacher computed over all devices, as "
                          "published (batch sizes are per device); default: on when training on GPUs, where "
                          "it matters for several devices and changes nothing on one; --no-sync-batchnorm: "
                          "each device normalises with its own batch")
-    hw.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+    hw.add_argument("--channels-last", choices=("auto", "on", "off"), default=TrainingHardware.channels_last,
                     help="channels-last memory format for the networks; auto = on for CUDA (default: %(default)s)")
-    hw.add_argument("--compile", type=compile_level, nargs="?", const="network", default="off", metavar="LEVEL",
+    hw.add_argument("--compile", type=compile_level, nargs="?", const="network", default=TrainingHardware.compile, metavar="LEVEL",
                     help="torch.compile for training (utils/compile.py): network compiles the student and the EMA "
                          "teacher (--compile alone means network); step also the tensor work of a training step "
                          "(SpatialMix, flip, augmentation, losses, EMA update); the first steps compile (minutes "
@@ -441,7 +441,7 @@ def add_run_args(parser):
                          "code is cached in <log-tb-dir>/inductor_cache for later runs. Off by default: the same "
                          "results as eager within float rounding on CPU, not yet measured on a GPU (default: "
                          "%(default)s)")
-    hw.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+    hw.add_argument("--compile-mode", choices=COMPILE_MODES, default=TrainingHardware.compile_mode,
                     help="torch.compile's mode with --compile: reduce-overhead captures CUDA graphs where shapes "
                          "are static; max-autotune also tunes kernels (longer to compile) (default: %(default)s)")
 
