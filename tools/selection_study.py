@@ -12,8 +12,8 @@ scores (``label_free_record.csv``) and, the demo's val split being labelled, its
   worst over stages); ``last`` picks the last validation;
 - ``below``: stages where the pick is below the black box's val mIoU while a validation above it exists.
 
-The demo's own test split (``results.json``) is where the final models are compared; this study
-looks inside the runs. Prints a table and, with ``--json FILE``, writes it.
+Then, on the demo's own test split (``results.json``), the round the guard kept against the best
+round: its regret, and whether it fell below the black box while a round above it exists. Prints a table and, with ``--json FILE``, writes it.
 """
 import argparse
 import csv
@@ -52,7 +52,11 @@ def stage_records(demo):
 
 
 def black_box_val_miou(demo):
-    rows = read_rows(os.path.join(demo, "runs", "source_only", "source_only", "miou_record.csv"))
+    """The black box's best val mIoU (its training record); ``nan`` where the demo did not train it."""
+    path = os.path.join(demo, "runs", "source_only", "source_only", "miou_record.csv")
+    if not os.path.isfile(path):
+        return float("nan")
+    rows = read_rows(path)
     column = rows[0].index("Mean")
     return max(float(r[column]) for r in rows[1:])
 
@@ -98,6 +102,27 @@ def study(demos):
     return {"stages": stages, "demos": list(demos), "criteria": table}
 
 
+def round_picks(demos):
+    """Per demo with a ``results.json``: the test mIoU of each round, of the one the round guard kept
+    (the adapted model) and of the black box; ``regret`` is the best round's minus the kept one's,
+    ``below`` whether the kept one is below the black box while a round above it exists."""
+    picks = []
+    for demo in demos:
+        path = os.path.join(demo, "results.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            stages = json.load(f)["stages"]
+        test = {name: stage["test"]["miou"] for name, stage in stages.items()}
+        rounds = [test[name] for name in sorted(test) if name.startswith("smhm_round_")]
+        if not rounds:
+            continue
+        kept, black_box = test["adapted"], test["black_box"]
+        picks.append({"demo": demo, "black_box": black_box, "rounds": rounds, "kept": kept,
+                      "regret": round(max(rounds) - kept, 2), "below": kept < black_box < max(rounds)})
+    return picks
+
+
 def build_parser():
     parser = ArgumentParser(prog="python -m tools.selection_study", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,6 +142,14 @@ def main(argv=None):
     for criterion, row in result["criteria"].items():
         spear = "—" if row["spearman"] is None else f"{row['spearman']:.3f}"
         print(f"{criterion:<12} {spear:>9} {row['mean_regret']:>12.2f} {row['worst_regret']:>13.2f} {row['below']:>9}")
+    result["rounds"] = round_picks(args.demos)
+    if result["rounds"]:
+        print("\nthe round the guard kept, on the test split (results.json): regret = best round - kept")
+        for pick in result["rounds"]:
+            print(f"{pick['demo']}: black box {pick['black_box']:.2f}, rounds "
+                  f"{' / '.join(f'{v:.2f}' for v in pick['rounds'])}, kept {pick['kept']:.2f}, regret "
+                  f"{pick['regret']:.2f}{', BELOW the black box' if pick['below'] else ''}")
+        print(f"mean regret {np.mean([p['regret'] for p in result['rounds']]):.2f} over {len(result['rounds'])} demo(s)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
