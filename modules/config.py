@@ -657,14 +657,14 @@ def add_target_args(parser, data_list_help=""):
     published); ``--split``; ``--resize-backend``."""
     group = parser.add_argument_group("target images")
     add_target_dataset_args(group, labels=False)
-    group.add_argument("--list-root", default=None, metavar="DIR",
+    group.add_argument("--list-root", default=TargetImages.list_root, metavar="DIR",
                        help="folder with <split>.txt image lists, as for main.py; a folder you name must exist "
                             f"(default: {CITYSCAPES_LIST_ROOT} for cityscapes, which may be absent: the image "
                             "folder is scanned)")
-    group.add_argument("--data-list", default=None, metavar="FILE",
+    group.add_argument("--data-list", default=TargetImages.data_list, metavar="FILE",
                        help="or one image list, one <city>/<stem>_leftImg8bit.png per line, named <split>.txt"
                             + data_list_help)
-    group.add_argument("--split", default="train", help="split to label (default: %(default)s)")
+    group.add_argument("--split", default=TargetImages.split, help="split to label (default: %(default)s)")
     add_resize_backend_arg(group)
     return group
 
@@ -689,10 +689,10 @@ def add_labelling_args(parser):
                        help="leave out the horizontal-flip test-time augmentation (published: flip on)")
     group.add_argument("--multiscale", action="store_true",
                        help="average the flip-augmented logits over the input scales of --scales")
-    group.add_argument("--scales", type=scales, default=(0.75, 1.0, 1.25), metavar="S,S,...",
+    group.add_argument("--scales", type=scales, default=LabellingConfig.scales, metavar="S,S,...",
                        help="input scale factors of --multiscale (default: 0.75,1.0,1.25)")
     add_provider_output_arg(group)
-    group.add_argument("--class-balanced-share", type=probability, default=None, metavar="P",
+    group.add_argument("--class-balanced-share", type=probability, default=LabellingConfig.class_balanced_share, metavar="P",
                        help="class-balanced thresholds (CBST): keep in each class only the P most confident of the "
                             "pixels the provider gives it over the whole split (e.g. 0.8), the others 255 (ignored); "
                             "writes each pixel's confidence as a 16-bit PNG under confidence/ (default: every pixel)")
@@ -703,7 +703,7 @@ PROVIDER_OUTPUTS = ("logits", "probabilities")  # modules/providers.py
 
 
 def add_provider_output_arg(group):
-    group.add_argument("--provider-output", choices=PROVIDER_OUTPUTS, default=PROVIDER_OUTPUTS[0],
+    group.add_argument("--provider-output", choices=PROVIDER_OUTPUTS, default=LabellingConfig.provider_output,
                        help="what the first output of a provider file (.onnx) holds: logits (class scores "
                             "before a softmax) or probabilities (each pixel's scores sum to 1; the flip "
                             "augmentation then sums log-probabilities, see docs/providers.md) (default: %(default)s)")
@@ -719,7 +719,7 @@ class PredictionConfig:
 def add_prediction_args(parser):
     """Batch and loader flags of the data stages, and the hardware flags (``utils/lightning.py``)."""
     group = add_hardware_args(parser)
-    group.add_argument("--batch-size", type=at_least(1), default=1, help="images per prediction step and device (default: %(default)s)")
+    group.add_argument("--batch-size", type=at_least(1), default=PredictionConfig.batch_size, help="images per prediction step and device (default: %(default)s)")
     return add_num_workers_arg(group)
 
 
