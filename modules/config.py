@@ -672,6 +672,9 @@ def add_target_args(parser, data_list_help=""):
 scales = float_list(positive_float)  # --scales: positive finite factors, at least one
 
 
+PROVIDER_OUTPUTS = ("logits", "probabilities")  # modules/providers.py
+
+
 @dataclasses.dataclass(frozen=True)
 class LabellingConfig:
     """How the provider predicts (:func:`add_labelling_args`, besides the network's flags)."""
@@ -691,22 +694,15 @@ def add_labelling_args(parser):
                        help="average the flip-augmented logits over the input scales of --scales")
     group.add_argument("--scales", type=scales, default=LabellingConfig.scales, metavar="S,S,...",
                        help="input scale factors of --multiscale (default: 0.75,1.0,1.25)")
-    add_provider_output_arg(group)
+    group.add_argument("--provider-output", choices=PROVIDER_OUTPUTS, default=LabellingConfig.provider_output,
+                       help="what the first output of a provider file (.onnx) holds: logits (class scores "
+                            "before a softmax) or probabilities (each pixel's scores sum to 1; the flip "
+                            "augmentation then sums log-probabilities, see docs/providers.md) (default: %(default)s)")
     group.add_argument("--class-balanced-share", type=probability, default=LabellingConfig.class_balanced_share, metavar="P",
                        help="class-balanced thresholds (CBST): keep in each class only the P most confident of the "
                             "pixels the provider gives it over the whole split (e.g. 0.8), the others 255 (ignored); "
                             "writes each pixel's confidence as a 16-bit PNG under confidence/ (default: every pixel)")
     return group
-
-
-PROVIDER_OUTPUTS = ("logits", "probabilities")  # modules/providers.py
-
-
-def add_provider_output_arg(group):
-    group.add_argument("--provider-output", choices=PROVIDER_OUTPUTS, default=LabellingConfig.provider_output,
-                       help="what the first output of a provider file (.onnx) holds: logits (class scores "
-                            "before a softmax) or probabilities (each pixel's scores sum to 1; the flip "
-                            "augmentation then sums log-probabilities, see docs/providers.md) (default: %(default)s)")
 
 
 @dataclasses.dataclass(frozen=True)
