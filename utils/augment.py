@@ -26,7 +26,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 try:  # the colour-space conversions behind torchvision's adjust_hue, batched over any leading dims
@@ -154,18 +153,3 @@ def photometric_augment_with(images, u, jitter_p=0.8, strength=0.25, blur_p=0.5,
         sigmas = sigma[0] + (sigma[1] - sigma[0]) * u[:, 6]
         work = torch.where(_per_sample(u[:, 5] < blur_p), gaussian_blur(work, sigmas), work)
     return work.clamp(0, 1).to(images.dtype)
-
-
-class PhotometricAugment(nn.Module):
-    """Module form of :func:`photometric_augment` with its settings fixed at construction."""
-
-    def __init__(self, jitter_p=0.8, strength=0.25, blur_p=0.5, sigma=(0.15, 1.15)):
-        super().__init__()
-        _strengths(strength)
-        self.jitter_p, self.strength, self.blur_p, self.sigma = jitter_p, strength, blur_p, tuple(sigma)
-
-    def forward(self, images, generator=None):
-        return photometric_augment(images, generator, self.jitter_p, self.strength, self.blur_p, self.sigma)
-
-    def extra_repr(self):
-        return f"jitter_p={self.jitter_p}, strength={self.strength}, blur_p={self.blur_p}, sigma={self.sigma}"

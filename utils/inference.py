@@ -62,8 +62,3 @@ def entropy_map(logits):
     """Per-pixel entropy (natural log) of the softmax over classes: N×C×H×W -> N×H×W."""
     log_p = F.log_softmax(logits.float(), dim=1)
     return -(log_p.exp() * log_p).sum(dim=1)
-
-
-def mean_entropy(logits):
-    """Mean per-pixel softmax entropy of each image: N×C×H×W -> N."""
-    return entropy_map(logits).flatten(1).mean(dim=1)
