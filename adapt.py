@@ -200,8 +200,9 @@ class Pipeline:
             from datasets.base import TargetDataset
             from modules.label_map_box import label_map_paths
 
-            names = TargetDataset(self.make_target(), self.report_split, input_size=self.args.input_size).names
-            label_map_paths(self.args.black_box, names, self.report_split, "--black-box")
+            target = self.make_target()
+            names = TargetDataset(target, self.report_split, input_size=self.args.input_size).names
+            label_map_paths(self.args.black_box, names, self.report_split, target.pseudo_label_suffix, "--black-box")
             print(f"\n=== pseudo-labels: the black box's label maps in {self.args.black_box}")
             return self.args.black_box
         from generate_pseudo_labels import main as pseudo

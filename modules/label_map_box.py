@@ -1,6 +1,7 @@
 """A black box known only by its label maps: a folder of train-id PNGs, ``<name>.png`` for each image
-(its path inside the split without the extension; in the folder itself, or under ``<split>/`` or
-``label_ids/<split>/`` as the pseudo-label stage writes them), as a prediction service returns them.
+(its path inside the split without the extension; or named as the target's pseudo-labels are, e.g.
+``<city>/<stem>_gtFine_labelIds.png`` for Cityscapes), in the folder itself or under ``<split>/`` or
+``label_ids/<split>/`` as the pseudo-label stage writes them, as a prediction service returns them.
 Given as ``--restore-from DIR``, ``--mode test`` scores the maps against the split's labels and
 ``--mode predict`` pictures them, as for a network; nothing is run. A map of another size than the
 label (or image) is resized to it by nearest neighbour; a pixel the service left without a class
@@ -18,12 +19,14 @@ from utils.io import read_label
 from utils.metrics import image_confusion, scores_from_confusion
 
 
-def label_map_paths(folder, names, split, flag="--restore-from"):
-    """``{name: path}`` of the label map of every image, from the layout of ``folder`` that holds the
-    most of them; one missing is a one-line ``UserError``."""
+def label_map_paths(folder, names, split, suffix=".png", flag="--restore-from"):
+    """``{name: path}`` of the label map of every image, from the layout and naming (``<name>.png``,
+    or ``<name><suffix>``, the target's pseudo-label name) of ``folder`` that hold the most of them;
+    one missing is a one-line ``UserError``."""
     best = None
-    for root in (os.path.join(folder, "label_ids", split), os.path.join(folder, split), folder):
-        paths = {name: os.path.join(root, name + ".png") for name in names}
+    roots = (os.path.join(folder, "label_ids", split), os.path.join(folder, split), folder)
+    for root, ending in ((root, ending) for root in roots for ending in dict.fromkeys((".png", suffix))):
+        paths = {name: os.path.join(root, name + ending) for name in names}
         missing = [path for path in paths.values() if not os.path.isfile(path)]
         if not missing:
             return paths
@@ -42,11 +45,11 @@ def read_label_map(path, shape, num_classes):
     return label_map.astype(np.uint8)
 
 
-def check_test_flags(config):
-    """Test mode's flags that would do nothing for label maps are one line each."""
+def check_flags(config):
+    """The flags that would do nothing for label maps are one line each."""
     e = config.evaluation
-    for flag, given in (("--save-predictions", e.save_predictions), ("--flip-when-test", e.flip_when_test),
-                        ("--scales", tuple(e.scales) != (1.0,))):
+    for flag, given in (("--save-predictions", config.mode == "test" and e.save_predictions),
+                        ("--flip-when-test", e.flip_when_test), ("--scales", tuple(e.scales) != (1.0,))):
         if given:
             raise UserError(f"{flag} does nothing for a folder of label maps (--restore-from {config.restore_from}): "
                             "drop it" + ("; --mode predict pictures the maps" if flag == "--save-predictions" else ""))
@@ -55,11 +58,12 @@ def check_test_flags(config):
 def test_scores(config):
     """The scores of the label maps in ``--restore-from`` on the ``--val-split`` labels (per condition
     too, where the target scores conditions), in the format of a network's test."""
-    check_test_flags(config)
+    check_flags(config)
     d, num_classes = config.data, config.network.num_classes
-    dataset = TargetDataset(d.target(), d.val_split, input_size=config.network.input_size, labels=True,
+    target = d.target()
+    dataset = TargetDataset(target, d.val_split, input_size=config.network.input_size, labels=True,
                             list_root=d.lists, num_classes=num_classes, resize_backend=d.resize_backend)
-    maps = label_map_paths(config.restore_from, dataset.names, d.val_split)
+    maps = label_map_paths(config.restore_from, dataset.names, d.val_split, target.pseudo_label_suffix)
     total = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
     conditions = {c: np.zeros_like(total) for c in d.scored_conditions()}
     for _, label_path, name in progress(dataset.samples, desc="test: label maps", unit="image"):

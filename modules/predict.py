@@ -30,6 +30,7 @@ import cv2
 import torch
 
 from datasets.base import TargetDataset
+from modules.label_map_box import check_flags as check_label_map_flags
 from modules.label_map_box import label_map_paths
 from modules.label_map_box import predictions as label_map_predictions
 from modules.label_map_box import settings as label_map_settings
@@ -146,7 +147,9 @@ def predict(config):
     names = dataset.names
     label_maps = os.path.isdir(config.restore_from)  # a black box known by its label maps: nothing to run
     if label_maps:
-        maps = label_map_paths(config.restore_from, names, config.data.val_split)
+        check_label_map_flags(config)
+        maps = label_map_paths(config.restore_from, names, config.data.val_split,
+                               config.data.target().pseudo_label_suffix)
         for inner, outer, how in ((config.restore_from, save, "holds"), (save, config.restore_from, "is inside")):
             if (os.path.realpath(inner) + os.sep).startswith(os.path.realpath(outer) + os.sep):
                 raise UserError(f"--save-predictions {save} {how} the label maps of --restore-from "

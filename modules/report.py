@@ -117,7 +117,7 @@ def write_report(pipeline, student, rounds, onnx):
     label_paths = pipeline.label_paths(split)
     label_maps = None
     if pipeline.black_box_kind == "labels":
-        label_maps = label_map_paths(a.black_box, dataset.names, split, "--black-box")
+        label_maps = label_map_paths(a.black_box, dataset.names, split, target.pseudo_label_suffix, "--black-box")
     adapted = get_network(arch=a.student, restore_from=student).eval()
     results, shown = score({"black_box": black_box_network(pipeline), "adapted": adapted}, dataset, label_paths,
                            label_maps)

@@ -2,6 +2,7 @@
 folder as it scores the network whose predictions it holds, per condition too, and ``--mode
 predict`` pictures it; a missing or foreign map is one line."""
 import csv
+import glob
 import os
 
 import cv2
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 
 import main as main_script
-from tests.fixtures import assert_one_line_refusal, make_acdc, make_image_folder, run_refused, tiny_weights
+from tests.fixtures import (assert_one_line_refusal, make_acdc, make_cityscapes, make_image_folder, run_refused,
+                            tiny_weights)
 from utils.io import read_label
+from utils.metrics import image_confusion, scores_from_confusion
 
 COMMON = ["--arch", "deeplabv2_tiny", "--input-size", "64x32", "--num-workers", "0", "--accelerator", "cpu",
           "--devices", "1", "--test-batch-size", "1"]
@@ -115,3 +118,26 @@ def test_a_record_of_another_format_is_refused_before_any_work(acdc, tmp_path, c
     code, err = run_refused(capsys, main_script.main, argv)
     assert code == 2 and "miou_record_fog.csv has another header" in err
     assert sorted(os.listdir(folder)) == ["miou_record_fog.csv"]  # nothing scored, nothing appended
+
+
+def test_the_pseudo_label_stage_output_is_a_folder_of_label_maps(tmp_path):
+    """Cityscapes names its pseudo-labels <city>/<stem>_gtFine_labelIds.png under label_ids/<split>/:
+    such a folder is scored as the maps it holds (here the val split labelled by the weights)."""
+    import generate_pseudo_labels
+
+    tree = make_cityscapes(str(tmp_path / "cs"), train=1, val=2)
+    weights = tiny_weights(str(tmp_path / "w.pth"))
+    data = ["--image-root", tree["image_root"], "--list-root", str(tmp_path / "lists")]
+    os.makedirs(tmp_path / "lists")
+    generate_pseudo_labels.main([*data, "--split", "val", "--restore-from", weights, "--save", str(tmp_path / "pl"),
+                                 "--batch-size", "1", *COMMON[:-2]])
+    test = ["--mode", "test", *data, "--label-root", tree["label_root"], "--log-tb-dir", str(tmp_path / "exp"), *COMMON]
+    scores = main_script.main([*test, "--restore-from", str(tmp_path / "pl"), "--experiment-name", "maps"])
+    confusion = 0
+    for label_path in glob.glob(os.path.join(tree["label_root"], "val", "*", "*.png")):
+        label = read_label(label_path)
+        city, stem = label_path.split(os.sep)[-2], os.path.basename(label_path).split("_gtFine")[0]
+        pseudo = read_label(str(tmp_path / "pl" / "label_ids" / "val" / city / f"{stem}_gtFine_labelIds.png"))
+        pseudo = cv2.resize(pseudo, label.shape[::-1], interpolation=cv2.INTER_NEAREST)  # written at the input size
+        confusion = confusion + image_confusion(pseudo, label, 19)
+    assert scores["miou"] == pytest.approx(scores_from_confusion(confusion)["miou"])

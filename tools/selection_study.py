@@ -76,9 +76,11 @@ def spearman(a, b):
 
 def study(demos):
     per_criterion = {c: {"spearman": [], "regret": [], "below": 0} for c in (*CRITERIA, "last")}
-    stages = 0
+    stages, unknown = 0, []
     for demo in demos:
         black_box = black_box_val_miou(demo)
+        if black_box != black_box:
+            unknown.append(demo)
         for free, mious in stage_records(demo).values():
             stages += 1
             mious = np.array(mious)
@@ -99,7 +101,7 @@ def study(demos):
         table[criterion] = {"spearman": round(float(np.mean(correlations)), 3) if correlations else None,
                             "mean_regret": round(float(np.mean(entry["regret"])), 2),
                             "worst_regret": round(float(np.max(entry["regret"])), 2), "below": entry["below"]}
-    return {"stages": stages, "demos": list(demos), "criteria": table}
+    return {"stages": stages, "demos": list(demos), "criteria": table, "below_unknown": unknown}
 
 
 def round_picks(demos):
@@ -114,7 +116,8 @@ def round_picks(demos):
         with open(path) as f:
             stages = json.load(f)["stages"]
         test = {name: stage["test"]["miou"] for name, stage in stages.items()}
-        rounds = [test[name] for name in sorted(test) if name.startswith("smhm_round_")]
+        rounds = [test[name] for name in sorted((n for n in test if n.startswith("smhm_round_")),
+                                                key=lambda n: int(n.rsplit("_", 1)[1]))]
         if not rounds:
             continue
         kept, black_box = test["adapted"], test["black_box"]
@@ -138,6 +141,8 @@ def main(argv=None):
             raise UserError(f"{demo}: not a demo folder (no adapt/runs)")
     result = study(args.demos)
     print(f"{result['stages']} stages of {len(args.demos)} demo(s); val mIoU judges, no criterion sees it")
+    if result["below_unknown"]:
+        print(f"below bb counts only the demos with the black box's training record; not: {', '.join(result['below_unknown'])}")
     print(f"{'criterion':<12} {'spearman':>9} {'mean regret':>12} {'worst regret':>13} {'below bb':>9}")
     for criterion, row in result["criteria"].items():
         spear = "—" if row["spearman"] is None else f"{row['spearman']:.3f}"
