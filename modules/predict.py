@@ -30,10 +30,7 @@ import cv2
 import torch
 
 from datasets.base import TargetDataset
-from modules.label_map_box import check_flags as check_label_map_flags
-from modules.label_map_box import label_map_paths
-from modules.label_map_box import predictions as label_map_predictions
-from modules.label_map_box import settings as label_map_settings
+from modules import label_map_box
 from modules.prediction import FileWriter, PredictionData, PredictionModule, run_predict
 from modules.providers import check_finite
 from utils.cli import UserError, progress
@@ -41,7 +38,7 @@ from utils.fingerprint import fingerprint
 from utils.inference import multiscale_logits, upsampled_argmax
 from utils.io import read_image_bgr, stored_shape, write_png, write_rgb_png
 from utils.labels import colorize
-from utils.run_folder import check_outside_images, claim_folder, folder_lock
+from utils.run_folder import check_outside_images, claim_folder, folder_lock, is_within
 from utils.visualize import labelled_picture
 
 KINDS = ("train_ids", "color", "pictures")  # the files of one image, the picture written last
@@ -147,11 +144,11 @@ def predict(config):
     names = dataset.names
     label_maps = os.path.isdir(config.restore_from)  # a black box known by its label maps: nothing to run
     if label_maps:
-        check_label_map_flags(config)
-        maps = label_map_paths(config.restore_from, names, config.data.val_split,
+        label_map_box.check_flags(config)
+        maps = label_map_box.label_map_paths(config.restore_from, names, config.data.val_split,
                                config.data.target().pseudo_label_suffix)
         for inner, outer, how in ((config.restore_from, save, "holds"), (save, config.restore_from, "is inside")):
-            if (os.path.realpath(inner) + os.sep).startswith(os.path.realpath(outer) + os.sep):
+            if is_within(inner, outer):
                 raise UserError(f"--save-predictions {save} {how} the label maps of --restore-from "
                                 f"{config.restore_from}: choose a folder apart from them")
     else:
@@ -159,13 +156,13 @@ def predict(config):
 
         net = SegmentationModule(config).net
     with folder_lock(save, "--save-predictions"):
-        claim_folder(os.path.join(save, STATE), label_map_settings(maps) if label_maps else settings_of(config),
+        claim_folder(os.path.join(save, STATE), label_map_box.settings(maps) if label_maps else settings_of(config),
                      config.evaluation.overwrite,
                      outputs=[os.path.join(save, kind) for kind in KINDS], flag="--save-predictions")
         done = frozenset() if config.evaluation.overwrite else frozenset(done_names(save, names))
         if label_maps:
             writer = PredictionFiles(save, [path for path, _, _ in dataset.samples], config.network.num_classes)
-            for prediction in progress(label_map_predictions(maps, names, sizes, config.network.num_classes, done),
+            for prediction in progress(label_map_box.predictions(maps, names, sizes, config.network.num_classes, done),
                                        total=len(names) - len(done), desc="predict: label maps", unit="image"):
                 writer.write_batch(prediction, None)
         elif len(done) < len(names):

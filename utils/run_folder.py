@@ -251,12 +251,16 @@ def folder_lock(folder, choose_another):
         lock.release()
 
 
+def is_within(path, folder):
+    """Whether ``path`` is ``folder`` or inside it, also through symbolic links."""
+    return (os.path.realpath(path) + os.sep).startswith(os.path.realpath(folder) + os.sep)
+
+
 def check_outside_images(folder, flag, images):
     """Refuse an output ``folder`` inside the image folder ``images`` (or that folder itself), also
     through a symbolic link: a later run would take its PNGs for images."""
-    images = os.path.realpath(images)
-    if (os.path.realpath(folder) + os.sep).startswith(images + os.sep):
-        raise UserError(f"{flag} {folder} is inside the image folder {images}: a later run would take its PNGs for "
+    if is_within(folder, images):
+        raise UserError(f"{flag} {folder} is inside the image folder {os.path.realpath(images)}: a later run would take its PNGs for "
                         "images; choose a folder outside it")
 
 
