@@ -92,6 +92,9 @@ def build_parser():
     rare = parser.add_argument_group("rare classes (ours, off by default; docs/method.md)")
     rare.add_argument("--class-balanced-share", type=float, default=None, metavar="P",
                       help="pseudo-labels keep each class's P most confident pixels (CBST), the rest ignored")
+    rare.add_argument("--complementary-below", type=float, default=None, metavar="P",
+                      help="the baseline also learns, per pixel, the classes the black box gives a probability "
+                           "below P (ATP's complementary labels; not with label maps)")
     rare.add_argument("--rare-class-sampling", type=float, default=None, metavar="T",
                       help="baseline and rounds draw images containing rare classes more often (temperature T)")
     rare.add_argument("--distribution-alignment", action="store_true",
@@ -209,8 +212,9 @@ class Pipeline:
 
         save = os.path.join(self.out, "pseudo_labels")
         argv = [*self.target(), "--restore-from", self.args.black_box, "--save", save, *self.common()]
-        if self.args.class_balanced_share is not None:
-            argv += ["--class-balanced-share", str(self.args.class_balanced_share)]
+        for name in ("class_balanced_share", "complementary_below"):
+            if getattr(self.args, name) is not None:
+                argv += [f"--{name.replace('_', '-')}", str(getattr(self.args, name))]
         if self.black_box_kind == "weights" and self.args.black_box_arch:
             argv += ["--arch", self.args.black_box_arch]
         self.step("pseudo-labels: the black box labels the images", "generate_pseudo_labels.py", argv, pseudo)
@@ -259,6 +263,7 @@ class Pipeline:
         start = time.time()
         pseudo = self.pseudo_labels()
         init = ["--restore-from", a.init] if a.init else []
+        init += ["--complementary-weight", "1"] if a.complementary_below is not None else []
         baseline = self.train("baseline", "baseline", a.max_steps, a.lr, ["--pseudo-label-root", pseudo, *init])
         patches = self.hard_patches(pseudo)
         rounds, final = self.rounds(baseline, patches, pseudo)
@@ -283,6 +288,9 @@ def check_args(args):
         raise UserError("--labels goes with --images; for another layout give --label-dir")
     if not os.path.exists(args.black_box):
         raise UserError(f"--black-box: not found: {args.black_box}")
+    if os.path.isdir(args.black_box) and (args.class_balanced_share is not None or args.complementary_below is not None):
+        raise UserError("--class-balanced-share and --complementary-below need the black box's scores, which "
+                        "label maps do not hold: give an ONNX or .pth black box")
     if args.init and not os.path.isfile(args.init):
         raise UserError(f"--init: weight file not found: {args.init}")
     from utils.run_folder import check_outside_images

@@ -74,6 +74,7 @@ def build_parser():
     rare = parser.add_argument_group("rare classes: adapt.py's options of the same names, for an ablation "
                                      "(docs/method.md); each combination goes to a folder of its own")
     rare.add_argument("--class-balanced-share", type=float, default=None, metavar="P")
+    rare.add_argument("--complementary-below", type=float, default=None, metavar="P")
     rare.add_argument("--rare-class-sampling", type=float, default=None, metavar="T")
     rare.add_argument("--distribution-alignment", action="store_true")
     parser.add_argument("--num-workers", type=at_least(0), default=0, help="data loader processes (default: %(default)s)")
@@ -83,7 +84,7 @@ def build_parser():
 def rare_flags(args):
     """The rare-class options given to the demo, as adapt.py's flags."""
     flags = []
-    for name in ("class_balanced_share", "rare_class_sampling"):
+    for name in ("class_balanced_share", "complementary_below", "rare_class_sampling"):
         if getattr(args, name) is not None:
             flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return flags + (["--distribution-alignment"] if args.distribution_alignment else [])

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from datasets.pixels import check_resize_backend, resize_image, resize_label, to_network_input
 from utils.cli import UserError
-from utils.io import read_image_bgr, read_label, stored_shape
+from utils.io import read_class_sets, read_image_bgr, read_label, stored_shape
 from utils.labels import IGNORE_INDEX
 
 
@@ -305,13 +305,17 @@ class TargetDataset(LabelledImages):
     """The images of one split of a :class:`Target`, with its train-id ground truth (``labels``),
     pseudo-labels (``pseudo_label_root``, which takes precedence) or no labels.
 
+    With ``complementary``, a folder of ``generate_pseudo_labels.py --complementary-below`` maps named
+    as the pseudo-labels, each item also has ``complementary``, the classes its pixels are not (H×W
+    int64, bit ``c`` for class ``c``).
+
     ``images`` are the paths relative to the split; ``names`` the items' names. Every listed file
     is checked at construction, and ground truth's sizes against the images' (from the headers),
     so a wrong path or a label of another size fails at once, before a run writes anything.
     """
 
     def __init__(self, target, split, input_size=(1024, 512), labels=False, list_root=None, pseudo_label_root=None,
-                 resize_label=True, num_classes=19, resize_backend="pil"):
+                 resize_label=True, num_classes=19, resize_backend="pil", complementary=None):
         self.target, self.split = target, split
         target.check_images(split)
         self.images = target.list_images(split, list_root)
@@ -336,6 +340,13 @@ class TargetDataset(LabelledImages):
             self.pseudo_label_dir = resolve_pseudo_label_root(pseudo_label_root, split, depth)
             label_paths = [os.path.join(self.pseudo_label_dir, name + target.pseudo_label_suffix) for name in names]
             check_files_exist(label_paths, "pseudo-label")
+            if complementary is not None:
+                if not os.path.isdir(complementary):
+                    raise UserError(f"no complementary labels in {complementary}: make the pseudo-labels with "
+                                    "generate_pseudo_labels.py --complementary-below P")
+                self.complementary_paths = [os.path.join(complementary, name + target.pseudo_label_suffix)
+                                            for name in names]
+                check_files_exist(self.complementary_paths, "complementary label")
             # Pseudo-labels are written at the input size of the labelling run.
             self.accept_input_size_labels = True
         elif labels:
@@ -349,6 +360,19 @@ class TargetDataset(LabelledImages):
         if labels and pseudo_label_root is None:
             self.check_label_sizes()
 
+    complementary_paths = None
+
+    def __getitem__(self, index):
+        item = super().__getitem__(index)
+        if self.complementary_paths is not None:
+            sets, label = read_class_sets(self.complementary_paths[index]), item["label"]
+            if sets.shape[:2] != tuple(label.shape):  # written with the pseudo-label: resized as it is
+                size = (label.shape[1], label.shape[0])
+                sets = np.stack([resize_label(sets[:, :, c], size, self.resize_backend) for c in range(3)], axis=-1)
+            sets = sets.astype(np.int64)
+            item["complementary"] = torch.from_numpy(sets[:, :, 0] | sets[:, :, 1] << 8 | sets[:, :, 2] << 16)
+        return item
+
 
 def collate(samples):
     """A batch of items: images stacked, names as a list; labels stacked, or a list when their
@@ -356,7 +380,8 @@ def collate(samples):
     batch = {"name": [s["name"] for s in samples], "index": torch.tensor([s["index"] for s in samples])}
     if "image" in samples[0]:
         batch["image"] = torch.stack([s["image"] for s in samples])
-    if "label" in samples[0]:
-        labels = [s["label"] for s in samples]
-        batch["label"] = torch.stack(labels) if all(label.shape == labels[0].shape for label in labels) else labels
+    for key in ("label", "complementary"):
+        if key in samples[0]:
+            maps = [s[key] for s in samples]
+            batch[key] = torch.stack(maps) if all(m.shape == maps[0].shape for m in maps) else maps
     return batch

@@ -486,11 +486,16 @@ class SourceOptions:
 class BaselineOptions:
     """``baseline``: the provider's pseudo-labels."""
     pseudo_label_root: str = "./experiments/gta5_pseudo_label/"
+    complementary_weight: float = 0.0  # ATP's complementary labels; 0: off, as published
 
     @classmethod
     def add_args(cls, parser):
         group = parser.add_argument_group("baseline")
         add_pseudo_label_root_arg(group, cls.pseudo_label_root, "what the student learns from")
+        group.add_argument("--complementary-weight", type=non_negative_float, default=cls.complementary_weight,
+                           metavar="W", help="weight of the complementary-label loss: -log(1 - p) of the classes "
+                                             "generate_pseudo_labels.py --complementary-below wrote a pixel is not, "
+                                             "added to the cross-entropy (default: %(default)s, off as published)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -683,6 +688,7 @@ class LabellingConfig:
     scales: tuple = (0.75, 1.0, 1.25)
     provider_output: str = "logits"  # what a provider file's first output holds (modules/providers.py)
     class_balanced_share: Optional[float] = None  # CBST: the share of each class's pixels kept; None: all
+    complementary_below: Optional[float] = None  # ATP: a pixel is not the classes below this probability
 
 
 def add_labelling_args(parser):
@@ -702,6 +708,10 @@ def add_labelling_args(parser):
                        help="class-balanced thresholds (CBST): keep in each class only the P most confident of the "
                             "pixels the provider gives it over the whole split (e.g. 0.8), the others 255 (ignored); "
                             "writes each pixel's confidence as a 16-bit PNG under confidence/ (default: every pixel)")
+    group.add_argument("--complementary-below", type=probability, default=LabellingConfig.complementary_below,
+                       metavar="P", help="complementary labels (ATP): also write, under complementary/, each pixel's "
+                                         "classes of softmax probability below P (e.g. 0.05), which the baseline's "
+                                         "--complementary-weight learns the pixel is not (default: none written)")
     return group
 
 

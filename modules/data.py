@@ -23,7 +23,7 @@ from utils.cli import UserError
 from utils.image_cache import DEFAULT_FOLDER, ResizedImageCache, entry_bytes, size_text
 from utils.loaders import loader_kwargs
 from modules.hard_patches import image_class_counts
-from modules.stage_output import check_hard_patches_finished, check_pseudo_labels_finished
+from modules.stage_output import check_hard_patches_finished, check_pseudo_labels_finished, pseudo_label_save_folder
 
 SOURCE_DATASETS = {"gta5": GTA5Dataset, "synthia": SynthiaDataset}
 
@@ -82,6 +82,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         elif self.train_source == "pseudo_labels":
             check_pseudo_labels_finished(o.pseudo_label_root, "train")
             kwargs["pseudo_label_root"] = o.pseudo_label_root
+            if getattr(o, "complementary_weight", 0) > 0:  # beside the pseudo-labels, as generate_pseudo_labels.py writes
+                kwargs["complementary"] = os.path.join(pseudo_label_save_folder(o.pseudo_label_root, "train"),
+                                                       "complementary", "train")
         return TargetDataset(d.target(), "train", **kwargs)
 
     def _build_eval(self):

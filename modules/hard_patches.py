@@ -261,6 +261,9 @@ def _construct(config):
     if config.pseudo_label_root is not None and config.labelling.class_balanced_share is not None:
         raise UserError("--class-balanced-share needs the provider's scores, which label maps do not hold: give "
                         "--restore-from, or give the share to generate_pseudo_labels.py")
+    if config.labelling.complementary_below is not None:
+        raise UserError("--complementary-below is for generate_pseudo_labels.py: the baseline learns from "
+                        "complementary labels, hard patches do not")
     rare = check_rare_classes(config.rare_classes, config.network.num_classes)
     if config.rare_classes == "auto" and not 1 <= config.num_rare <= config.network.num_classes:
         raise UserError(f"--num-rare must be between 1 and {config.network.num_classes}, got {config.num_rare}")

@@ -42,7 +42,8 @@ class PredictionModule(pl.LightningModule):
     averaged (``utils.inference.multiscale_logits``). A step returns ``name`` (list), ``label``
     (uint8 N×H×W train ids, CPU) and ``entropy`` (float64 N, CPU: mean per-pixel entropy of the
     softmax of those logits; with ``confidence_scale`` also ``confidence``, int32 N×H×W: the largest
-    softmax probability times that scale, rounded). Logits that are not finite stop the run with one line naming the
+    softmax probability times that scale, rounded; with ``complementary_below`` also ``complementary``,
+    int32 N×H×W: bit ``c`` set where class ``c``'s softmax probability is below it). Logits that are not finite stop the run with one line naming the
     image and ``source``, the network's file (``modules/providers.py``'s ``check_finite``).
 
     With ``fold_bn`` (``--fold-bn``, the default) a torch network runs as a copy with its BatchNorm
@@ -50,9 +51,10 @@ class PredictionModule(pl.LightningModule):
     provider file (``modules/providers.py``) runs as it is.
     """
 
-    def __init__(self, net, flip=True, scales=(1.0,), fold_bn=True, source="the network", confidence_scale=None):
+    def __init__(self, net, flip=True, scales=(1.0,), fold_bn=True, source="the network", confidence_scale=None,
+                 complementary_below=None):
         super().__init__()
-        self.confidence_scale = confidence_scale
+        self.confidence_scale, self.complementary_below = confidence_scale, complementary_below
         self.net = fold_batchnorm(net) if fold_bn and not isinstance(net, ProviderNetwork) else net
         self.source = source
         self.flip = flip
@@ -71,8 +73,14 @@ class PredictionModule(pl.LightningModule):
                "label": logits.argmax(dim=1).to(torch.uint8).cpu(),
                # Averaged in double: the value is written out in full and decides the easy/hard split.
                "entropy": entropy_map(logits).double().mean(dim=(1, 2)).cpu()}
+        if self.confidence_scale or self.complementary_below:
+            probabilities = logits.softmax(dim=1)
         if self.confidence_scale:
-            out["confidence"] = (logits.softmax(dim=1).amax(dim=1) * self.confidence_scale).round().int().cpu()
+            out["confidence"] = (probabilities.amax(dim=1) * self.confidence_scale).round().int().cpu()
+        if self.complementary_below:
+            bit = 2 ** torch.arange(probabilities.shape[1], device=logits.device, dtype=torch.int32)
+            below = (probabilities < self.complementary_below).int()
+            out["complementary"] = (below * bit[None, :, None, None]).sum(dim=1, dtype=torch.int32).cpu()
         return out
 
 

@@ -25,6 +25,11 @@ pixels), saved in ``.state/<split>/class_thresholds.json``, and every label keep
 above their class's threshold, the others becoming 255. Rewriting a label again with the same
 thresholds changes nothing, so an interrupted rewrite resumes like the rest.
 
+With ``--complementary-below P`` (ATP's complementary labels) each pixel's set of classes whose
+softmax probability is below P, the classes the provider says the pixel is *not*, is also written
+(``complementary/<split>/<name>``, an 8-bit three-channel PNG, bit ``c`` for class ``c``, at most
+24 classes): the baseline's ``--complementary-weight`` learns from them.
+
 A run can be interrupted at any point and resumed by rerunning the same command: each finished
 image is recorded (its entropy in full precision and its class pixel counts) in
 ``.state/<split>/<rank>.tsv`` after its files were written atomically, so the resumed run
@@ -49,7 +54,8 @@ from modules.prediction import PredictionData, PredictionModule, RecordWriter, r
 from modules.providers import load_provider
 from utils.cli import UserError, progress
 from utils.fingerprint import fingerprint
-from utils.io import atomic_write_text, json_number, read_label, stored_shape, write_png, write_rgb_png
+from utils.io import (atomic_write_text, json_number, read_label, stored_shape, write_class_sets, write_png,
+                      write_rgb_png)
 from utils.labels import IGNORE_INDEX, class_names, colorize
 from utils.loaders import num_workers_or_default
 from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
@@ -170,6 +176,8 @@ def settings_of(config):
                if config.labelling.provider_output != "logits" else {}),
             **({"class_balanced_share": config.labelling.class_balanced_share}
                if config.labelling.class_balanced_share is not None else {}),
+            **({"complementary_below": config.labelling.complementary_below}
+               if config.labelling.complementary_below is not None else {}),
             **({} if config.hardware.fold_bn else {"fold_bn": False})}
 
 
@@ -204,6 +212,9 @@ class PseudoLabelWriter(RecordWriter):
             if "confidence" in prediction:
                 write_png(label_path(self.save, "confidence", self.split, name, self.suffix),
                           prediction["confidence"][i].numpy().astype(np.uint16))
+            if "complementary" in prediction:
+                write_class_sets(label_path(self.save, "complementary", self.split, name, self.suffix),
+                                 prediction["complementary"][i].numpy())
             write_png(label_path(self.save, "label_ids", self.split, name, self.suffix), label)
             if self.write_color:
                 write_rgb_png(label_path(self.save, "label_color", self.split, name, self.suffix), colorize(label))
@@ -213,10 +224,10 @@ class PseudoLabelWriter(RecordWriter):
         return rows
 
 
-def finished(save, split, names, write_color=True, suffix=LABEL_SUFFIX, confidence=False):
-    """Images whose files exist and whose record is complete."""
+def finished(save, split, names, write_color=True, suffix=LABEL_SUFFIX, extra=()):
+    """Images whose files exist (``extra``: kinds besides the labels) and whose record is complete."""
     records = read_records(state_dir(save, split))
-    kinds = ["label_ids"] + (["label_color"] if write_color else []) + (["confidence"] if confidence else [])
+    kinds = ["label_ids"] + (["label_color"] if write_color else []) + list(extra)
     return {name for name in names
             if name in records and all(os.path.isfile(label_path(save, kind, split, name, suffix)) for kind in kinds)}
 
@@ -243,23 +254,27 @@ def generate(config, save, write_color=True, truth=None):
     share = config.labelling.class_balanced_share
     if share == 0:
         raise UserError("--class-balanced-share 0 would keep no pixel: give a share in (0, 1]")
+    below = config.labelling.complementary_below
+    if below is not None and not (0 < below < 1 and config.network.num_classes <= 24):
+        raise UserError(f"--complementary-below {below}: give a probability in (0, 1), for at most 24 classes "
+                        f"(these are {config.network.num_classes})")
     dataset = target_dataset(config)
     names, suffix = dataset.names, dataset.target.pseudo_label_suffix
     check_truth_sizes(dataset, truth)
     net = load_network(config)
     state = state_dir(save, config.target.split)
-    kinds = ("label_ids", "label_color") + (("confidence",) if share else ())
+    extra = (("confidence",) if share else ()) + (("complementary",) if below else ())
+    kinds = ("label_ids", "label_color") + extra
     outputs = ([os.path.join(save, kind, config.target.split) for kind in kinds]
                + list(report_names(save, config.target.split).values()))
     claim_folder(state, {**settings_of(config), **inputs_of(config, dataset)}, config.overwrite, outputs)
     # With --overwrite nothing counts as done, even where the first process has not yet removed it.
-    done = frozenset() if config.overwrite else finished(save, config.target.split, names, write_color, suffix,
-                                                          confidence=bool(share))
+    done = frozenset() if config.overwrite else finished(save, config.target.split, names, write_color, suffix, extra)
     first = True
     if len(done) < len(names):
         module = PredictionModule(net, flip=config.labelling.flip, scales=scales_of(config.labelling),
                                   fold_bn=config.hardware.fold_bn, source=config.restore_from,
-                                  confidence_scale=CONFIDENCE_SCALE if share else None)
+                                  confidence_scale=CONFIDENCE_SCALE if share else None, complementary_below=below)
         data = PredictionData(dataset, names, config.prediction.batch_size, config.prediction.num_workers, done)
         writer = PseudoLabelWriter(save, config.target.split, config.network.num_classes, write_color, suffix)
         try:

@@ -233,3 +233,74 @@ def test_class_balanced_pseudo_labels_from_an_onnx_provider(tmp_path, capsys):
                             ["--data-dir", tmp_path / "cs", "--pseudo-label-root", tmp_path / "plain", "--input-size",
                              "64x32", "--save", tmp_path / "patches", "--class-balanced-share", "0.5"])
     assert_one_line_refusal(code, err, "--class-balanced-share", str(tmp_path / "patches"))
+
+
+# -- complementary labels (ATP) ---------------------------------------------------------------------------
+
+def test_complementary_loss_on_a_known_case():
+    from modules.baseline import complementary_loss
+
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.2]))[None, :, None, None].expand(1, 3, 1, 2)
+    sets = torch.tensor([[[0b110, 0]]])  # pixel 1: not classes 1 and 2; pixel 2: no complementary class
+    expected = -(np.log(0.7) + np.log(0.8)) / 2  # the mean over the classes, over the one pixel that has some
+    assert complementary_loss(logits, sets).item() == pytest.approx(expected, rel=1e-5)
+    assert complementary_loss(logits, torch.zeros(1, 1, 2, dtype=torch.int64)).item() == 0
+
+
+def test_complementary_labels_from_the_provider_train_the_baseline(tmp_path, capsys):
+    """The written sets are exactly the classes of softmax probability below P (of the flip-summed
+    logits, recomputed here from the weights); the baseline trains on them, and refuses pseudo-labels
+    made without them; hard patches and label maps refuse the option."""
+    import adapt
+    import construct_hard_patch
+    import generate_pseudo_labels
+    from datasets.base import TargetDataset, collate
+    from datasets.targets import make_target
+    from models.networks import get_network
+    from tests.fixtures import assert_one_line_refusal, run_refused, tiny_weights
+    from utils.inference import predict_logits
+    from utils.io import read_class_sets
+
+    paths = make_cityscapes(str(tmp_path / "cs"), train=4, val=2, size=(64, 32))
+    weights = tiny_weights(str(tmp_path / "w.pth"))
+    common = ["--data-dir", tmp_path / "cs", "--restore-from", weights, "--input-size", "64x32", "--num-workers", "0",
+              "--accelerator", "cpu", "--devices", "1", "--arch", "deeplabv2_tiny"]
+    below = 0.06  # a random network's probabilities lie around 1/19: some classes below, some above
+    assert run_script(generate_pseudo_labels.main, common + ["--save", tmp_path / "pl", "--complementary-below", below,
+                                                             "--no-fold-bn"]) == 0
+    dataset = TargetDataset(make_target("cityscapes", str(tmp_path / "cs")), "train", input_size=(64, 32),
+                            pseudo_label_root=str(tmp_path / "pl"),
+                            complementary=str(tmp_path / "pl" / "complementary" / "train"))
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    net = get_network("deeplabv2_tiny", 19, restore_from=weights).eval()
+    with torch.no_grad():
+        p = predict_logits(net, batch["image"], size=(32, 64), flip=True).softmax(dim=1)
+    sets = batch["complementary"]
+    written = ((sets[:, None] >> torch.arange(19)[None, :, None, None]) & 1).bool()
+    clear = (p - below).abs() > 1e-4  # float rounding decides nothing closer than this
+    assert clear.float().mean() > 0.9 and 0.05 < written.float().mean() < 0.95
+    assert torch.equal(written[clear], (p < below)[clear])
+    assert not written.gather(1, batch["label"][:, None]).any()  # a pixel's label is never a class it is not
+    name = dataset.names[0]
+    assert read_class_sets(os.path.join(tmp_path, "pl", "complementary", "train", name + "_gtFine_labelIds.png")
+                           ).dtype == np.uint8
+
+    os.makedirs(tmp_path / "lists")  # empty: the image folders are scanned
+    tree = {**paths, "list_root": str(tmp_path / "lists"), "weights": weights}
+    config = stage_args(tree, tmp_path, "baseline", "--pseudo-label-root", tmp_path / "pl", "--complementary-weight", "1")
+    result = runner.train(config)
+    assert torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)["global_step"] == 2
+
+    assert run_script(generate_pseudo_labels.main, common + ["--save", tmp_path / "plain"]) == 0
+    with pytest.raises(UserError, match="--complementary-below"):
+        runner.train(stage_args(tree, tmp_path, "baseline", "--pseudo-label-root", tmp_path / "plain",
+                                "--complementary-weight", "1", "--experiment-name", "refused"))
+    assert not os.path.exists(tmp_path / "exp" / "baseline" / "refused")
+
+    code, err = run_refused(capsys, construct_hard_patch.main,
+                            ["--data-dir", tmp_path / "cs", "--restore-from", weights, "--input-size", "64x32",
+                             "--save", tmp_path / "patches", "--complementary-below", "0.05"])
+    assert_one_line_refusal(code, err, "--complementary-below", str(tmp_path / "patches"))
+    code, err = run_refused(capsys, adapt.main, ["--black-box", tmp_path / "plain", "--images", paths["image_root"],
+                                                 "--out", tmp_path / "adapt", "--complementary-below", "0.05"])
+    assert_one_line_refusal(code, err, "--complementary-below", str(tmp_path / "adapt"))
