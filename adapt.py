@@ -31,7 +31,7 @@ import os
 import sys
 import time
 
-from utils.cli import ArgumentParser, UserError, at_least, input_size, run, seed
+from utils.cli import ArgumentParser, UserError, at_least, input_size, probability, run, seed
 from utils.io import atomic_write_bytes, atomic_write_text
 from utils.criteria import CRITERIA, DEFAULT_CRITERION
 
@@ -90,9 +90,9 @@ def build_parser():
                             "not (default: on; --no-round-guard runs every round, as published)")
     train.add_argument("--seed", type=seed, default=0, help="seed of every stage (default: %(default)s)")
     rare = parser.add_argument_group("rare classes (ours, off by default; docs/method.md)")
-    rare.add_argument("--class-balanced-share", type=float, default=None, metavar="P",
+    rare.add_argument("--class-balanced-share", type=probability, default=None, metavar="P",
                       help="pseudo-labels keep each class's P most confident pixels (CBST), the rest ignored")
-    rare.add_argument("--complementary-below", type=float, default=None, metavar="P",
+    rare.add_argument("--complementary-below", type=probability, default=None, metavar="P",
                       help="the baseline also learns, per pixel, the classes the black box gives a probability "
                            "below P (ATP's complementary labels; not with label maps)")
     rare.add_argument("--rare-class-sampling", type=float, default=None, metavar="T",

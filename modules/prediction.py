@@ -43,7 +43,7 @@ class PredictionModule(pl.LightningModule):
     (uint8 N×H×W train ids, CPU) and ``entropy`` (float64 N, CPU: mean per-pixel entropy of the
     softmax of those logits; with ``confidence_scale`` also ``confidence``, int32 N×H×W: the largest
     softmax probability times that scale, rounded; with ``complementary_below`` also ``complementary``,
-    int32 N×H×W: bit ``c`` set where class ``c``'s softmax probability is below it). Logits that are not finite stop the run with one line naming the
+    int32 N×H×W: bit ``c`` set where class ``c``'s softmax probability is below it, the label's class never). Logits that are not finite stop the run with one line naming the
     image and ``source``, the network's file (``modules/providers.py``'s ``check_finite``).
 
     With ``fold_bn`` (``--fold-bn``, the default) a torch network runs as a copy with its BatchNorm
@@ -80,6 +80,7 @@ class PredictionModule(pl.LightningModule):
         if self.complementary_below:
             bit = 2 ** torch.arange(probabilities.shape[1], device=logits.device, dtype=torch.int32)
             below = (probabilities < self.complementary_below).int()
+            below.scatter_(1, logits.argmax(dim=1, keepdim=True), 0)  # never the pixel's own label (P >= 1/C)
             out["complementary"] = (below * bit[None, :, None, None]).sum(dim=1, dtype=torch.int32).cpu()
         return out
 

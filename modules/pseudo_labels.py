@@ -264,7 +264,8 @@ def generate(config, save, write_color=True, truth=None):
     net = load_network(config)
     state = state_dir(save, config.target.split)
     extra = (("confidence",) if share else ()) + (("complementary",) if below else ())
-    kinds = ("label_ids", "label_color") + extra
+    # --overwrite removes the optional kinds too: an earlier run's must not outlive their labels.
+    kinds = ("label_ids", "label_color", "confidence", "complementary")
     outputs = ([os.path.join(save, kind, config.target.split) for kind in kinds]
                + list(report_names(save, config.target.split).values()))
     claim_folder(state, {**settings_of(config), **inputs_of(config, dataset)}, config.overwrite, outputs)

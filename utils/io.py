@@ -166,12 +166,13 @@ def write_rgb_png(path, rgb):
 
 def write_class_sets(path, bits):
     """Atomically write one set of classes per pixel (``bits``: H×W integers, bit ``c`` for class
-    ``c``, classes 0..23) as an 8-bit three-channel PNG, bits 0–7 in the file's first channel."""
+    ``c``, classes 0..23) as an 8-bit three-channel PNG: bits 0–7 in blue, 8–15 in green, 16–23 in red."""
     write_png(path, np.stack([(bits >> shift) & 255 for shift in (0, 8, 16)], axis=-1).astype(np.uint8))
 
 
 def read_class_sets(path):
-    """The H×W×3 ``uint8`` channels of a :func:`write_class_sets` file (bits 0–7, 8–15, 16–23)."""
+    """The H×W×3 ``uint8`` channels of a :func:`write_class_sets` file in OpenCV's order (blue, green,
+    red: bits 0–7, 8–15, 16–23)."""
     sets, _ = _decode(path, "class sets", cv2.IMREAD_UNCHANGED)
     if sets.ndim != 3 or sets.shape[2] != 3 or sets.dtype != np.uint8:
         raise UserError(f"{path} is not a map of class sets (an 8-bit three-channel PNG)")
