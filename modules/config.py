@@ -438,9 +438,8 @@ def add_run_args(parser):
                          "teacher (--compile alone means network); step also the tensor work of a training step "
                          "(SpatialMix, flip, augmentation, losses, EMA update); the first steps compile (minutes "
                          "for DeepLabv2-R101; the compile time is printed apart from the step time), and compiled "
-                         "code is cached in <log-tb-dir>/inductor_cache for later runs. Off by default: the same "
-                         "results as eager within float rounding on CPU, not yet measured on a GPU (default: "
-                         "%(default)s)")
+                         "code is cached in <log-tb-dir>/inductor_cache for later runs; the same results as eager "
+                         "within float rounding (default: %(default)s)")
     hw.add_argument("--compile-mode", choices=COMPILE_MODES, default=TrainingHardware.compile_mode,
                     help="torch.compile's mode with --compile: reduce-overhead captures CUDA graphs where shapes "
                          "are static; max-autotune also tunes kernels (longer to compile) (default: %(default)s)")

@@ -3,10 +3,9 @@ training data module (``modules/data.py``) and the data stages (``modules/predic
 
 - **Workers** (``--num-workers``, per device): unless typed, the cores this process may run on (its
   affinity mask, a job scheduler's share rather than the machine's) divided among the run's
-  processes on this machine (``--devices`` per node), at most :data:`MAX_WORKERS`, at least 1.
-  Measured on an H200 with 16 cores: pseudo-labels with flip ran 68.5 images/s with 4 workers and
-  131.9 with 8, the decoding being the limit; more than 8 per device leaves the main process, the
-  PNG writers and the other devices' workers too little.
+  processes on this machine (``--devices`` per node), at most :data:`MAX_WORKERS`, at least 1:
+  decoding limits the data stages, and more workers per device would leave the main process, the
+  PNG writers and the other devices' workers too little (measured: docs/benchmarks.md).
 - **Pinned memory** when the run's accelerator is CUDA (page-locked batches copy to the device
   asynchronously); never on CPU, where it only costs.
 - **Persistent workers** for loaders that are iterated again (training epochs, every validation),

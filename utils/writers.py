@@ -1,10 +1,8 @@
 """Writing output files off the main process's thread: the PNGs of the data stages and of predict mode.
 
-Encoding a 1024x512 pseudo-label and its colour picture and writing both took about 12 ms per
-image on one core, and syncing the record of a finished batch (``fsync``, which on ext4 also
-flushes the PNGs just written) as much again, all of which the main process would otherwise spend
-between two batches: at 150 images/s the budget is 6.7 ms per image for everything.
-:class:`BackgroundWriter` runs the jobs on a few threads (OpenCV's encoding, NumPy's look-ups and
+Encoding PNGs and syncing the record of a finished batch (``fsync``, which on ext4 also flushes
+the PNGs just written) would otherwise take the main process's time between two batches, which a
+fast GPU leaves little of (docs/benchmarks.md). :class:`BackgroundWriter` runs the jobs on a few threads (OpenCV's encoding, NumPy's look-ups and
 file writes release the GIL, so threads run them in parallel without copying the arrays to another
 process) and the records on one more, and keeps the guarantees of writing inline:
 
@@ -29,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from utils.cli import UserError
 from utils.loaders import available_cores
 
-MAX_THREADS = 4  # two to three cores' worth of encoding keeps up with 150 images/s
+MAX_THREADS = 4  # enough encoding to keep up with a fast GPU, few enough to leave cores to the loaders
 
 
 def default_threads(cores=None):
