@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from datasets.pixels import check_resize_backend, resize_image, resize_label, to_network_input
 from utils.cli import UserError
-from utils.io import read_class_sets, read_image_bgr, read_label, stored_shape
+from utils.io import class_set_bits, read_class_sets, read_image_bgr, read_label, stored_shape
 from utils.labels import IGNORE_INDEX
 
 
@@ -369,8 +369,7 @@ class TargetDataset(LabelledImages):
             if sets.shape[:2] != tuple(label.shape):  # written with the pseudo-label: resized as it is
                 size = (label.shape[1], label.shape[0])
                 sets = np.stack([resize_label(sets[:, :, c], size, self.resize_backend) for c in range(3)], axis=-1)
-            sets = sets.astype(np.int64)
-            item["complementary"] = torch.from_numpy(sets[:, :, 0] | sets[:, :, 1] << 8 | sets[:, :, 2] << 16)
+            item["complementary"] = torch.from_numpy(class_set_bits(sets))
         return item
 
 

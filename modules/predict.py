@@ -146,7 +146,7 @@ def predict(config):
     if label_maps:
         label_map_box.check_flags(config)
         maps = label_map_box.label_map_paths(config.restore_from, names, config.data.val_split,
-                               config.data.target().pseudo_label_suffix)
+                                             config.data.target().pseudo_label_suffix)
         for inner, outer, how in ((config.restore_from, save, "holds"), (save, config.restore_from, "is inside")):
             if is_within(inner, outer):
                 raise UserError(f"--save-predictions {save} {how} the label maps of --restore-from "

@@ -69,8 +69,9 @@ class PredictionModule(pl.LightningModule):
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         logits = self.logits(batch["image"])
         check_finite(logits, batch["name"], self.source)
+        label = logits.argmax(dim=1, keepdim=True)
         out = {"name": list(batch["name"]),
-               "label": logits.argmax(dim=1).to(torch.uint8).cpu(),
+               "label": label[:, 0].to(torch.uint8).cpu(),
                # Averaged in double: the value is written out in full and decides the easy/hard split.
                "entropy": entropy_map(logits).double().mean(dim=(1, 2)).cpu()}
         if self.confidence_scale or self.complementary_below:
@@ -80,7 +81,7 @@ class PredictionModule(pl.LightningModule):
         if self.complementary_below:
             bit = 2 ** torch.arange(probabilities.shape[1], device=logits.device, dtype=torch.int32)
             below = (probabilities < self.complementary_below).int()
-            below.scatter_(1, logits.argmax(dim=1, keepdim=True), 0)  # never the pixel's own label (P >= 1/C)
+            below.scatter_(1, label, 0)  # never the pixel's own label (P >= 1/C)
             out["complementary"] = (below * bit[None, :, None, None]).sum(dim=1, dtype=torch.int32).cpu()
         return out
 

@@ -170,9 +170,15 @@ def write_class_sets(path, bits):
     write_png(path, np.stack([(bits >> shift) & 255 for shift in (0, 8, 16)], axis=-1).astype(np.uint8))
 
 
+def class_set_bits(channels):
+    """The H×W ``int64`` bit sets of :func:`read_class_sets` channels (resized or not)."""
+    channels = channels.astype(np.int64)
+    return channels[:, :, 0] | channels[:, :, 1] << 8 | channels[:, :, 2] << 16
+
+
 def read_class_sets(path):
     """The H×W×3 ``uint8`` channels of a :func:`write_class_sets` file in OpenCV's order (blue, green,
-    red: bits 0–7, 8–15, 16–23)."""
+    red: bits 0–7, 8–15, 16–23), which :func:`class_set_bits` turns into bit sets."""
     sets, _ = _decode(path, "class sets", cv2.IMREAD_UNCHANGED)
     if sets.ndim != 3 or sets.shape[2] != 3 or sets.dtype != np.uint8:
         raise UserError(f"{path} is not a map of class sets (an 8-bit three-channel PNG)")
