@@ -31,7 +31,8 @@ import os
 import sys
 import time
 
-from utils.cli import ArgumentParser, UserError, at_least, input_size, probability, run, seed
+from utils.cli import (ArgumentParser, UserError, at_least, input_size, learning_rate, positive_float, probability, run,
+                       seed)
 from utils.io import atomic_write_bytes, atomic_write_text
 from utils.criteria import CRITERIA, DEFAULT_CRITERION
 
@@ -39,7 +40,7 @@ STUDENT_DEFAULT = "deeplabv2_r101"  # the published target network
 
 
 def build_parser():
-    from modules.config import add_target_dataset_args
+    from modules.config import LR_SCHEDULES, DataConfig, HardwareConfig, NetworkConfig, OptimConfig, add_target_dataset_args
     from models.archs import ARCH_NAMES
 
     parser = ArgumentParser(prog="adapt.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,16 +72,18 @@ def build_parser():
     out.add_argument("--init", default=None, metavar="FILE",
                      help="weights the student starts from (e.g. ImageNet weights); default: from scratch")
     train = parser.add_argument_group("training")
-    train.add_argument("--input-size", type=input_size, default=(1024, 512), metavar="WxH",
-                       help="training and inference size (default: 1024x512)")
+    train.add_argument("--input-size", type=input_size, default=NetworkConfig.input_size, metavar="WxH",
+                       help="training and inference size (default: %s)" % "x".join(map(str, NetworkConfig.input_size)))
     train.add_argument("--rounds", type=at_least(1), default=3, help="self-distillation rounds at most (default: %(default)s)")
-    train.add_argument("--max-steps", type=at_least(1), default=20000,
+    train.add_argument("--max-steps", type=at_least(1), default=OptimConfig.max_steps,
                        help="steps of each training stage (default: %(default)s)")
     train.add_argument("--round-steps", type=at_least(1), default=None, help="steps of each round (default: --max-steps)")
-    train.add_argument("--lr", type=float, default=None, help="the baseline's learning rate (default: main.py's)")
-    train.add_argument("--round-lr", type=float, default=None, help="the rounds' learning rate (default: main.py's)")
-    train.add_argument("--lr-schedule", default=None, help="main.py's --lr-schedule for every stage (default: its own)")
-    train.add_argument("--batch-size", type=at_least(2), default=4, help="training images per step (default: %(default)s)")
+    train.add_argument("--lr", type=learning_rate, default=None, help="the baseline's learning rate (default: main.py's)")
+    train.add_argument("--round-lr", type=learning_rate, default=None, help="the rounds' learning rate (default: main.py's)")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                       help="main.py's --lr-schedule for every stage (default: its own)")
+    train.add_argument("--batch-size", type=at_least(2), default=DataConfig.train_batch_size,
+                       help="training images per step (default: %(default)s)")
     train.add_argument("--select-by", choices=(*CRITERIA, "last", "val-miou"), default=DEFAULT_CRITERION,
                        help="the label-free score that keeps checkpoints and rounds (utils/label_free.py); last: "
                             "the last checkpoint of each stage; val-miou: the published protocol, which needs "
@@ -89,20 +92,26 @@ def build_parser():
                        help="keep a round only if it raises the --select-by score, and stop at the first that does "
                             "not (default: on; --no-round-guard runs every round, as published)")
     train.add_argument("--seed", type=seed, default=0, help="seed of every stage (default: %(default)s)")
-    rare = parser.add_argument_group("rare classes (ours, off by default; docs/method.md)")
+    add_rare_class_args(parser)
+    hw = parser.add_argument_group("hardware")
+    hw.add_argument("--accelerator", default=HardwareConfig.accelerator, help="cpu, gpu or auto (default: %(default)s)")
+    hw.add_argument("--num-workers", type=at_least(0), default=None, help="loader processes (default: from the cores)")
+    return parser
+
+
+def add_rare_class_args(parser, title="rare classes (ours, off by default; docs/method.md)"):
+    """The rare-class options, declared once for adapt.py and demo.py."""
+    rare = parser.add_argument_group(title)
     rare.add_argument("--class-balanced-share", type=probability, default=None, metavar="P",
                       help="pseudo-labels keep each class's P most confident pixels (CBST), the rest ignored")
     rare.add_argument("--complementary-below", type=probability, default=None, metavar="P",
                       help="the baseline also learns, per pixel, the classes the black box gives a probability "
                            "below P (ATP's complementary labels; not with label maps)")
-    rare.add_argument("--rare-class-sampling", type=float, default=None, metavar="T",
+    rare.add_argument("--rare-class-sampling", type=positive_float, default=None, metavar="T",
                       help="baseline and rounds draw images containing rare classes more often (temperature T)")
     rare.add_argument("--distribution-alignment", action="store_true",
                       help="the rounds' teacher labels are rectified toward the pseudo-labels' class shares")
-    hw = parser.add_argument_group("hardware")
-    hw.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
-    hw.add_argument("--num-workers", type=at_least(0), default=None, help="loader processes (default: from the cores)")
-    return parser
+    return rare
 
 
 def train_and_extract(step, name, argv, run_folder, target):

@@ -28,7 +28,7 @@ import time
 
 from datasets.targets import TARGETS
 from models.archs import ARCH_NAMES
-from utils.cli import ArgumentParser, UserError, at_least, input_size, probability, run, seed
+from utils.cli import ArgumentParser, UserError, at_least, input_size, run, seed
 from utils.io import atomic_write_text, json_number
 from utils.criteria import CRITERIA, DEFAULT_CRITERION
 from utils.run_folder import LOCK_NAME, folder_lock
@@ -71,12 +71,10 @@ def build_parser():
     parser.add_argument("--select-by", choices=(*CRITERIA, "last", "val-miou"), default=DEFAULT_CRITERION,
                         help="how every stage keeps its checkpoint: a label-free score, or val-miou (the published "
                              "protocol, with the val labels); the test split is never used (default: %(default)s)")
-    rare = parser.add_argument_group("rare classes: adapt.py's options of the same names, for an ablation "
-                                     "(docs/method.md); each combination goes to a folder of its own")
-    rare.add_argument("--class-balanced-share", type=probability, default=None, metavar="P")
-    rare.add_argument("--complementary-below", type=probability, default=None, metavar="P")
-    rare.add_argument("--rare-class-sampling", type=float, default=None, metavar="T")
-    rare.add_argument("--distribution-alignment", action="store_true")
+    from adapt import add_rare_class_args
+
+    add_rare_class_args(parser, "rare classes: adapt.py's options, for an ablation (docs/method.md); each "
+                                "combination goes to a folder of its own")
     parser.add_argument("--num-workers", type=at_least(0), default=0, help="data loader processes (default: %(default)s)")
     return parser
 

@@ -261,6 +261,9 @@ class TrainingHardware(HardwareConfig):
     compile_mode: str = "default"
 
 
+LR_SCHEDULES = ("auto", "cosine", "constant", "poly", "warmup_poly")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     lr: float
@@ -384,7 +387,7 @@ def add_run_args(parser):
                      help="adam as published; sgd (momentum 0.9, weight decay 5e-4, head at 10x lr); or adamw, the "
                           "transformer recipe of SegFormer / DAFormer for the students (with --lr 6e-5: weight decay "
                           "0.01, none on norm layers, decoder and head at 10x lr) (default: %(default)s)")
-    opt.add_argument("--lr-schedule", choices=("auto", "cosine", "constant", "poly", "warmup_poly"), default=OptimConfig.lr_schedule,
+    opt.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=OptimConfig.lr_schedule,
                      help="cosine: the published per-epoch cosine, lr(epoch e) = lr * (1 + cos(pi * e / 10)) / 2, "
                           "periodic (0 at epoch 10, back to lr at epoch 20, ...); constant; poly (power 0.9 to "
                           "--max-steps); or warmup_poly: linear warm-up over --warmup-steps from 1e-6 of lr, then "

@@ -81,6 +81,12 @@ def test_bad_inputs_are_one_line(black_box, tmp_path):
             adapt.main([*argv, "--out", str(tmp_path / "out"), *TINY])
     with pytest.raises(UserError, match="inside the image folder"):
         adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(images / "out"), *TINY])
+    # Values main.py would refuse only after the pseudo-labels are written are refused before anything runs.
+    for flag, value in (("--lr", "-1"), ("--round-lr", "2"), ("--lr-schedule", "bogus"),
+                        ("--rare-class-sampling", "0")):
+        with pytest.raises(UserError, match=flag):
+            adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(tmp_path / "bad"), flag, value])
+        assert not (tmp_path / "bad").exists()
 
 
 def test_a_round_that_does_not_raise_the_score_is_not_kept_and_ends_the_rounds(tmp_path, monkeypatch):
