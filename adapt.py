@@ -40,7 +40,8 @@ STUDENT_DEFAULT = "deeplabv2_r101"  # the published target network
 
 
 def build_parser():
-    from modules.config import LR_SCHEDULES, DataConfig, HardwareConfig, NetworkConfig, OptimConfig, add_target_dataset_args
+    from modules.config import (ACCELERATORS, LR_SCHEDULES, DataConfig, HardwareConfig, NetworkConfig, OptimConfig,
+                                add_target_dataset_args)
     from models.archs import ARCH_NAMES
 
     parser = ArgumentParser(prog="adapt.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,6 +70,9 @@ def build_parser():
                      help="every output: report.json/.md/.png, student.pth, adapted.onnx, and the stages' folders")
     out.add_argument("--student", choices=ARCH_NAMES, default=STUDENT_DEFAULT, metavar="ARCH",
                      help=f"the network to adapt into: {', '.join(ARCH_NAMES)} (default: %(default)s)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="start over: remove what an earlier run left in --out first (a rerun without it continues "
+                          "that run, and refuses other settings)")
     out.add_argument("--init", default=None, metavar="FILE",
                      help="weights the student starts from (e.g. ImageNet weights); default: from scratch")
     train = parser.add_argument_group("training")
@@ -94,7 +98,8 @@ def build_parser():
     train.add_argument("--seed", type=seed, default=0, help="seed of every stage (default: %(default)s)")
     add_rare_class_args(parser)
     hw = parser.add_argument_group("hardware")
-    hw.add_argument("--accelerator", default=HardwareConfig.accelerator, help="cpu, gpu or auto (default: %(default)s)")
+    hw.add_argument("--accelerator", choices=ACCELERATORS, default=HardwareConfig.accelerator,
+                    help="cpu, gpu (cuda), mps or auto (default: %(default)s)")
     hw.add_argument("--num-workers", type=at_least(0), default=None, help="loader processes (default: from the cores)")
     return parser
 
@@ -202,9 +207,69 @@ class Pipeline:
             return make_target("folder", a.images, None, a.labels, None)
         return make_target(a.target_dataset, a.data_dir, a.image_root, a.label_root, a.conditions)
 
-    def step(self, title, script, argv, call):
+    def step(self, title, script, argv, call, words=()):
+        """Run an entry point; its refusals name adapt.py's flags (``words``: its flag -> ours)."""
         print(f"\n=== {title}\n$ python {script} {' '.join(argv)}", flush=True)
-        return call(argv)
+        try:
+            return call(argv)
+        except UserError as err:
+            message = str(err)
+            for theirs, ours in (*words, ("another --save", "another --out"),
+                                 ("add --resume last to the same command", "run the same adapt.py command again")):
+                message = message.replace(theirs, ours)
+            raise UserError(f"{title}: {message}") from None
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt("finished stages are kept; run the same adapt.py command again to "
+                                    "continue") from None
+
+    # -- before anything runs -----------------------------------------------------------------------
+    def settings(self):
+        """What decides the results in --out: every flag but where the outputs and labels for the report
+        are, and the hardware (labels count where they select: --select-by val-miou)."""
+        report_only = {"out", "overwrite", "report_split", "accelerator", "num_workers"}
+        if self.args.select_by != "val-miou":
+            report_only |= {"labels", "label_root"}
+        paths = {"black_box", "images", "data_dir", "image_root", "init", "labels", "label_root"}
+        return {k: (os.path.abspath(v) if k in paths and v else v) for k, v in sorted(vars(self.args).items())
+                if k not in report_only}
+
+    def outputs(self):
+        names = ("pseudo_labels", "hard_patches", "weights", "runs", "student.pth", "adapted.onnx", "report.json",
+                 "report.md", "report.png")
+        return [os.path.join(self.out, name) for name in names]
+
+    def check_labels(self):
+        """--labels (or --label-dir) before anything runs: the folder exists, labels match images, each is
+        a train-id map of its image's size; --select-by val-miou needs a label for every val image."""
+        from PIL import Image
+        from datasets.base import TargetDataset, check_label_values
+        from utils.io import read_label
+        from utils.labels import NUM_CLASSES
+
+        a = self.args
+        flag, folder = ("--labels", a.labels) if a.images else ("--label-dir", a.label_root)
+        if folder and not os.path.isdir(folder):
+            raise UserError(f"{flag}: folder not found: {folder}")
+        target = self.make_target()
+        for split in dict.fromkeys((a.val_split, self.report_split)):
+            paths = self.label_paths(split)
+            labelled = {n: p for n, p in paths.items() if p}
+            if a.select_by == "val-miou" and split == a.val_split and (not paths or len(labelled) < len(paths)):
+                raise UserError(f"--select-by val-miou keeps checkpoints by the labels of every --val-split "
+                                f"{split!r} image: {len(labelled)} of them have one; label the rest, or keep the "
+                                "label-free default")
+            if folder and not labelled:
+                raise UserError(f"{flag} {folder}: no label for any image of split {split!r} (a label mirrors its "
+                                "image's relative path: <relative path>/<stem>.png)")
+            images = {name: path for path, _, name in TargetDataset(target, split, labels=False).samples}
+            for name, path in labelled.items():
+                label = read_label(path)
+                check_label_values(label, NUM_CLASSES, path)
+                with Image.open(images[name]) as image:
+                    size = image.size
+                if label.shape != (size[1], size[0]):
+                    raise UserError(f"{path} is {label.shape[1]}x{label.shape[0]}, its image {images[name]} "
+                                    f"{size[0]}x{size[1]}: a label is the size of its image")
 
     # -- the stages ---------------------------------------------------------------------------------
     def pseudo_labels(self):
@@ -226,7 +291,8 @@ class Pipeline:
                 argv += [f"--{name.replace('_', '-')}", str(getattr(self.args, name))]
         if self.black_box_kind == "weights" and self.args.black_box_arch:
             argv += ["--arch", self.args.black_box_arch]
-        self.step("pseudo-labels: the black box labels the images", "generate_pseudo_labels.py", argv, pseudo)
+        self.step("pseudo-labels: the black box labels the images", "generate_pseudo_labels.py", argv, pseudo,
+                  words=(("add --arch", "add --black-box-arch"),))
         return save
 
     def train(self, name, module, steps, lr, extra):
@@ -268,9 +334,18 @@ class Pipeline:
         return target
 
     def run(self):
+        from utils.run_folder import claim_folder, remove_claim
+
         a = self.args
         start = time.time()
-        pseudo = self.pseudo_labels()
+        self.check_labels()
+        state = os.path.join(self.out, ".state")
+        claim_folder(state, self.settings(), a.overwrite, self.outputs(), flag="--out")
+        try:
+            pseudo = self.pseudo_labels()
+        except UserError:  # nothing finished: nothing left behind
+            remove_claim(state, self.outputs(), unless_finished=True)
+            raise
         init = ["--restore-from", a.init] if a.init else []
         init += ["--complementary-weight", "1"] if a.complementary_below is not None else []
         baseline = self.train("baseline", "baseline", a.max_steps, a.lr, ["--pseudo-label-root", pseudo, *init])
@@ -297,11 +372,26 @@ def check_args(args):
         raise UserError("--labels goes with --images; for another layout give --label-dir")
     if not os.path.exists(args.black_box):
         raise UserError(f"--black-box: not found: {args.black_box}")
+    if args.images and not os.path.isdir(args.images):
+        raise UserError(f"--images: folder not found: {args.images}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a file; give a folder")
+    for flag, split in (("--val-split", args.val_split), ("--report-split", args.report_split)):
+        # A folder target's split is its sub-folder of that name, else all images: a name typed is a sub-folder.
+        if args.images and split and split != "val" and not os.path.isdir(os.path.join(args.images, split)):
+            raise UserError(f"{flag} {split}: no sub-folder {split}/ in --images {args.images}")
     if os.path.isdir(args.black_box) and (args.class_balanced_share is not None or args.complementary_below is not None):
         raise UserError("--class-balanced-share and --complementary-below need the black box's scores, which "
                         "label maps do not hold: give an ONNX or .pth black box")
-    if args.init and not os.path.isfile(args.init):
-        raise UserError(f"--init: weight file not found: {args.init}")
+    if args.init:
+        if not os.path.isfile(args.init):
+            raise UserError(f"--init: weight file not found: {args.init}")
+        from models.networks import get_network
+
+        try:  # read now, not after the black box has labelled every image
+            get_network(arch=args.student, restore_from=args.init)
+        except UserError as err:
+            raise UserError(f"--init: {str(err).replace('add --arch', 'add --student')}") from None
     from utils.run_folder import check_outside_images
 
     check_outside_images(args.out, "--out", args.images or args.data_dir)
@@ -312,8 +402,7 @@ def main(argv=None):
     check_args(args)
     from utils.run_folder import folder_lock
 
-    os.makedirs(args.out, exist_ok=True)
-    with folder_lock(args.out, "--out"):
+    with folder_lock(args.out, "--out"):  # created, and removed again if a refusal leaves it empty
         report = Pipeline(args).run()
     print(f"\n{report['verdict']}\nreport: {os.path.join(args.out, 'report.md')}")
     return report

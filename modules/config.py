@@ -66,6 +66,9 @@ def add_network_args(parser, title="network"):
     return group
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # Lightning's, less those this project never runs on
+
+
 @dataclasses.dataclass(frozen=True)
 class HardwareConfig:
     """The values of :func:`add_hardware_args`."""
@@ -81,7 +84,8 @@ def add_hardware_args(parser):
     """The flags :func:`make_trainer` reads and ``--fold-bn`` (how inference runs the network), the same
     for training and the data stages; returns their group."""
     group = parser.add_argument_group("hardware")
-    group.add_argument("--accelerator", default=HardwareConfig.accelerator, help="cpu, gpu or auto (default: %(default)s)")
+    group.add_argument("--accelerator", choices=ACCELERATORS, default=HardwareConfig.accelerator,
+                       help="cpu, gpu (cuda), mps or auto (default: %(default)s)")
     group.add_argument("--devices", type=devices, default=HardwareConfig.devices,
                        help="number of devices per node, a list such as 0,1, or auto (default: %(default)s)")
     group.add_argument("--num-nodes", type=at_least(1), default=HardwareConfig.num_nodes, help="number of machines (default: %(default)s)")

@@ -29,6 +29,7 @@ from utils.visualize import labelled_picture
 
 BATCH = 4
 PICTURE_COUNT = 4  # images in report.png
+MIN_LABELLED = 5  # fewer labelled images decide nothing: a bootstrap over one image is an interval of width 0
 
 
 def black_box_network(pipeline):
@@ -90,9 +91,13 @@ def verdict(report):
     black, adapted = report["black_box"], report["adapted"]
     if "difference_ci95" in report:
         low, high = report["difference_ci95"]
-        numbers = (f"on {adapted['labelled_images']} labelled images mIoU {adapted['miou']:.2f} against the black "
-                   f"box's {black['miou']:.2f} (difference {adapted['miou'] - black['miou']:+.2f}, 95 % interval "
-                   f"{low:+.2f} to {high:+.2f})")
+        count = adapted["labelled_images"]
+        numbers = (f"on {count} labelled images mIoU {adapted['miou']:.2f} against the black box's "
+                   f"{black['miou']:.2f} (difference {report['difference']:+.2f}, 95 % interval {low:+.2f} to "
+                   f"{high:+.2f})")
+        if count < MIN_LABELLED:
+            return (f"TOO FEW LABELLED IMAGES TO TELL: {numbers}; {count} image(s) cannot show a difference to be "
+                    f"more than chance: label at least {MIN_LABELLED}.")
         if low > 0:
             return f"ADAPTATION HELPED: {numbers}."
         if high < 0:
@@ -126,8 +131,10 @@ def write_report(pipeline, student, rounds, onnx):
               "rounds": [{"round": r["round"], "score": r["best_score"], "kept": r["kept"]} for r in rounds],
               "files": {"student": student, "onnx": onnx}}
     if results["adapted"]["confusions"] is not None:
-        report["difference_ci95"] = list(bootstrap_difference(results["adapted"]["confusions"],
-                                                              results["black_box"]["confusions"]))
+        adapted_c, black_c = results["adapted"]["confusions"], results["black_box"]["confusions"]
+        report["difference"] = json_number(scores_from_confusion(adapted_c.sum(0))["miou"]
+                                           - scores_from_confusion(black_c.sum(0))["miou"], 2)
+        report["difference_ci95"] = list(bootstrap_difference(adapted_c, black_c))
     report["verdict"] = verdict(report)
     picture = os.path.join(pipeline.out, "report.png")
     labelled = all(label is not None for _, label, _ in shown)  # a ground-truth column only if every row has one

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import cv2
 import numpy as np
 import onnxruntime
 import pytest
@@ -14,6 +15,7 @@ from models.networks import get_network
 from modules import rounds as rounds_module
 from tests.fixtures import make_image_folder, tiny_weights
 from tools.export_provider import main as export
+from utils.cli import UserError
 from utils.metrics import bootstrap_difference, image_confusion, scores_from_confusion
 
 TINY = ["--student", "deeplabv2_tiny", "--input-size", "64x32", "--rounds", "2", "--max-steps", "2",
@@ -62,14 +64,15 @@ def test_images_without_any_label_become_an_adapted_onnx_file_and_a_report(black
         assert got.shape == (2, 19, height, width)
         assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
 
-    # Rerunning the same command finds every stage done.
+    # Rerunning the same command finds every stage done; other settings are refused, naming them.
     again = adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(out), *TINY])
     assert again["adapted"] == report["adapted"]
+    with pytest.raises(UserError, match=r"--out holds results made with other settings .*changed: max_steps, seed"):
+        adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(out), *TINY, "--seed", "1",
+                    "--max-steps", "3"])
 
 
 def test_bad_inputs_are_one_line(black_box, tmp_path):
-    from utils.cli import UserError
-
     images = tmp_path / "images"
     make_image_folder(str(images), str(tmp_path / "labels"))
     for argv, words in (
@@ -81,12 +84,43 @@ def test_bad_inputs_are_one_line(black_box, tmp_path):
             adapt.main([*argv, "--out", str(tmp_path / "out"), *TINY])
     with pytest.raises(UserError, match="inside the image folder"):
         adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(images / "out"), *TINY])
-    # Values main.py would refuse only after the pseudo-labels are written are refused before anything runs.
-    for flag, value in (("--lr", "-1"), ("--round-lr", "2"), ("--lr-schedule", "bogus"),
-                        ("--rare-class-sampling", "0")):
-        with pytest.raises(UserError, match=flag):
-            adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(tmp_path / "bad"), flag, value])
-        assert not (tmp_path / "bad").exists()
+    # What a stage would refuse only after the black box has labelled every image is refused before
+    # anything runs, and leaves no --out behind.
+    labels = tmp_path / "labels"
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "random.pth").write_bytes(os.urandom(256))
+    bad_value, wrong_size = tmp_path / "bad_value", tmp_path / "wrong_size"
+    shutil.copytree(labels, bad_value)
+    cv2.imwrite(str(bad_value / "street" / "0002.png"), np.full((32, 64), 50, np.uint8))
+    shutil.copytree(labels, wrong_size)
+    cv2.imwrite(str(wrong_size / "street" / "0002.png"), np.zeros((30, 20), np.uint8))
+    partial = tmp_path / "partial"
+    shutil.copytree(labels, partial)
+    os.remove(partial / "street" / "0002.png")
+    out = tmp_path / "bad"
+    for extra, words in (
+            (["--lr", "-1"], "--lr"), (["--round-lr", "2"], "--round-lr"), (["--lr-schedule", "bogus"], "--lr-schedule"),
+            (["--rare-class-sampling", "0"], "--rare-class-sampling"), (["--accelerator", "tpu"], "--accelerator"),
+            (["--labels", str(tmp_path / "none")], "--labels: folder not found"),
+            (["--labels", str(tmp_path / "empty")], "no label for any image"),
+            (["--labels", str(bad_value)], "label values outside 0..18 and 255 in .*0002.png: 50"),
+            (["--labels", str(wrong_size)], "0002.png is 20x30, its image .* 64x32"),
+            (["--labels", str(partial), "--select-by", "val-miou"], "3 of them have one"),
+            (["--val-split", "nosuch"], "no sub-folder nosuch/"),
+            (["--init", str(tmp_path / "random.pth")], "--init: .*random.pth")):
+        with pytest.raises(UserError, match=words):
+            adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(out), *TINY, *extra])
+        assert not out.exists(), extra
+    with pytest.raises(UserError, match="--images: folder not found"):
+        adapt.main(["--black-box", black_box, "--images", str(tmp_path / "none"), "--out", str(out), *TINY])
+    with pytest.raises(UserError, match="is a file"):
+        adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(tmp_path / "a_file"), *TINY])
+    # A stage's refusal names adapt.py's flags: a weight file that does not say its network.
+    with pytest.raises(UserError, match="add --black-box-arch deeplabv2_tiny"):
+        adapt.main(["--black-box", tiny_weights(str(tmp_path / "w.pth")), "--images", str(images), "--out", str(out),
+                    *TINY])
+    assert not out.exists()
 
 
 def test_a_round_that_does_not_raise_the_score_is_not_kept_and_ends_the_rounds(tmp_path, monkeypatch):
@@ -187,8 +221,13 @@ def test_the_verdict_rests_on_labels_and_says_what_label_free_scores_cannot_tell
     labelled = {"label_free": free, "miou": 30.0, "labelled_images": 20}
     for interval, opening in (([1.0, 5.0], "ADAPTATION HELPED"), ([-5.0, -1.0], "ADAPTATION DID NOT HELP"),
                               ([-1.0, 2.0], "NO CLEAR DIFFERENCE")):
-        said = verdict({"black_box": {**labelled, "miou": 28.0}, "adapted": labelled, "difference_ci95": interval})
+        said = verdict({"black_box": {**labelled, "miou": 28.0}, "adapted": labelled, "difference_ci95": interval,
+                        "difference": 2.0})
         assert said.startswith(opening) and "+2.00" in said
+    # One labelled image: its bootstrap interval has width 0, and says nothing.
+    one = verdict({"black_box": {**labelled, "miou": 28.0}, "adapted": {**labelled, "labelled_images": 1},
+                   "difference_ci95": [2.0, 2.0], "difference": 2.0})
+    assert one.startswith("TOO FEW LABELLED IMAGES") and "label at least 5" in one
     unlabelled = verdict({"black_box": {"label_free": {**free, "diversity": 0.6}}, "adapted": {"label_free": free}})
     assert unlabelled.startswith("WITHOUT LABELS") and "fewer classes" in unlabelled
     assert "fewer classes" not in verdict({"black_box": {"label_free": free}, "adapted": {"label_free": free}})
@@ -204,4 +243,4 @@ def test_a_folder_of_label_maps_is_a_black_box(tmp_path):
                          "--out", str(tmp_path / "out"), *TINY[:rounds], "1", *TINY[rounds + 1:]])
     assert report["black_box"]["miou"] == 100.0 and report["black_box"]["label_free"] is None
     assert report["adapted"]["miou"] < 100.0 and report["difference_ci95"][1] < 0
-    assert report["verdict"].startswith("ADAPTATION DID NOT HELP")
+    assert report["verdict"].startswith("TOO FEW LABELLED IMAGES")  # 4 labelled images
