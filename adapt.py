@@ -341,6 +341,9 @@ class Pipeline:
         self.check_labels()
         state = os.path.join(self.out, ".state")
         claim_folder(state, self.settings(), a.overwrite, self.outputs(), flag="--out")
+        if a.images and os.path.isdir(os.path.join(a.images, "train")):
+            print(f"note: {a.images} has a train/ sub-folder: the stages train on its images alone (a split is "
+                  "the sub-folder of its name when there is one, else every image)", flush=True)
         try:
             pseudo = self.pseudo_labels()
         except UserError:  # nothing finished: nothing left behind
