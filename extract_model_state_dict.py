@@ -23,19 +23,8 @@ def parse_args(argv=None):
     parser.add_argument("--save-path", default=None,
                         help="output state dict; default: next to the checkpoint, named "
                              "<checkpoint stem>_<keyname>.pth")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --save-path file")
     return parser.parse_args(argv)
-
-
-def checkpoint_network(path):
-    """The network record (``models.networks.describe``) of a checkpoint main.py wrote, from its
-    hyper-parameters; ``None`` for another checkpoint."""
-    from models.networks import describe
-    from utils.torch_files import load_torch_file
-
-    hyper = load_torch_file(path, "Lightning checkpoint", mmap=True).get("hyper_parameters") or {}
-    if not all(key in hyper for key in ("arch", "num_classes", "input_size")):
-        return None
-    return describe(hyper["arch"], hyper["num_classes"], hyper["input_size"])
 
 
 def default_save_path(checkpoint_path, keyname):
@@ -46,13 +35,15 @@ def default_save_path(checkpoint_path, keyname):
 def main(argv=None):
     args = parse_args(argv)
     from models.deeplabv2 import extract_state_dict
-    from models.networks import save_weights
+    from models.networks import network_of, save_weights
 
     save_path = args.save_path or default_save_path(args.pl_weight_path, args.model_weight_keyname)
     if os.path.abspath(save_path) == os.path.abspath(args.pl_weight_path):
         raise UserError(f"--save-path {save_path} would overwrite the checkpoint it reads")
+    if os.path.isfile(save_path) and not args.overwrite:
+        raise UserError(f"--save-path {save_path} exists: add --overwrite to replace it, or choose another name")
     state = extract_state_dict(args.pl_weight_path, args.model_weight_keyname)
-    info = checkpoint_network(args.pl_weight_path)
+    info = network_of(args.pl_weight_path)
     save_weights(save_path, state, info)
     said = f" ({info['arch']}, {info['num_classes']} classes, trained at {'x'.join(map(str, info['input_size']))})" \
         if info else ""

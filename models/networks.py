@@ -85,9 +85,17 @@ def save_weights(path, state, info):
 
 
 def network_of(path):
-    """The :func:`describe` record of a weight file the toolkit wrote, or ``None`` (another file)."""
+    """The :func:`describe` record of a weight file the toolkit wrote (in its metadata) or of a Lightning
+    checkpoint ``main.py`` wrote (from its hyper-parameters), or ``None`` (another file)."""
     obj = load_torch_file(path, "weight file", mmap=True)
-    info = (getattr(obj, "_metadata", None) or {}).get(NETWORK_KEY)
+    hyper = obj.get("hyper_parameters") if isinstance(obj, dict) else None
+    if isinstance(hyper, dict) and all(key in hyper for key in ("arch", "num_classes", "input_size")):
+        try:
+            info = describe(hyper["arch"], hyper["num_classes"], hyper["input_size"])
+        except (TypeError, ValueError):
+            return None
+    else:
+        info = (getattr(obj, "_metadata", None) or {}).get(NETWORK_KEY)
     fields = {"arch": str, "num_classes": int, "input_size": list}
     if not isinstance(info, dict) or any(not isinstance(info.get(k), t) for k, t in fields.items()) \
             or info["arch"] not in ARCH_NAMES or len(info["input_size"]) != 2:

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from utils.cli import UserError
+from utils.torch_files import refuse_exported_program
 
 MAX_CONSTANT_BYTES = 1 << 30  # 1 GiB of declared constants: far above any segmentation network's weights
 CHECK_SECONDS = 600.0  # the first run, on one grey image at the input size
@@ -36,12 +37,8 @@ class ProviderFileError(UserError):
 
 def is_provider_file(path):
     """Whether ``path`` names an ONNX provider file (by its ending, case-insensitive); a ``.pt2`` is refused."""
-    ext = os.path.splitext(str(path))[1].lower()
-    if ext == ".pt2":
-        raise ProviderFileError(f"{path}: PyTorch exported programs are not run (loading one runs code from it); "
-                                "convert a trusted one to ONNX: torch.onnx.export(torch.export.load('m.pt2'), "
-                                "dynamo=True).save('m.onnx')")
-    return ext == ".onnx"
+    refuse_exported_program(path, ProviderFileError)
+    return os.path.splitext(str(path))[1].lower() == ".onnx"
 
 
 def _first_line(err):

@@ -86,6 +86,7 @@ def test_config_file_values_are_checked_as_flags(finished_run, tmp_path):
         "unknown": (lambda d: d.update(colour="blue"), "no flag for: colour"),
         "size": (lambda d: d["network"].update(input_size=[0, 32]), "--input-size"),
         "flip": (lambda d: d["evaluation"].update(flip_when_test="yes"), "flip_when_test must be true or false"),
+        "fold": (lambda d: d["hardware"].update(fold_bn="false"), "fold_bn must be true or false"),  # not --fold-bn
     }
     for name, (change, message) in cases.items():
         data = json.loads(json.dumps(saved))

@@ -83,6 +83,16 @@ def test_errors(checkpoint, tmp_path):
         main(["--pl-weight-path", only_student, "--model-weight-keyname", "ema_net"])
     with pytest.raises(UserError, match="overwrite"):
         main(["--pl-weight-path", path, "--save-path", path])
+    # Another file already at --save-path is replaced only when told; an exported program is refused unread.
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"not mine")
+    with pytest.raises(UserError, match="other.pth exists: add --overwrite"):
+        main(["--pl-weight-path", path, "--save-path", str(other)])
+    assert other.read_bytes() == b"not mine"
+    assert main(["--pl-weight-path", path, "--save-path", str(other), "--overwrite"]) == 0
+    (tmp_path / "m.pt2").write_bytes(b"PK")
+    with pytest.raises(UserError, match=r"exported programs are not run.*torch\.onnx\.export"):
+        main(["--pl-weight-path", str(tmp_path / "m.pt2")])
 
 
 def test_command_line_error_is_one_line(tmp_path):
@@ -147,6 +157,10 @@ def test_commands_read_the_file_and_refuse_a_contradiction(described):
     config = parse_args(["--mode", "test", "--restore-from", out])  # no --arch, --num-classes, --input-size
     assert (config.network.arch, config.network.num_classes, config.network.input_size) == ("deeplabv2_tiny", 19,
                                                                                             (96, 48))
+    # The checkpoint it was extracted from says the same, from its hyper-parameters.
+    checkpoint = os.path.join(os.path.dirname(out), "checkpoint-step_3-score_0.5.ckpt")
+    config = parse_args(["--mode", "test", "--restore-from", checkpoint])
+    assert (config.network.arch, config.network.input_size) == ("deeplabv2_tiny", (96, 48))
     config = parse_args(["--mode", "test", "--restore-from", out, "--input-size", "64x32"])  # a size overrides
     assert config.network.input_size == (64, 32) and config.network.arch == "deeplabv2_tiny"
     for flags, named in ((["--arch", "deeplabv2_r50"], "--arch deeplabv2_r50"),

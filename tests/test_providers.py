@@ -335,11 +335,12 @@ def test_export_help_explains_every_flag(capsys):
     (["--restore-from", "OUT/missing.pth", "--onnx", "OUT/m.onnx"], "missing.pth"),
     (["--num-classes", "7", "--onnx", "OUT/m.onnx"], "7 classes"),
     (["--onnx", "WEIGHTS"], "must end in .onnx"),
+    (["--onnx", "ONNX"], "exists: add --overwrite"),
 ])
 def test_export_mistakes_are_one_line_and_write_nothing(world, tmp_path, capsys, case, expected):
     out = tmp_path / "out"
     argv = ["--restore-from", world["weights"], "--arch", "deeplabv2_tiny", "--input-size", INPUT]
-    argv += [c.replace("OUT", str(out)).replace("WEIGHTS", world["weights"]) for c in case]
+    argv += [c.replace("OUT", str(out)).replace("WEIGHTS", world["weights"]).replace("ONNX", world["onnx"]) for c in case]
     capsys.readouterr()
     assert run_script(export_provider.main, argv) == 2
     err = capsys.readouterr().err

@@ -43,6 +43,7 @@ def build_parser():
     out.add_argument("--full-resolution", action="store_true",
                      help="output logits at the input's height and width (upsampled inside the file), for "
                           "deployment; by default at the network's own output resolution, as a provider's")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file")
     out.add_argument("--fixed-size", action="store_true",
                      help="export for --input-size images only (for runtimes that need fixed shapes); by default "
                           "the height and width are free, as the batch size always is")
@@ -73,13 +74,15 @@ def exported_provider(net, full_resolution=False):
     return Provider(net).eval()
 
 
-def _check_path(path, restore_from):
+def _check_path(path, restore_from, overwrite):
     if not path.lower().endswith(".onnx"):
         raise UserError(f"--onnx {path}: the name must end in .onnx (the stages tell a provider file by its ending)")
     if os.path.isdir(path):
         raise UserError(f"--onnx {path} is a folder: the file to write cannot replace it")
     if os.path.abspath(path) == os.path.abspath(restore_from):
         raise UserError(f"--onnx {path} would overwrite the weight file it reads")
+    if os.path.exists(path) and not overwrite:
+        raise UserError(f"--onnx {path} exists: add --overwrite to replace it, or choose another name")
 
 
 def export_program(provider, input_size, fixed_size):
@@ -148,7 +151,7 @@ def main(argv=None):
     network_flags_from_file(args, argv or [])
     if not os.path.isfile(args.restore_from):
         raise UserError(f"--restore-from: weight file not found: {args.restore_from}")
-    _check_path(args.onnx, args.restore_from)
+    _check_path(args.onnx, args.restore_from, args.overwrite)
 
     from models.networks import get_network
     from utils.io import atomic_write_bytes

@@ -94,13 +94,13 @@ def config_argv(parser, values, path, ignore=()):
             continue
         action = actions[dest]
         flag = next(o for o in action.option_strings if o.startswith("--"))
-        if isinstance(action, argparse.BooleanOptionalAction):
-            argv.append(flag if value else "--no-" + flag[2:])
-        elif action.nargs == 0:  # store_true
-            if value is True:
-                argv.append(flag)
-            elif value is not False:
+        if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
                 raise UserError(f"--config {path}: {dest} must be true or false, got {value!r}")
+            if isinstance(action, argparse.BooleanOptionalAction):
+                argv.append(flag if value else "--no-" + flag[2:])
+            elif value:  # store_true
+                argv.append(flag)
         elif isinstance(value, (list, tuple)):
             separator = "x" if action.metavar and "x" in action.metavar else ","
             argv.append(f"{flag}={separator.join(str(v) for v in value)}")

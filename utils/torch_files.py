@@ -58,12 +58,22 @@ def _unsafe_types(path):
         return []
 
 
+def refuse_exported_program(path, error=None):
+    """A PyTorch exported program (``.pt2``, by its ending) is refused unread: loading one runs code
+    from it. ``error``: the exception class to raise (default :class:`TorchFileError`)."""
+    if os.path.splitext(str(path))[1].lower() == ".pt2":
+        raise (error or TorchFileError)(
+            f"{path}: PyTorch exported programs are not run (loading one runs code from it); convert a trusted "
+            "one to ONNX: torch.onnx.export(torch.export.load('m.pt2'), dynamo=True).save('m.onnx')")
+
+
 def load_torch_file(path, what="weight file", mmap=False):
     """The object saved in ``path``, read on the CPU without running code from the file.
 
     ``what`` names the file in errors (``"weight file"``, ``"--resume checkpoint"``). ``mmap``
     maps tensors from the file instead of reading them (cheap inspection of a large checkpoint).
     """
+    refuse_exported_program(path)
     if os.path.isdir(path):
         raise TorchFileError(f"{what} is a folder, not a file: {path}")
     if not os.path.isfile(path):
