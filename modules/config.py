@@ -622,6 +622,7 @@ def parse_args(argv=None):
     saved = read_config_values(known.config) if known.config else {}
     module_name = known.module_name or saved.get("module_name") or "basic"
     parser = build_parser(module_name)
+    typed = argv
     if saved:
         # The file's settings come first, as if typed; what the command line says wins.
         # --resume (and --overwrite) is an instruction to one run, not a setting: a run again starts anew unless told.
@@ -629,7 +630,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     from models.networks import network_flags_from_file
 
-    network_flags_from_file(args, argv)  # a weight file the toolkit wrote says its network and input size
+    # A weight file the toolkit wrote says its network and input size, over the --config file's; typed flags win.
+    network_flags_from_file(args, typed)
     # Checks that need several flags, or what the user typed as opposed to a default: still parsing,
     # so a mistake stops the command before anything is read or written.
     check_data_args(args)

@@ -73,6 +73,15 @@ def test_config_file_runs_again_and_flags_override_it(finished_run):
     config, path = finished_run
     again = parse_args(["--config", str(path)])
     assert again == config
+    # A weight file that says its network wins over the file's flags (only typed flags win over it).
+    from models.deeplabv2 import get_deeplabv2
+    from models.networks import describe, save_weights
+
+    weights = str(path.parent / "described.pth")
+    save_weights(weights, get_deeplabv2(arch="deeplabv2_tiny").state_dict(), describe("deeplabv2_tiny", 19, (96, 48)))
+    assert parse_args(["--config", str(path), "--restore-from", weights]).network.input_size == (96, 48)
+    assert parse_args(["--config", str(path), "--restore-from", weights, "--input-size", "32x16"]).network.input_size \
+        == (32, 16)
     changed = parse_args(["--config", str(path), "--experiment-name", "second", "--max-steps", "4"])
     assert (changed.experiment_name, changed.optim.max_steps, changed.optim.lr) == ("second", 4, 3e-4)
     assert changed.data == config.data and changed.network == config.network
