@@ -58,6 +58,11 @@ class ScoreRecord(Callback):
         else:
             report_test(self.record_path, scores, title, self.test_weights)
 
+    def on_train_start(self, trainer, pl_module):
+        kept = getattr(trainer.checkpoint_callback, "best_model_score", None)  # restored by --resume
+        if kept is not None and self.best is None:
+            self.best = float(kept)
+
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
             self._write(trainer, pl_module.last_scores)

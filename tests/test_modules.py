@@ -3,6 +3,7 @@ test mode, predictions, resume, extraction round trip."""
 import csv
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -90,11 +91,16 @@ def test_stage_trains_and_writes_outputs(tree, tmp_path, module):
     assert any(k.startswith("ema_net.") for k in keys) == (module in ("spatial_mix", "smhm"))
 
 
-def test_resume_continues_step_count(tree, tmp_path):
-    runner.train(stage_args(tree, tmp_path, "basic"))
+def test_resume_continues_step_count(tree, tmp_path, caplog):
+    kept = runner.train(stage_args(tree, tmp_path, "basic"))["best_score"]
     args = stage_args(tree, tmp_path, "basic", "--resume", "last")
     args = args.replace(optim__max_steps=4)
-    runner.train(args)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        runner.train(args)
+    # The best so far, as the log line says it, counts the checkpoints kept before the resume.
+    said = [float(m.group(1)) for m in re.finditer(r"\(best ([0-9.]+)\)", caplog.text)]
+    assert said and all(best >= round(kept, 4) for best in said)
     state = torch.load(tmp_path / "exp" / "basic" / "t" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["global_step"] == 4
 
