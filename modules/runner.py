@@ -213,10 +213,14 @@ def build_trainer(config):
             callbacks.append(CompileTime(use_cache_dir(config.log_tb_dir)))
     elif config.hardware.compile != "off":
         use_cache_dir(config.log_tb_dir)
+    e = config.evaluation  # a test's record row says how it predicted, beside the weights
+    how = ", ".join([*(["flip"] if e.flip_when_test else []),
+                     *([f"scales {','.join(map(str, e.scales))}"] if tuple(e.scales) != (1.0,) else [])])
+    how = f" ({how})" if how else ""
     callbacks.append(ScoreRecord(os.path.join(config.experiment_dir, "miou_record.csv"),
-                                 test_title=f"test ({config.restore_from or 'no weights'})",
+                                 test_title=f"test ({config.restore_from or 'no weights'}){how}",
                                  select_by=config.evaluation.select_by, run_folder=config.experiment_dir,
-                                 test_weights=config.restore_from or "none (random initialisation)",
+                                 test_weights=(config.restore_from or "none (random initialisation)") + how,
                                  num_classes=config.network.num_classes))
     if config.mode == "test" and config.evaluation.save_predictions:
         callbacks.append(PredictionPNGs(config.evaluation.save_predictions))

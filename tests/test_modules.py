@@ -263,6 +263,10 @@ def test_test_mode_averages_the_scales_as_predict_mode_does(tree, tmp_path, monk
     assert one_scale_differs  # the scales change the predictions: the test can fail
     expected = scores_from_confusion(confusion.compute().numpy())
     assert scores["miou"] == pytest.approx(expected["miou"], abs=1e-9)
+    # Its record row names the weights and how they predicted.
+    with open(os.path.join(args.experiment_dir, "miou_record.csv"), newline="") as f:
+        row = list(csv.DictReader(f))[-1]
+    assert row["weights"] == f"{tree['weights']} (flip, scales 0.5,1.0,1.5)"
 
 
 def test_each_evaluation_runs_a_fresh_folded_copy_kept_out_of_checkpoints(tree, tmp_path):
