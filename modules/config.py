@@ -428,8 +428,9 @@ def add_run_args(parser):
                          "--flip-when-test), as the data stages' --multiscale; training validates at the one "
                          "scale 1.0 (default: 1.0)")
     ev.add_argument("--overwrite", action="store_true",
-                    help="predict mode: replace the predictions in --save-predictions made with other settings or "
-                         "weights (a rerun with the same ones resumes)")
+                    help="test and predict mode: replace the predictions in --save-predictions made with other "
+                         "settings or weights (a rerun with the same ones resumes in predict mode, and writes them "
+                         "again in test mode)")
     ev.add_argument("--log-interval", type=at_least(1), default=EvalConfig.log_interval, help="log scalars every N steps (default: %(default)s)")
     ev.add_argument("--visualize-interval", type=at_least(0), default=EvalConfig.visualize_interval,
                     help="log an input | target | prediction picture every N steps; 0 = never (default: %(default)s)")

@@ -3,6 +3,7 @@ stage module and the data module. ``main.py`` parses flags and calls :func:`trai
 :func:`test`; the round automation calls them in a loop."""
 import contextlib
 import os
+import shutil
 import warnings
 
 import torch
@@ -17,7 +18,7 @@ from utils.cli import UserError
 from utils.compile import use_cache_dir
 from utils.config import write_config
 from utils.lightning import interruptible, make_trainer
-from utils.run_folder import folder_lock, has_checkpoints, latest_checkpoint
+from utils.run_folder import claim_folder, folder_lock, has_checkpoints, latest_checkpoint
 from utils.torch_files import load_torch_file, reading_as_data
 
 
@@ -273,10 +274,23 @@ def test(config):
             write_config(os.path.join(config.experiment_dir, CONFIG_FILE), config)
             report_test(record, scores, f"test ({config.restore_from}, label maps)", config.restore_from)
         return scores
-    with holding_outputs(config):
-        module, data, _ = build(config)
-        trainer = build_trainer(config)
-        write_config(os.path.join(config.experiment_dir, CONFIG_FILE), config)
-        with interruptible(trainer, "only the record and the configuration were written"):
-            trainer.test(module, datamodule=data, verbose=False)
+    save = config.evaluation.save_predictions
+    fresh = [folder for folder in (config.experiment_dir, save) if folder and not os.path.exists(folder)]
+    try:
+        with holding_outputs(config):
+            module, data, _ = build(config)
+            trainer = build_trainer(config)
+            if save:  # predictions of other weights or settings are not mixed into the folder
+                from modules.predict import STATE, settings_of
+
+                claim_folder(os.path.join(save, STATE), {**settings_of(config), "mode": "test"},
+                             config.evaluation.overwrite, [os.path.join(save, k) for k in ("train_ids", "color")],
+                             flag="--save-predictions")
+            write_config(os.path.join(config.experiment_dir, CONFIG_FILE), config)
+            with interruptible(trainer, "only the record and the configuration were written"):
+                trainer.test(module, datamodule=data, verbose=False)
+    except UserError:  # a label or image refused part-way: a test that made its folders leaves nothing
+        for folder in fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return module.last_scores

@@ -4,7 +4,9 @@ import csv
 import glob
 import os
 import re
+import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -190,7 +192,27 @@ def test_test_mode_scores_and_saves_predictions(tree, tmp_path):
     for record in ("miou_record.csv", "label_free_record.csv"):  # each row names the weights it scored
         with open(tmp_path / "exp" / "basic" / "t" / record) as f:
             rows = list(csv.reader(f))
-        assert len(rows) == 2 and rows[1][:2] == ["test", tree["weights"]]
+        assert len(rows) == 2 and rows[1][:2] == ["test", f"{tree['weights']} (flip)"]
+    # Predictions of other settings are not mixed into the folder, unless told to replace them.
+    other = stage_args(tree, tmp_path, "basic", "--mode", "test", "--restore-from", tree["weights"],
+                       "--save-predictions", str(out), "--test-batch-size", "2")
+    with pytest.raises(UserError, match=r"--save-predictions holds results made with other settings .*changed: flip"):
+        runner.test(other)
+    runner.test(other.replace(evaluation__overwrite=True))
+
+
+def test_a_test_refused_part_way_leaves_no_folder(tree, tmp_path):
+    """A label with a value outside the train ids is found only when the test reaches it."""
+    labels = tmp_path / "labels"
+    shutil.copytree(tree["label_root"], labels)
+    bad = sorted((labels / "val").rglob("*.png"))[-1]
+    cv2.imwrite(str(bad), np.full((32, 64), 50, np.uint8))
+    out = tmp_path / "pred"
+    args = stage_args(tree, tmp_path, "basic", "--mode", "test", "--restore-from", tree["weights"],
+                      "--label-root", str(labels), "--save-predictions", str(out), "--experiment-name", "refused")
+    with pytest.raises(UserError, match="label values outside 0..18 and 255"):
+        runner.test(args)
+    assert not out.exists() and not os.path.exists(args.experiment_dir)
 
 
 def test_evaluation_matches_an_independent_computation(tree, tmp_path):
