@@ -241,13 +241,11 @@ def add_pseudo_label_root_arg(group, default, use):
 
 def check_data_args(args):
     """After parsing: ``--list-root`` left out means the default folder, which need not exist (the
-    image folders are scanned); a ``--list-root`` or ``--label-dir`` the user named must exist, else it
-    is a typo. The target's flags must fit it (``--conditions`` of a target that has them, ``--data-dir`` for a folder)."""
+    image folders are scanned); a folder the user named must exist, else it is a typo. The target's
+    flags must fit it (``--conditions`` of a target that has them, ``--data-dir`` for a folder)."""
     make_target(args.target_dataset, args.data_dir, args.image_root, args.label_root, args.conditions)
     if args.image_cache not in ("auto", "off") and os.path.exists(args.image_cache) and not os.path.isdir(args.image_cache):
         raise UserError(f"--image-cache {args.image_cache} is a file; the cache is a folder")
-    if args.label_root is not None and not os.path.isdir(args.label_root):
-        raise UserError(f"--label-dir: folder not found: {args.label_root}")
     if args.list_root is not None and not os.path.isdir(args.list_root):
         raise UserError(f"--list-root: folder not found: {args.list_root} (leave the flag out to scan the image "
                         "folders)")

@@ -93,6 +93,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         d = self.data
         target = d.target()
         missing = target.missing_label_dir(d.val_split)
+        if missing and d.label_root is not None:  # typed: a typo, not a split without labels
+            raise UserError(f"--label-dir {d.label_root}: {missing}")
         if missing and self.select_by == "val-miou":
             raise UserError(f"--select-by val-miou needs labels of the {d.val_split!r} split: {missing}; "
                             "leave --select-by out to keep checkpoints by a label-free score")

@@ -213,6 +213,12 @@ def test_a_test_refused_part_way_leaves_no_folder(tree, tmp_path):
     with pytest.raises(UserError, match="label values outside 0..18 and 255"):
         runner.test(args)
     assert not out.exists() and not os.path.exists(args.experiment_dir)
+    # A --label-dir typed wrong is a typo, not a split without labels.
+    typo = stage_args(tree, tmp_path, "basic", "--mode", "test", "--restore-from", tree["weights"],
+                      "--label-root", str(tmp_path / "none"), "--experiment-name", "typo")
+    with pytest.raises(UserError, match="--label-dir .*none: "):
+        runner.test(typo)
+    assert not os.path.exists(typo.experiment_dir)
 
 
 def test_evaluation_matches_an_independent_computation(tree, tmp_path):
