@@ -225,8 +225,9 @@ class Pipeline:
     # -- before anything runs -----------------------------------------------------------------------
     def settings(self):
         """What decides the results in --out: every flag but where the outputs and labels for the report
-        are, and the hardware (labels count where they select: --select-by val-miou)."""
-        report_only = {"out", "overwrite", "report_split", "accelerator", "num_workers"}
+        are, the hardware, and --rounds (more rounds continue the ones made); labels count where they
+        select (--select-by val-miou)."""
+        report_only = {"out", "overwrite", "report_split", "accelerator", "num_workers", "rounds"}
         if self.args.select_by != "val-miou":
             report_only |= {"labels", "label_root"}
         paths = {"black_box", "images", "data_dir", "image_root", "init", "labels", "label_root"}
