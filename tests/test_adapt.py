@@ -74,6 +74,10 @@ def test_images_without_any_label_become_an_adapted_onnx_file_and_a_report(black
                          "--max-steps", "3", "--overwrite"])
     assert redone["adapted"] != report["adapted"]
     assert json.loads((out / ".state" / "settings.json").read_text())["seed"] == 1
+    # More rounds continue the ones made.
+    more = adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(out), *TINY, "--seed", "1",
+                       "--max-steps", "3", "--rounds", "3"])
+    assert more["rounds"][:len(redone["rounds"])] == redone["rounds"]
 
 
 def test_bad_inputs_are_one_line(black_box, tmp_path):
