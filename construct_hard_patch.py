@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from modules.config import add_labelling_args, add_prediction_args, add_target_args
-from utils.cli import ArgumentParser, UserError, at_least, grid_size, run
+from utils.cli import ArgumentParser, UserError, at_least, grid_size, run, typed_flags
 
 
 def build_parser():
@@ -67,9 +67,14 @@ def report(summary, skipped, counts, cells_per_image):
 def main(argv=None):
     args = build_parser().parse_args(argv)  # before the heavy imports: --help and flag mistakes stay fast
     from models.networks import network_flags_from_file
+    from modules.config import check_labelling_flags
     from modules.hard_patches import MiningRun, construct
     from utils.config import build
 
+    check_labelling_flags(argv, labels_given=args.pseudo_label_root is not None)
+    if "--num-rare" in typed_flags(argv) and args.rare_classes != "auto":
+        raise UserError(f"--num-rare is how many classes --rare-classes auto picks: drop it, or give --rare-classes "
+                        f"auto (not {args.rare_classes})")
     network_flags_from_file(args, argv or [])
     result = construct(build(MiningRun, args))
     if result is None:  # a secondary process of a multi-device run: the first one mines and reports

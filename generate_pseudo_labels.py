@@ -54,10 +54,12 @@ def report(result, summary, scores, truth_note):
 def main(argv=None):
     args = build_parser().parse_args(argv)  # before the heavy imports: --help and flag mistakes stay fast
     from models.networks import network_flags_from_file
+    from modules.config import check_labelling_flags
     from modules.pseudo_labels import PseudoLabelRun, generate, layout_of, write_report
     from utils.config import build
     from utils.run_folder import folder_lock
 
+    check_labelling_flags(argv)
     network_flags_from_file(args, argv or [])
     config = build(PseudoLabelRun, args)
     split = config.target.split

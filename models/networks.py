@@ -16,7 +16,7 @@ from models.archs import ARCH_NAMES, family  # noqa: F401 (the registry's names,
 from models.archs import DEEPLABV2 as DEEPLABV2_ARCHS
 from models.deeplabv2 import get_deeplabv2
 from models.students import get_student
-from utils.cli import UserError
+from utils.cli import UserError, typed_flags
 from utils.torch_files import TorchFileError, load_torch_file, read_state_dict
 
 NETWORK_KEY = "segmentation_network"  # in a weight file's state-dict metadata
@@ -117,7 +117,7 @@ def network_flags_from_file(args, argv, path_flag="--restore-from"):
         return None  # not a weight file: whoever loads it says so
     if info is None:
         return None
-    typed = {word.split("=", 1)[0] for word in argv if word.startswith("--")}
+    typed = typed_flags(argv)
     for field, flag in (("arch", "--arch"), ("num_classes", "--num-classes")):
         if flag in typed and getattr(args, field) != info[field]:
             raise UserError(f"{flag} {getattr(args, field)}, but {path_flag} {path} is a {info['arch']} network "

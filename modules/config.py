@@ -18,7 +18,7 @@ from datasets.targets import CITYSCAPES_LIST_ROOT, RESIZE_BACKENDS, TARGETS, mak
 from models.archs import ARCH_NAMES, family
 from modules import MODULES
 from utils.cli import (ArgumentParser, UserError, at_least, devices, finite_float, float_list, input_size,
-                       learning_rate, name_text, non_negative_float, positive_float, probability, seed)
+                       learning_rate, name_text, non_negative_float, positive_float, probability, seed, typed_flags)
 from utils.config import build, config_argv, read_config_values
 from utils.criteria import CRITERIA, DEFAULT_CRITERION
 from utils.image_cache import DEFAULT_FOLDER
@@ -722,6 +722,22 @@ def add_labelling_args(parser):
                                          "classes of softmax probability below P (e.g. 0.05), which the baseline's "
                                          "--complementary-weight learns the pixel is not (default: none written)")
     return group
+
+
+PROVIDER_FLAGS = ("--arch", "--head-branches", "--no-flip", "--multiscale", "--scales", "--provider-output",
+                  "--batch-size")  # what only running the provider uses
+
+
+def check_labelling_flags(argv, labels_given=False):
+    """Flags that would do nothing are one line each: ``--scales`` without ``--multiscale``; with
+    ``labels_given`` (pseudo-labels made earlier, no provider run), every flag of how a provider runs."""
+    typed = typed_flags(argv)
+    if "--scales" in typed and "--multiscale" not in typed:
+        raise UserError("--scales are the scales of --multiscale: add --multiscale, or drop --scales")
+    ignored = sorted(typed & set(PROVIDER_FLAGS)) if labels_given else []
+    if ignored:
+        raise UserError(f"{', '.join(ignored)} tell(s) how the provider runs, and --pseudo-label-root gives labels "
+                        "made earlier: drop them (or give --restore-from to label here)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -217,8 +217,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             patches = self._dataset("patches")
             batch_size = self.options.hard_patch_batch_size or self.data.train_batch_size
             if temperature:
+                # A stream of its own: with the images' seed, it would draw the images' classes again.
                 patch_sampler = RareClassSampler(self.class_counts("patches"), pixels, steps * batch_size, temperature,
-                                                 rank, world, self.seed)
+                                                 rank, world, self.seed + 1)
             else:
                 patch_sampler = CyclingSampler(len(patches), steps * batch_size, rank, world, seed=self.seed)
             loaders["patches"] = self._train_loader(patches, batch_size, patch_sampler)

@@ -314,5 +314,6 @@ def _construct(config):
         raise
     summary = summarize(records, rare, rare_source, config.network.num_classes, config.grid, config.network.input_size,
                         label_source, counts, absent)
-    write_summary(config.save, summary)
+    if summary["patches"]:  # a folder without a patch is no finished mining: smhm would have none to learn from
+        write_summary(config.save, summary)
     return {"summary": summary, "skipped": skipped, "counts": counts, "cells_per_image": len(boxes)}

@@ -336,10 +336,10 @@ def balance_classes(save, split, names, suffix, share, num_classes, write_color=
     for name in progress(names, desc="class-balanced labels", leave=False):
         label, confidence = read(name)
         kept = np.where(confidence >= bar[label], label, IGNORE_INDEX).astype(np.uint8)
-        if not np.array_equal(kept, label):
-            write_png(label_path(save, "label_ids", split, name, suffix), kept)
+        if not np.array_equal(kept, label):  # the colour first: a run killed between the two redoes both
             if write_color:
                 write_rgb_png(label_path(save, "label_color", split, name, suffix), colorize(kept))
+            write_png(label_path(save, "label_ids", split, name, suffix), kept)
         counts += np.bincount(kept.ravel(), minlength=256)[:num_classes]
     return {"thresholds": (thresholds / CONFIDENCE_SCALE).tolist(), "class_pixels": counts.tolist()}
 
@@ -418,8 +418,9 @@ def write_report(save, split, result, config, layout):
     summary = {
         "split": split, "images": len(names), "input_size": "x".join(map(str, config.network.input_size)),
         "resize_backend": config.target.resize_backend,
-        "restore_from": config.restore_from, "flip": config.labelling.flip,
-        "scales": scales_of(config.labelling),
+        "restore_from": config.restore_from, "provider_output": config.labelling.provider_output,
+        "flip": config.labelling.flip, "scales": scales_of(config.labelling),
+        "complementary_below": config.labelling.complementary_below,
         "easy": len(easy), "hard": len(hard),
         "median_entropy": float(hard[0][1]) if hard else None,
         "class_pixel_share": {n: round(float(s), 6) for n, s in zip(names_of_classes, share)},

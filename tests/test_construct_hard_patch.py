@@ -141,7 +141,18 @@ def test_no_patch_at_all_is_an_error_naming_the_classes(crafted, tmp_path, capsy
                                                            crafted["pseudo"], "--rare-classes", "3,4")) == 2
     err = capsys.readouterr().err
     assert "no patch holds a rare class (wall, fence)" in err and "--rare-classes" in err
-    assert kept_patches(save) == []
+    assert kept_patches(save) == [] and not (save / "summary.json").exists()  # smhm must not take it as finished
+
+
+@pytest.mark.parametrize("extra, said", [
+    (["--no-flip", "--multiscale"], "--multiscale, --no-flip tell(s) how the provider runs"),
+    (["--num-rare", "3"], "--num-rare is how many classes --rare-classes auto picks"),
+    (["--scales", "0.5,1"], "--scales are the scales of --multiscale")])
+def test_flags_that_would_do_nothing_are_one_line(crafted, tmp_path, capsys, extra, said):
+    save = tmp_path / "ignored"
+    assert run_script(construct_hard_patch.main, mine_args(crafted["data"], save, "--pseudo-label-root",
+                                                           crafted["pseudo"], *extra)) == 2
+    assert said in capsys.readouterr().err and not save.exists()
 
 
 def test_model_and_pseudo_label_sources_give_identical_patches(tmp_path):

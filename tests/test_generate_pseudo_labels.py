@@ -188,6 +188,7 @@ def test_labels_ranking_and_report(world, tmp_path, capsys):
 
     # Ground truth (gtFine2, 128x64) is compared at its own resolution: the label upsampled nearest.
     summary = json.loads((save / "summary.json").read_text())
+    assert (summary["provider_output"], summary["flip"], summary["complementary_below"]) == ("logits", True, None)
     confusion = np.zeros((19, 19), np.int64)
     for name, label in zip(names, labels):
         truth = cv2.imread(os.path.join(world["data"], "gtFine2", "train", name + SUFFIX), cv2.IMREAD_UNCHANGED)

@@ -112,6 +112,8 @@ def test_stages_train_with_rare_class_sampling(tree, tmp_path, module):
     loaders = SegmentationDataModule(config, stage.train_source, stage.use_patches).train_dataloader()
     assert {name: type(loader.sampler.sampler) for name, loader in loaders.items()} == \
         {name: RareClassSampler for name in (["target", "patches"] if module == "smhm" else ["target"])}
+    if module == "smhm":  # independent draws: the patches do not repeat the images' classes
+        assert loaders["patches"].sampler.sampler.seed != loaders["target"].sampler.sampler.seed
     result = runner.train(config)
     state = torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)
     assert state["global_step"] == 2

@@ -85,6 +85,11 @@ def name_text(text):
     return str(text)
 
 
+def typed_flags(argv):
+    """The flags written in ``argv`` (``--name`` of ``--name value`` and ``--name=value``)."""
+    return {word.split("=", 1)[0] for word in argv or () if word.startswith("--")}
+
+
 def _float_type(name, accepts, requirement):
     """An ``argparse`` type: a finite float for which ``accepts(value)`` holds."""
     def parse(text):
