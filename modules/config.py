@@ -724,8 +724,7 @@ def add_labelling_args(parser):
     return group
 
 
-PROVIDER_FLAGS = ("--arch", "--head-branches", "--no-flip", "--multiscale", "--scales", "--provider-output",
-                  "--batch-size")  # what only running the provider uses
+PROVIDER_FLAGS = ("--head-branches", "--no-flip", "--multiscale", "--scales", "--provider-output")  # only a run uses
 
 
 def check_labelling_flags(argv, labels_given=False):
