@@ -191,13 +191,18 @@ class Pipeline:
 
     def label_paths(self, split):
         """``{name: label path or None}`` of the split's images (``{}`` without labels)."""
+        return {name: label for name, (_, label) in self.images_and_labels(split).items()}
+
+    def images_and_labels(self, split):
+        """``{name: (image path, label path or None)}`` of the split's images (``{}`` without labels)."""
         target = self.make_target()
         if target.labels is None or target.missing_label_dir(split):
             return {}
         from datasets.base import TargetDataset
 
-        names = TargetDataset(target, split, labels=False).names
-        return {n: (p if os.path.isfile(p) else None) for n in names for p in [target.label_path(split, n)]}
+        return {name: (image, label if os.path.isfile(label) else None)
+                for image, _, name in TargetDataset(target, split, labels=False).samples
+                for label in [target.label_path(split, name)]}
 
     def make_target(self):
         from datasets.targets import make_target
@@ -242,8 +247,7 @@ class Pipeline:
     def check_labels(self):
         """--labels (or --label-dir) before anything runs: the folder exists, labels match images, each is
         a train-id map of its image's size; --select-by val-miou needs a label for every val image."""
-        from PIL import Image
-        from datasets.base import TargetDataset, check_label_values
+        from datasets.base import check_label_values, check_size_on_disk
         from utils.io import read_label
         from utils.labels import NUM_CLASSES
 
@@ -251,10 +255,9 @@ class Pipeline:
         flag, folder = ("--labels", a.labels) if a.images else ("--label-dir", a.label_root)
         if folder and not os.path.isdir(folder):
             raise UserError(f"{flag}: folder not found: {folder}")
-        target = self.make_target()
         for split in dict.fromkeys((a.val_split, self.report_split)):
-            paths = self.label_paths(split)
-            labelled = {n: p for n, p in paths.items() if p}
+            paths = self.images_and_labels(split)
+            labelled = [(image, label) for image, label in paths.values() if label]
             if a.select_by == "val-miou" and split == a.val_split and (not paths or len(labelled) < len(paths)):
                 raise UserError(f"--select-by val-miou keeps checkpoints by the labels of every --val-split "
                                 f"{split!r} image: {len(labelled)} of them have one; label the rest, or keep the "
@@ -262,15 +265,9 @@ class Pipeline:
             if folder and not labelled:
                 raise UserError(f"{flag} {folder}: no label for any image of split {split!r} (a label mirrors its "
                                 "image's relative path: <relative path>/<stem>.png)")
-            images = {name: path for path, _, name in TargetDataset(target, split, labels=False).samples}
-            for name, path in labelled.items():
-                label = read_label(path)
-                check_label_values(label, NUM_CLASSES, path)
-                with Image.open(images[name]) as image:
-                    size = image.size
-                if label.shape != (size[1], size[0]):
-                    raise UserError(f"{path} is {label.shape[1]}x{label.shape[0]}, its image {images[name]} "
-                                    f"{size[0]}x{size[1]}: a label is the size of its image")
+            for image, label in labelled:
+                check_size_on_disk(image, label)
+                check_label_values(read_label(label), NUM_CLASSES, label)
 
     # -- the stages ---------------------------------------------------------------------------------
     def pseudo_labels(self):

@@ -113,7 +113,7 @@ def test_bad_inputs_are_one_line(black_box, tmp_path):
             (["--labels", str(tmp_path / "none")], "--labels: folder not found"),
             (["--labels", str(tmp_path / "empty")], "no label for any image"),
             (["--labels", str(bad_value)], "label values outside 0..18 and 255 in .*0002.png: 50"),
-            (["--labels", str(wrong_size)], "0002.png is 20x30, its image .* 64x32"),
+            (["--labels", str(wrong_size)], r"label size 20x30 does not match its image \(64x32\): .*0002.png"),
             (["--labels", str(partial), "--select-by", "val-miou"], "3 of them have one"),
             (["--val-split", "nosuch"], "no sub-folder nosuch/"),
             (["--init", str(tmp_path / "random.pth")], "--init: .*random.pth")):
