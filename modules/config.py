@@ -373,9 +373,10 @@ def add_run_args(parser):
                              "student.pth) and a <experiment-name>_rounds.csv table, also for --rounds 1 "
                              "(default: a single run in <experiment-name>, as published)")
     parser.add_argument("--round-guard", action=argparse.BooleanOptionalAction, default=True,
-                        help="with --rounds: score the starting weights first, keep a round only if its best "
-                             "--select-by score is above the one before, and stop at the first that is not; "
-                             "--no-round-guard runs every round, as published (default: on)")
+                        help="with --rounds: from the second round on, keep a round only if its best --select-by "
+                             "score is above the round before, and stop at the first that is not (the first round "
+                             "and, with --select-by last, every round is kept); --no-round-guard runs every round, "
+                             "as published (default: on)")
     parser.add_argument("--resume", default=None, metavar="PATH|last",
                         help="continue training from a Lightning checkpoint, or 'last' for the experiment's last.ckpt")
 
@@ -395,8 +396,8 @@ def add_run_args(parser):
                      help="cosine: the published per-epoch cosine, lr(epoch e) = lr * (1 + cos(pi * e / 10)) / 2, "
                           "periodic (0 at epoch 10, back to lr at epoch 20, ...); constant; poly (power 0.9 to "
                           "--max-steps); or warmup_poly: linear warm-up over --warmup-steps from 1e-6 of lr, then "
-                          "poly with power 1 to 0; auto = cosine for adam, poly for sgd, as published, warmup_poly "
-                          "for adamw (default: %(default)s)")
+                          "poly with power 1 to 0; auto = cosine for adam (as published), poly for sgd (the DeepLab "
+                          "recipe), warmup_poly for adamw (default: %(default)s)")
     opt.add_argument("--warmup-steps", type=at_least(0), default=OptimConfig.warmup_steps,
                      help="steps of the linear warm-up of --lr-schedule warmup_poly (default: %(default)s)")
     opt.add_argument("--max-steps", type=at_least(1), default=OptimConfig.max_steps,
