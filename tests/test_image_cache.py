@@ -200,3 +200,17 @@ def test_an_entry_that_cannot_be_stored_is_skipped_once(tree, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("image cache: cannot store entries") == 1 and str(blocker) in err
     assert not data.image_cache.storing
+
+
+def test_a_name_that_is_not_utf8_is_cached(tmp_path):
+    """A file name os.listdir gives with a surrogate escape (bytes that are not UTF-8) has an entry too."""
+    image = np.random.default_rng(0).integers(0, 255, (16, 32, 3), np.uint8)
+    path = os.path.join(str(tmp_path), os.fsdecode(b"caf\xe9.png"))
+    with open(path, "wb") as f:
+        f.write(cv2.imencode(".png", image)[1].tobytes())
+    cache = ResizedImageCache(str(tmp_path / "cache"))
+    read = lambda p: (image[:8, :16], (16, 32))  # noqa: E731 (the decoder, stubbed)
+    first = cache.load(path, (16, 8), "pil", read)
+    assert len(_entries(str(tmp_path / "cache"))) == 1
+    again = cache.load(path, (16, 8), "pil", lambda p: pytest.fail("read again although cached"))
+    assert np.array_equal(first[0], again[0]) and tuple(again[1]) == (16, 32)

@@ -88,7 +88,7 @@ class ResizedImageCache:
         stat = os.stat(image_path)
         key = (f"{os.path.abspath(image_path)}|{stat.st_size}|{stat.st_mtime_ns}|{input_size[0]}x{input_size[1]}"
                f"|{resize_backend}")
-        digest = hashlib.sha1(key.encode("utf-8")).hexdigest()
+        digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()
         return os.path.join(self.root, digest[:2], f"{digest}.npz")
 
     def load(self, image_path, input_size, resize_backend, read_and_resize):
