@@ -31,8 +31,8 @@ import os
 import sys
 import time
 
-from utils.cli import (ArgumentParser, UserError, at_least, input_size, learning_rate, positive_float, probability, run,
-                       seed)
+from utils.cli import (ArgumentParser, UserError, at_least, input_size, learning_rate, positive_float, probability,
+                       progress, run, seed)
 from utils.io import atomic_write_bytes, atomic_write_text
 from utils.criteria import CRITERIA, DEFAULT_CRITERION
 
@@ -271,14 +271,20 @@ class Pipeline:
 
     # -- the stages ---------------------------------------------------------------------------------
     def pseudo_labels(self):
-        if self.black_box_kind == "labels":  # the report scores the maps of its split: are they all there?
-            from datasets.base import TargetDataset
+        if self.black_box_kind == "labels":  # training and the report read these maps: all there, all train ids?
+            from datasets.base import TargetDataset, check_label_values
             from modules.label_map_box import label_map_paths
+            from utils.io import read_label
+            from utils.labels import NUM_CLASSES
 
             target = self.make_target()
-            names = TargetDataset(target, self.report_split, input_size=self.args.input_size).names
-            label_map_paths(self.args.black_box, names, self.report_split, target.pseudo_label_suffix, "--black-box")
-            print(f"\n=== pseudo-labels: the black box's label maps in {self.args.black_box}")
+            print(f"\n=== pseudo-labels: the black box's label maps in {self.args.black_box}", flush=True)
+            for split in dict.fromkeys(("train", self.report_split)):
+                names = TargetDataset(target, split, input_size=self.args.input_size).names
+                paths = label_map_paths(self.args.black_box, names, split, target.pseudo_label_suffix, "--black-box")
+                for path in progress(paths.values(), total=len(paths), desc=f"checking the maps of {split}",
+                                     unit="map"):
+                    check_label_values(read_label(path), NUM_CLASSES, path)
             return self.args.black_box
         from generate_pseudo_labels import main as pseudo
 
@@ -290,7 +296,9 @@ class Pipeline:
         if self.black_box_kind == "weights" and self.args.black_box_arch:
             argv += ["--arch", self.args.black_box_arch]
         self.step("pseudo-labels: the black box labels the images", "generate_pseudo_labels.py", argv, pseudo,
-                  words=(("add --arch", "add --black-box-arch"),))
+                  words=(("add --arch", "add --black-box-arch"),
+                         ("--num-classes is 19", "adapt.py adapts black boxes of the 19 Cityscapes train-id classes "
+                          "(for another label set run the stages of main.py with --num-classes)")))
         return save
 
     def train(self, name, module, steps, lr, extra):

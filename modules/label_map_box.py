@@ -25,15 +25,17 @@ def label_map_paths(folder, names, split, suffix=".png", flag="--restore-from"):
     one missing is a one-line ``UserError``."""
     best = None
     roots = (os.path.join(folder, "label_ids", split), os.path.join(folder, split), folder)
-    for root, ending in ((root, ending) for root in roots for ending in dict.fromkeys((".png", suffix))):
+    layouts = [(root, ending) for root in roots for ending in dict.fromkeys((".png", suffix))]
+    for root, ending in layouts:
         paths = {name: os.path.join(root, name + ending) for name in names}
-        missing = [path for path in paths.values() if not os.path.isfile(path)]
+        missing = [name for name, path in paths.items() if not os.path.isfile(path)]
         if not missing:
             return paths
-        best = min(best or (missing, paths), (missing, paths), key=lambda pair: len(pair[0]))
-    missing = best[0]
-    raise UserError(f"{flag} {folder}: no label map for {len(missing)} of the {len(names)} images, e.g. {missing[0]} "
-                    "(a folder of label maps holds <name>.png for every image; weights are a file)")
+        best = min(best or missing, missing, key=len)
+    tried = " or ".join(dict.fromkeys(os.path.join(root, best[0] + ending) for root, ending in layouts))
+    raise UserError(f"{flag} {folder}: no label map for {len(best)} of the {len(names)} images of split {split!r}; "
+                    f"for {best[0]} none of {tried} (a folder of label maps holds <name>.png for every image; "
+                    "weights are a file)")
 
 
 def read_label_map(path, shape, num_classes):

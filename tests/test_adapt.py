@@ -124,6 +124,22 @@ def test_bad_inputs_are_one_line(black_box, tmp_path):
         adapt.main(["--black-box", black_box, "--images", str(tmp_path / "none"), "--out", str(out), *TINY])
     with pytest.raises(UserError, match="is a file"):
         adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(tmp_path / "a_file"), *TINY])
+    # A black box's label maps are checked before training reads them: all there, all train ids.
+    for box, words in ((bad_value, "label values outside 0..18 and 255 in .*0002.png: 50"),
+                       (partial, r"no label map for 1 of the 4 images of split 'train'; for street/0002 none of "
+                                 r".*partial/street/0002.png")):
+        with pytest.raises(UserError, match=words):
+            adapt.main(["--black-box", str(box), "--images", str(images), "--out", str(out), *TINY])
+        assert not out.exists(), box
+    # A black box of another label set: adapt.py's words, not a flag it does not have.
+    torch.manual_seed(0)
+    torch.save(get_network(arch="deeplabv2_tiny", num_classes=7).state_dict(), tmp_path / "seven.pth")
+    seven = str(tmp_path / "seven.onnx")
+    assert export(["--restore-from", str(tmp_path / "seven.pth"), "--arch", "deeplabv2_tiny", "--num-classes", "7",
+                   "--input-size", "64x32", "--onnx", seven]) == 0
+    with pytest.raises(UserError, match="7 classes, adapt.py adapts black boxes of the 19 Cityscapes train-id"):
+        adapt.main(["--black-box", seven, "--images", str(images), "--out", str(out), *TINY])
+    assert not out.exists()
     # A stage's refusal names adapt.py's flags: a weight file that does not say its network.
     with pytest.raises(UserError, match="add --black-box-arch deeplabv2_tiny"):
         adapt.main(["--black-box", tiny_weights(str(tmp_path / "w.pth")), "--images", str(images), "--out", str(out),
