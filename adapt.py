@@ -336,7 +336,8 @@ class Pipeline:
         target = os.path.join(self.out, "adapted.onnx")
         self.step("the adapted model as an ONNX file", "-m tools.export_provider",
                   ["--restore-from", student, "--arch", self.args.student, "--input-size",
-                   "x".join(map(str, self.args.input_size)), "--full-resolution", "--onnx", target, "--overwrite"],
+                   "x".join(map(str, self.args.input_size)), "--resize-input", "--full-resolution", "--onnx", target,
+                   "--overwrite"],
                   export)
         return target
 

@@ -51,18 +51,35 @@ def test_images_without_any_label_become_an_adapted_onnx_file_and_a_report(black
     assert not list(out.glob("runs/*/*/miou_record.csv"))
     assert list(out.glob("runs/baseline/baseline/checkpoint-step_*-score_*.ckpt"))
 
-    # The deployable file: RGB 0..255 in, logits at the input's own resolution out, as the network gives them.
+    # The deployable file: RGB 0..255 of any size in, resized to the input size inside; logits at the
+    # input's own resolution out, as the network gives them.
     net = get_network(arch="deeplabv2_tiny", restore_from=str(out / "student.pth")).eval()
     session = onnxruntime.InferenceSession(str(out / "adapted.onnx"))
     from datasets.pixels import rgb255_to_network_input
+    from tools.export_provider import resized_rgb
 
-    for height, width in ((32, 64), (45, 70)):
+    for height, width in ((32, 64), (45, 70), (64, 128)):
         rgb = np.random.default_rng(height).uniform(0, 255, (2, 3, height, width)).astype(np.float32)
         got = session.run(None, {session.get_inputs()[0].name: rgb})[0]
         with torch.no_grad():
-            expected = net(rgb255_to_network_input(torch.from_numpy(rgb)), size=(height, width)).numpy()
+            seen = resized_rgb(torch.from_numpy(rgb), (64, 32))
+            expected = net(rgb255_to_network_input(seen), size=(height, width)).numpy()
         assert got.shape == (2, 19, height, width)
         assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+    # ... and labels every image as predict mode does, whatever its size (two of them are 96x48).
+    import main as main_script
+    from utils.io import read_image_bgr, read_label
+
+    predictions = tmp_path / "predictions"
+    main_script.main(["--mode", "predict", "--restore-from", str(out / "student.pth"), "--target-dataset", "folder",
+                      "--data-dir", str(images), "--save-predictions", str(predictions), "--accelerator", "cpu",
+                      "--num-workers", "0", "--log-tb-dir", str(tmp_path / "runs")])
+    for rel in ("street/0001.jpg", "park/0001.png"):
+        rgb = read_image_bgr(str(images / rel))[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32)
+        labels_of_file = session.run(None, {session.get_inputs()[0].name: rgb})[0].argmax(1)[0]
+        predicted = read_label(str(predictions / "train_ids" / (os.path.splitext(rel)[0] + ".png")))
+        assert labels_of_file.shape == predicted.shape
+        assert (labels_of_file == predicted).mean() > 0.99, rel
 
     # Rerunning the same command finds every stage done; other settings are refused, naming them.
     again = adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(out), *TINY])

@@ -320,11 +320,24 @@ def test_export_round_trip_reports_agreement_and_writes_atomically(world, tmp_pa
     assert meta["num_classes"] == "19" and "RGB" in meta["provider_input"]
 
 
+@pytest.mark.parametrize("height, width", [(64, 128), (33, 65), (20, 30), (31, 47)])
+def test_the_resize_inside_a_file_is_the_stages_resize(height, width):
+    """``--resize-input`` resizes as the stages do with ``--resize-backend pil`` (PIL's bicubic on 8-bit
+    images): the same values but for a rare 1 where a value falls half-way."""
+    from datasets.pixels import resize_image
+
+    image = np.random.default_rng(height).integers(0, 256, (height, width, 3), np.uint8)
+    expected = resize_image(image, (64, 32), "pil").astype(np.float32)
+    got = export_provider.resized_rgb(torch.from_numpy(image).permute(2, 0, 1)[None].float(), (64, 32))
+    difference = np.abs(got[0].permute(1, 2, 0).numpy() - expected)
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+
+
 def test_export_help_explains_every_flag(capsys):
     assert run_script(export_provider.main, ["--help"]) == 0
     out = capsys.readouterr().out
     for flag in ("--restore-from", "--onnx", "--fixed-size", "--arch", "--num-classes", "--head-branches",
-                 "--input-size"):
+                 "--input-size", "--resize-input", "--full-resolution"):
         assert flag in out
 
 

@@ -5,16 +5,20 @@ weights are inside the exported file, as in any model file: exporting is no prot
     python -m tools.export_provider --restore-from ./pretrained/gta5_only.pth --onnx ./gta5_only.onnx
     python -m tools.export_provider --restore-from W --arch deeplabv2_tiny --num-classes 19 \\
         --input-size 1024x512 --onnx OUT.onnx
-    python -m tools.export_provider --restore-from student.pth --arch segformer_b0 --full-resolution \\
-        --onnx adapted.onnx       # logits at the input's own resolution, ready to deploy
+    python -m tools.export_provider --restore-from student.pth --resize-input --full-resolution \\
+        --onnx adapted.onnx       # any image size in, logits at its own resolution out: ready to deploy
 
 The files follow the provider contract that ``generate_pseudo_labels.py --restore-from`` and
 ``construct_hard_patch.py --restore-from`` accept (docs/providers.md): one input, RGB images
 as float32 in 0..255, N×3×H×W; the first output is logits N×C×h×w (DeepLabv2's, at 1/8 of the
 input; the stages upsample them), or N×C×H×W at the input's resolution with ``--full-resolution``
-(upsampled inside the file as the network upsamples in evaluation: bilinear, corners aligned). The input normalisation (RGB to BGR, minus the Caffe mean) is
-inside the file. The batch size is free; so are the height and width unless ``--fixed-size``.
-``--input-size`` is the size of the example image the network is traced with and checked on.
+(upsampled inside the file as the network upsamples in evaluation: bilinear, corners aligned). The
+input normalisation (RGB to BGR, minus the Caffe mean) is inside the file. The batch size is free; so
+are the height and width unless ``--fixed-size``. ``--input-size`` is the size of the example image
+the network is traced with and checked on; with ``--resize-input`` the file first resizes every
+image to it, as the stages and ``main.py --mode predict`` do with the default ``--resize-backend pil``
+(PIL's bicubic on 8-bit images, :func:`resized_rgb`), so that an image of any size is labelled as
+predict mode labels it, at the scale the network learnt.
 
 After writing, the file is read back the way the stages read it and run on a test image: the
 tool prints the share of pixels whose label equals the weight file's and the largest logit
@@ -43,6 +47,10 @@ def build_parser():
     out.add_argument("--full-resolution", action="store_true",
                      help="output logits at the input's height and width (upsampled inside the file), for "
                           "deployment; by default at the network's own output resolution, as a provider's")
+    out.add_argument("--resize-input", action="store_true",
+                     help="resize every image to --input-size inside the file before the network (as the stages "
+                          "resize), so that any image size is seen at the scale the network was trained at; "
+                          "with --full-resolution the logits come back at the image's own size")
     out.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file")
     out.add_argument("--fixed-size", action="store_true",
                      help="export for --input-size images only (for runtimes that need fixed shapes); by default "
@@ -55,10 +63,23 @@ def build_parser():
     return parser
 
 
-def exported_provider(net, full_resolution=False):
+def resized_rgb(rgb, input_size):
+    """RGB 0..255 images N×3×H×W resized to ``input_size=(W, H)`` as PIL resizes 8-bit images with
+    bicubic: antialiased when shrinking, the width first, each pass clipped and rounded to 0..255
+    (the same values but for a rare 1 where a value falls half-way)."""
+    import torch.nn.functional as F
+
+    width, height = input_size
+    for size in ((rgb.shape[-2], width), (height, width)):
+        rgb = F.interpolate(rgb, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 255).round()
+    return rgb
+
+
+def exported_provider(net, full_resolution=False, resize_to=None):
     """``net`` (any network of the registry, taking BGR minus the Caffe mean) behind the provider
     contract's input: RGB float32 in 0..255, converted inside the exported graph by
-    ``datasets/pixels.py``; ``full_resolution``: logits upsampled to the input's size."""
+    ``datasets/pixels.py``; ``resize_to=(W, H)``: every image resized to it first
+    (:func:`resized_rgb`); ``full_resolution``: logits upsampled to the input's size."""
     import torch.nn as nn
 
     from datasets.pixels import rgb255_to_network_input
@@ -69,7 +90,10 @@ def exported_provider(net, full_resolution=False):
             self.net = net
 
         def forward(self, rgb):
-            return self.net(rgb255_to_network_input(rgb), size=rgb.shape[-2:] if full_resolution else None)
+            size = rgb.shape[-2:]
+            if resize_to is not None:
+                rgb = resized_rgb(rgb, resize_to)
+            return self.net(rgb255_to_network_input(rgb), size=size if full_resolution else None)
 
     return Provider(net).eval()
 
@@ -103,7 +127,7 @@ def export_program(provider, input_size, fixed_size):
                         f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})") from None
 
 
-def onnx_bytes(program, num_classes, arch, full_resolution=False):
+def onnx_bytes(program, num_classes, arch, full_resolution=False, resize_to=None):
     """The exported program as ONNX (one file, weights inside), with the contract in its metadata."""
     import contextlib
 
@@ -117,7 +141,8 @@ def onnx_bytes(program, num_classes, arch, full_resolution=False):
         onnx_program = torch.onnx.export(program, dynamo=True, verbose=False, input_names=["images"],
                                          output_names=["scores"], opset_version=ONNX_OPSET, external_data=False)
     model = onnx_program.model_proto
-    for key, value in (("provider_input", "RGB images, float32 in 0..255, N×3×H×W"),
+    resized = f", resized to {resize_to[0]}x{resize_to[1]} inside" if resize_to else ""
+    for key, value in (("provider_input", f"RGB images, float32 in 0..255, N×3×H×W{resized}"),
                        ("provider_output", f"logits N×{num_classes}×H×W (the input's resolution)" if full_resolution
                         else f"logits N×{num_classes}×h×w (the network's output resolution)"),
                        ("num_classes", str(num_classes)), ("arch", arch)):
@@ -126,7 +151,7 @@ def onnx_bytes(program, num_classes, arch, full_resolution=False):
     return model.SerializeToString()
 
 
-def check_file(path, net, example, num_classes, full_resolution=False):
+def check_file(path, net, example, num_classes, full_resolution=False, resize_to=None):
     """Read ``path`` back as the stages do, run it on ``example`` and compare with ``net``: ``(share
     of equal argmax labels, largest logit difference, largest logit)`` at the file's output
     resolution."""
@@ -138,7 +163,8 @@ def check_file(path, net, example, num_classes, full_resolution=False):
 
     provider = ProviderNetwork(open_provider_file(path), num_classes)
     with torch.no_grad():
-        expected = net(rgb255_to_network_input(example), size=example.shape[-2:] if full_resolution else None)
+        seen = resized_rgb(example, resize_to) if resize_to is not None else example
+        expected = net(rgb255_to_network_input(seen), size=example.shape[-2:] if full_resolution else None)
         got = provider(rgb255_to_network_input(example))
     same = (got.argmax(1) == expected.argmax(1)).double().mean().item()
     return same, (got - expected).abs().max().item(), expected.abs().max().item()
@@ -158,11 +184,15 @@ def main(argv=None):
 
     net = get_network(num_classes=args.num_classes, restore_from=args.restore_from, arch=args.arch,
                       head_branches=args.head_branches).eval()
-    program, example = export_program(exported_provider(net, args.full_resolution), args.input_size, args.fixed_size)
-    data = onnx_bytes(program, args.num_classes, args.arch, args.full_resolution)
+    resize_to = args.input_size if args.resize_input else None
+    program, example = export_program(exported_provider(net, args.full_resolution, resize_to), args.input_size,
+                                      args.fixed_size)
+    data = onnx_bytes(program, args.num_classes, args.arch, args.full_resolution, resize_to)
     size = "N×3×H×W" if not args.fixed_size else f"N×3×{args.input_size[1]}×{args.input_size[0]}"
+    if resize_to:
+        size += f" (resized to {resize_to[0]}x{resize_to[1]} inside)"
     atomic_write_bytes(args.onnx, data)
-    same, diff, largest = check_file(args.onnx, net, example[:1], args.num_classes, args.full_resolution)
+    same, diff, largest = check_file(args.onnx, net, example[:1], args.num_classes, args.full_resolution, resize_to)
     print(f"wrote {args.onnx}: ONNX model, {len(data) / 2 ** 20:.1f} MiB; input RGB float32 0..255 {size}, output "
           f"logits N×{args.num_classes}×{'H×W' if args.full_resolution else 'h×w'}; checked on a test image: {100 * same:.2f}% of pixels labelled as by "
           f"{args.restore_from}, largest logit difference {diff:.2g} (logits up to {largest:.3g})")
