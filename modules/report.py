@@ -8,6 +8,7 @@ lies above 0, below 0, or spans it); without labels it says plainly that the lab
 cannot rank a model trained elsewhere (measured in docs/demo.md), and warns when the adapted model
 predicts fewer classes than the black box. Written: ``report.json`` (by the caller), ``report.md``, ``report.png``.
 """
+import csv
 import os
 
 import numpy as np
@@ -19,7 +20,9 @@ from modules.config import NetworkConfig
 from modules.label_map_box import label_map_paths, read_label_map
 from models.networks import get_network, network_of
 from modules.providers import load_provider
+from modules.callbacks import LABEL_FREE_RECORD
 from utils.cli import progress
+from utils.criteria import CRITERIA
 from utils.inference import upsampled_argmax
 from utils.io import atomic_write_text, json_number, read_label, write_rgb_png
 from utils.label_free import LabelFreeScores, label_free_logits
@@ -75,6 +78,18 @@ def score(models, dataset, label_paths, label_maps=None):
 
 
 
+def baseline_score(pipeline):
+    """The baseline's best ``--select-by`` score on the val split, the score round 1 starts from (from
+    its ``label_free_record.csv``); ``None`` for ``last`` and ``val-miou``."""
+    criterion = pipeline.args.select_by
+    path = os.path.join(pipeline.runs, "baseline", "baseline", LABEL_FREE_RECORD)
+    if criterion not in CRITERIA or not os.path.isfile(path):
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        values = [float(row[criterion]) for row in csv.DictReader(f) if row.get(criterion)]
+    return max(values, default=None)
+
+
 def summary(result):
     """What the report says of one model: label-free scores and, with labels, mIoU and per-class IoU."""
     entry = {"label_free": result["label_free"]}
@@ -92,9 +107,9 @@ def verdict(report):
     if "difference_ci95" in report:
         low, high = report["difference_ci95"]
         count = adapted["labelled_images"]
-        numbers = (f"on {count} labelled images mIoU {adapted['miou']:.2f} against the black box's "
-                   f"{black['miou']:.2f} (difference {report['difference']:+.2f}, 95 % interval {low:+.2f} to "
-                   f"{high:+.2f})")
+        numbers = (f"on {count} labelled images mIoU {adapted['miou']:.2f} % against the black box's "
+                   f"{black['miou']:.2f} % (difference {report['difference']:+.2f} points, 95 % interval {low:+.2f} "
+                   f"to {high:+.2f})")
         if count < MIN_LABELLED:
             return (f"TOO FEW LABELLED IMAGES TO TELL: {numbers}; {count} image(s) cannot show a difference to be "
                     f"more than chance: label at least {MIN_LABELLED}.")
@@ -128,6 +143,7 @@ def write_report(pipeline, student, rounds, onnx):
                            label_maps)
     report = {"black_box": summary(results["black_box"]), "adapted": summary(results["adapted"]),
               "selected_by": a.select_by, "split": split, "images": len(dataset),
+              "baseline_score": baseline_score(pipeline),
               "rounds": [{"round": r["round"], "score": r["best_score"], "kept": r["kept"]} for r in rounds],
               "files": {"student": student, "onnx": onnx}}
     if results["adapted"]["confusions"] is not None:
@@ -152,22 +168,26 @@ def markdown(report, picture):
              "mix = agreement on a mix of four images with the mix of their predictions; confidence and "
              "diversity of the predictions; im = diversity − uncertainty; flip_im and mix_im, means. "
              f"{report['selected_by']} kept the checkpoints here.", "",
-             "| model | " + " | ".join(report["adapted"]["label_free"]) + " | mIoU |",
+             "| model | " + " | ".join(report["adapted"]["label_free"]) + " | mIoU (%) |",
              "|---|" + "---|" * (len(report["adapted"]["label_free"]) + 1)]
     for name in ("black_box", "adapted"):
         entry = report[name]
         free = entry["label_free"] or {}
         lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(
             f"{free[k]:.4f}" if k in free else "—" for k in report["adapted"]["label_free"])
-            + f" | {entry['miou'] if entry.get('miou') is not None else '—'} |")
+            + (f" | {entry['miou']:.2f} |" if entry.get("miou") is not None else " | — |"))
     if "difference_ci95" in report:
         low, high = report["difference_ci95"]
         lines += ["", f"mIoU difference (adapted − black box), 95 % bootstrap interval over the labelled images: "
-                      f"{low:+.2f} to {high:+.2f}."]
-    lines += ["", "Rounds (the first is always kept; a later one not above the round before ends them):", "",
-              "| round | score | kept |", "|---|---|---|"]
-    lines += [f"| {r['round']} | {r['score']:.4f} | {'yes' if r['kept'] else 'no'} |" for r in report["rounds"]]
+                      f"{low:+.2f} to {high:+.2f} points."]
+    lines += ["", f"Rounds, by their best {report['selected_by']} on the val split's images. The first round is kept "
+                  "whatever its score against the baseline's (trained on hard pseudo-labels, the baseline is rated "
+                  "unreliably against it); a later round not above the round before is not kept and ends them:", "",
+              "| stage | score | kept |", "|---|---|---|"]
+    if report["baseline_score"] is not None:
+        lines.append(f"| baseline (the start) | {report['baseline_score']:.4f} | — |")
+    lines += [f"| round {r['round']} | {r['score']:.4f} | {'yes' if r['kept'] else 'no'} |" for r in report["rounds"]]
     lines += ["", f"![image, black box, adapted]({os.path.basename(picture)})", "",
-              f"Files: `{report['files']['student']}` (weights), `{report['files']['onnx']}` (ONNX: RGB 0..255 in, "
-              "logits at the input's resolution out).", ""]
+              f"Files: `{report['files']['student']}` (weights), `{report['files']['onnx']}` (ONNX: RGB 0..255 "
+              "images of any size in, resized inside to the training size; logits at the image's own size out).", ""]
     return "\n".join(lines)

@@ -45,7 +45,14 @@ def test_images_without_any_label_become_an_adapted_onnx_file_and_a_report(black
         assert "miou" not in saved[model]
     assert "difference_ci95" not in saved and saved["images"] == 4
     assert saved["rounds"][0]["round"] == 1 and saved["rounds"][0]["kept"] and 1 <= len(saved["rounds"]) <= 2
-    assert (out / "report.md").read_text().startswith("# Adaptation report")
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith("# Adaptation report")
+    # The score round 1 started from is shown beside the rounds': the baseline's best confidence on val.
+    record = (out / "runs" / "baseline" / "baseline" / "label_free_record.csv").read_text().splitlines()
+    column = record[0].split(",").index("confidence")
+    assert saved["baseline_score"] == max(float(line.split(",")[column]) for line in record[1:])
+    assert f"| baseline (the start) | {saved['baseline_score']:.4f} | — |" in markdown
+    assert f"| round 1 | {saved['rounds'][0]['score']:.4f} | yes |" in markdown
     assert (out / "report.png").is_file()
     # Every stage kept a checkpoint without labels; the baseline's was chosen by the label-free score.
     assert not list(out.glob("runs/*/*/miou_record.csv"))
@@ -264,7 +271,7 @@ def test_the_verdict_rests_on_labels_and_says_what_label_free_scores_cannot_tell
                               ([-1.0, 2.0], "NO CLEAR DIFFERENCE")):
         said = verdict({"black_box": {**labelled, "miou": 28.0}, "adapted": labelled, "difference_ci95": interval,
                         "difference": 2.0})
-        assert said.startswith(opening) and "+2.00" in said
+        assert said.startswith(opening) and "+2.00 points" in said and "mIoU 30.00 % against" in said
     # One labelled image: its bootstrap interval has width 0, and says nothing.
     one = verdict({"black_box": {**labelled, "miou": 28.0}, "adapted": {**labelled, "labelled_images": 1},
                    "difference_ci95": [2.0, 2.0], "difference": 2.0})
