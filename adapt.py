@@ -39,6 +39,9 @@ from utils.criteria import CRITERIA, DEFAULT_CRITERION
 STUDENT_DEFAULT = "deeplabv2_r101"  # the published target network
 
 
+UNREAD_IMAGES = (".webp", ".tif", ".tiff", ".bmp", ".gif")  # images people have that the readers leave out
+
+
 def build_parser():
     from modules.config import (ACCELERATORS, LR_SCHEDULES, DataConfig, HardwareConfig, NetworkConfig, OptimConfig,
                                 add_target_dataset_args)
@@ -352,6 +355,12 @@ class Pipeline:
         if a.images and os.path.isdir(os.path.join(a.images, "train")):
             print(f"note: {a.images} has a train/ sub-folder: the stages train on its images alone (a split is "
                   "the sub-folder of its name when there is one, else every image)", flush=True)
+        if a.images:
+            unread = [os.path.join(d, n) for d, _, names in os.walk(a.images) for n in names
+                      if n.lower().endswith(UNREAD_IMAGES)]
+            if unread:
+                print(f"note: {len(unread)} image(s) such as {unread[0]} are not read: only .png, .jpg and .jpeg "
+                      "images are; convert the others to use them", flush=True)
         try:
             pseudo = self.pseudo_labels()
         except UserError:  # nothing finished: nothing left behind
@@ -384,7 +393,8 @@ def check_args(args):
     if not os.path.exists(args.black_box):
         raise UserError(f"--black-box: not found: {args.black_box}")
     if args.images and not os.path.isdir(args.images):
-        raise UserError(f"--images: folder not found: {args.images}")
+        raise UserError(f"--images {args.images} is a file; give the folder of your images"
+                        if os.path.exists(args.images) else f"--images: folder not found: {args.images}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a file; give a folder")
     for flag, split in (("--val-split", args.val_split), ("--report-split", args.report_split)):

@@ -148,6 +148,8 @@ def test_bad_inputs_are_one_line(black_box, tmp_path):
         adapt.main(["--black-box", black_box, "--images", str(tmp_path / "none"), "--out", str(out), *TINY])
     with pytest.raises(UserError, match="is a file"):
         adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(tmp_path / "a_file"), *TINY])
+    with pytest.raises(UserError, match="--images .*a_file is a file; give the folder"):
+        adapt.main(["--black-box", black_box, "--images", str(tmp_path / "a_file"), "--out", str(out), *TINY])
     # A black box's label maps are checked before training reads them: all there, all train ids.
     for box, words in ((bad_value, "label values outside 0..18 and 255 in .*0002.png: 50"),
                        (partial, r"no label map for 1 of the 4 images of split 'train'; for street/0002 none of "
