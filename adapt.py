@@ -15,12 +15,16 @@ take the pipeline apart; rerunning the same command continues where it stopped:
 4. self-distillation rounds (``main.py --module-name smhm --rounds N``); every stage keeps its
    checkpoint by a label-free score (``utils/label_free.py``), and a round that does not raise it
    is not kept;
-5. the adapted student: ``OUT/student.pth`` and ``OUT/adapted.onnx`` (normalisation inside, logits
-   at the input's resolution; ``tools/export_provider.py --full-resolution``);
+5. the adapted student: ``OUT/student.pth`` and ``OUT/adapted.onnx`` (images of any size in,
+   resized inside to ``--input-size`` as the stages resize, normalisation inside; logits at the
+   image's own size out; ``tools/export_provider.py --resize-input --full-resolution``);
 6. the report: ``OUT/report.json``, ``OUT/report.md`` and ``OUT/report.png`` — the black box and
    the adapted model side by side on the same images: their label-free scores, and with
    ``--labels`` their mIoU on the labelled images with a bootstrap 95 % interval of the difference.
-   When the adapted model does not score above the black box, the report says so plainly.
+   When that interval lies below 0, the report says so plainly.
+
+The black box must label the 19 Cityscapes classes (another label set: the stages by hand, with
+``--num-classes``).
 
 ``--labels`` (train-id PNGs for some or all of the images, mirroring their relative paths) are used
 for reporting only; no stage selects with them.

@@ -50,8 +50,10 @@ TARGET_NAMES = tuple(TARGETS)
 def build_parser():
     parser = ArgumentParser(prog="demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None,
-                        help="everything the demo makes goes here (default: ./experiments/demo, with _seed<N> added "
-                             "for another --seed and _quick for --quick, so that no demo replaces another)")
+                        help="everything the demo makes goes here (default: ./experiments/demo, with the --target, "
+                             "--student, --select-by, _no_guard, the rare-class flags, _seed<N> and _quick added "
+                             "where they differ from the defaults, so that no demo replaces another; --rounds "
+                             "continues the same folder)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the benchmark and of training (default: %(default)s)")
     parser.add_argument("--rounds", type=at_least(1), default=None, help=f"smhm self-distillation rounds (default: {DEFAULTS['rounds']})")
     parser.add_argument("--quick", action="store_true",

@@ -32,12 +32,14 @@ def black_box(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_images_without_any_label_become_an_adapted_onnx_file_and_a_report(black_box, tmp_path):
+def test_images_without_any_label_become_an_adapted_onnx_file_and_a_report(black_box, tmp_path, capsys):
     images, labels = tmp_path / "images", tmp_path / "labels"
     make_image_folder(str(images), str(labels))
     shutil.rmtree(labels)  # not one label anywhere
+    (images / "street" / "0009.webp").write_bytes(b"RIFF")  # a format the readers leave out: said, not read
     out = tmp_path / "out"
     report = adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(out), *TINY])
+    assert "note: 1 image(s) such as " in capsys.readouterr().out
     saved = json.loads((out / "report.json").read_text())
     assert saved["verdict"] == report["verdict"] and saved["selected_by"] == "confidence"
     for model in ("black_box", "adapted"):
