@@ -44,6 +44,8 @@ STUDENT_DEFAULT = "deeplabv2_r101"  # the published target network
 
 
 UNREAD_IMAGES = (".webp", ".tif", ".tiff", ".bmp", ".gif")  # images people have that the readers leave out
+NINETEEN = ("adapt.py adapts black boxes of the 19 Cityscapes train-id classes (for another label set run the "
+            "stages of main.py with --num-classes)")
 
 
 def build_parser():
@@ -284,15 +286,19 @@ class Pipeline:
             from utils.io import read_label
             from utils.labels import NUM_CLASSES
 
-            target = self.make_target()
-            print(f"\n=== pseudo-labels: the black box's label maps in {self.args.black_box}", flush=True)
-            for split in dict.fromkeys(("train", self.report_split)):
-                names = TargetDataset(target, split, input_size=self.args.input_size).names
-                paths = label_map_paths(self.args.black_box, names, split, target.pseudo_label_suffix, "--black-box")
-                for path in progress(paths.values(), total=len(paths), desc=f"checking the maps of {split}",
-                                     unit="map"):
-                    check_label_values(read_label(path), NUM_CLASSES, path)
-            return self.args.black_box
+            target, box = self.make_target(), self.args.black_box
+            print(f"\n=== pseudo-labels: the black box's label maps in {box}", flush=True)
+            # Where training finds them (as pseudo-labels) and where the report finds them; each read once.
+            try:
+                paths = {label for _, label, _ in TargetDataset(target, "train", pseudo_label_root=box).samples}
+            except UserError as err:
+                raise UserError(f"--black-box {box}: {str(err).replace('pseudo-label', 'label map')}") from None
+            names = TargetDataset(target, self.report_split).names
+            paths.update(label_map_paths(box, names, self.report_split, target.pseudo_label_suffix,
+                                         "--black-box").values())
+            for path in progress(sorted(paths), desc="checking the label maps", unit="map"):
+                check_label_values(read_label(path), NUM_CLASSES, path)
+            return box
         from generate_pseudo_labels import main as pseudo
 
         save = os.path.join(self.out, "pseudo_labels")
@@ -304,8 +310,7 @@ class Pipeline:
             argv += ["--arch", self.args.black_box_arch]
         self.step("pseudo-labels: the black box labels the images", "generate_pseudo_labels.py", argv, pseudo,
                   words=(("add --arch", "add --black-box-arch"),
-                         ("--num-classes is 19", "adapt.py adapts black boxes of the 19 Cityscapes train-id classes "
-                          "(for another label set run the stages of main.py with --num-classes)")))
+                         ("--num-classes is 19", NINETEEN), ("the file's head has", f"{NINETEEN}; the file's head has")))
         return save
 
     def train(self, name, module, steps, lr, extra):
@@ -360,8 +365,10 @@ class Pipeline:
             print(f"note: {a.images} has a train/ sub-folder: the stages train on its images alone (a split is "
                   "the sub-folder of its name when there is one, else every image)", flush=True)
         if a.images:
-            unread = [os.path.join(d, n) for d, _, names in os.walk(a.images) for n in names
-                      if n.lower().endswith(UNREAD_IMAGES)]
+            unread = []
+            for folder, subfolders, names in os.walk(a.images):  # as the image scan walks: no hidden folder
+                subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+                unread += [os.path.join(folder, n) for n in names if n.lower().endswith(UNREAD_IMAGES)]
             if unread:
                 print(f"note: {len(unread)} image(s) such as {unread[0]} are not read: only .png, .jpg and .jpeg "
                       "images are; convert the others to use them", flush=True)

@@ -28,14 +28,14 @@ def label_map_paths(folder, names, split, suffix=".png", flag="--restore-from"):
     layouts = [(root, ending) for root in roots for ending in dict.fromkeys((".png", suffix))]
     for root, ending in layouts:
         paths = {name: os.path.join(root, name + ending) for name in names}
-        missing = [name for name, path in paths.items() if not os.path.isfile(path)]
+        missing = [path for path in paths.values() if not os.path.isfile(path)]
         if not missing:
             return paths
         best = min(best or missing, missing, key=len)
-    tried = " or ".join(dict.fromkeys(os.path.join(root, best[0] + ending) for root, ending in layouts))
-    raise UserError(f"{flag} {folder}: no label map for {len(best)} of the {len(names)} images of split {split!r}; "
-                    f"for {best[0]} none of {tried} (a folder of label maps holds <name>.png for every image; "
-                    "weights are a file)")
+    tried = " or ".join(dict.fromkeys(os.path.join(root, "<name>" + ending) for root, ending in layouts))
+    raise UserError(f"{flag} {folder}: no label map for {len(best)} of the {len(names)} images of split {split!r} "
+                    f"in the layout that holds the most, e.g. {best[0]} (looked for {tried}; a folder of label "
+                    "maps holds <name>.png for every image; weights are a file)")
 
 
 def read_label_map(path, shape, num_classes):

@@ -8,8 +8,9 @@ lies above 0, below 0, or spans it); without labels it says plainly that the lab
 cannot rank a model trained elsewhere (measured in docs/demo.md), and warns when the adapted model
 predicts fewer classes than the black box. Written: ``report.json`` (by the caller), ``report.md``, ``report.png``.
 """
-import csv
+import glob
 import os
+import re
 
 import numpy as np
 import torch
@@ -20,9 +21,7 @@ from modules.config import NetworkConfig
 from modules.label_map_box import label_map_paths, read_label_map
 from models.networks import get_network, network_of
 from modules.providers import load_provider
-from modules.callbacks import LABEL_FREE_RECORD
 from utils.cli import progress
-from utils.criteria import CRITERIA
 from utils.inference import upsampled_argmax
 from utils.io import atomic_write_text, json_number, read_label, write_rgb_png
 from utils.label_free import LabelFreeScores, label_free_logits
@@ -79,15 +78,15 @@ def score(models, dataset, label_paths, label_maps=None):
 
 
 def baseline_score(pipeline):
-    """The baseline's best ``--select-by`` score on the val split, the score round 1 starts from (from
-    its ``label_free_record.csv``); ``None`` for ``last`` and ``val-miou``."""
-    criterion = pipeline.args.select_by
-    path = os.path.join(pipeline.runs, "baseline", "baseline", LABEL_FREE_RECORD)
-    if criterion not in CRITERIA or not os.path.isfile(path):
+    """The ``--select-by`` score of the baseline's kept checkpoint, which round 1 starts from, read from
+    its file name (``RunConfig.evaluation.monitor``: the rounds' criterion, on the same val split);
+    ``None`` for ``last``, which has no score."""
+    if pipeline.args.select_by == "last":
         return None
-    with open(path, newline="", encoding="utf-8") as f:
-        values = [float(row[criterion]) for row in csv.DictReader(f) if row.get(criterion)]
-    return max(values, default=None)
+    names = glob.glob(os.path.join(glob.escape(os.path.join(pipeline.runs, "baseline", "baseline")), "checkpoint-*"))
+    scores = [float(m.group(1)) for m in (re.fullmatch(r"checkpoint-step_\d+-(?:score|miou)_(-?[\d.]+)\.ckpt",
+                                                       os.path.basename(n)) for n in names) if m]
+    return max(scores, default=None)
 
 
 def summary(result):
@@ -143,7 +142,7 @@ def write_report(pipeline, student, rounds, onnx):
                            label_maps)
     report = {"black_box": summary(results["black_box"]), "adapted": summary(results["adapted"]),
               "selected_by": a.select_by, "split": split, "images": len(dataset),
-              "baseline_score": baseline_score(pipeline),
+              "baseline_score": baseline_score(pipeline), "round_guard": a.round_guard,
               "rounds": [{"round": r["round"], "score": r["best_score"], "kept": r["kept"]} for r in rounds],
               "files": {"student": student, "onnx": onnx}}
     if results["adapted"]["confusions"] is not None:
@@ -180,13 +179,18 @@ def markdown(report, picture):
         low, high = report["difference_ci95"]
         lines += ["", f"mIoU difference (adapted − black box), 95 % bootstrap interval over the labelled images: "
                       f"{low:+.2f} to {high:+.2f} points."]
-    lines += ["", f"Rounds, by their best {report['selected_by']} on the val split's images. The first round is kept "
-                  "whatever its score against the baseline's (trained on hard pseudo-labels, the baseline is rated "
-                  "unreliably against it); a later round not above the round before is not kept and ends them:", "",
-              "| stage | score | kept |", "|---|---|---|"]
+    if report["selected_by"] == "last":
+        rule = "Rounds, each kept at its last checkpoint (--select-by last has no score), every one kept:"
+    else:
+        rule = (f"Rounds, by their best {report['selected_by']} on the val split's images. " + (
+            "The first round is kept whatever its score against the baseline's (trained on hard pseudo-labels, "
+            "the baseline is rated unreliably against it); a later round not above the round before is not kept "
+            "and ends them:" if report["round_guard"] else "Every round is kept (--no-round-guard):"))
+    lines += ["", rule, "", "| stage | score | kept |", "|---|---|---|"]
     if report["baseline_score"] is not None:
         lines.append(f"| baseline (the start) | {report['baseline_score']:.4f} | — |")
-    lines += [f"| round {r['round']} | {r['score']:.4f} | {'yes' if r['kept'] else 'no'} |" for r in report["rounds"]]
+    lines += [f"| round {r['round']} | {'—' if report['selected_by'] == 'last' else format(r['score'], '.4f')} | "
+              f"{'yes' if r['kept'] else 'no'} |" for r in report["rounds"]]
     lines += ["", f"![image, black box, adapted]({os.path.basename(picture)})", "",
               f"Files: `{report['files']['student']}` (weights), `{report['files']['onnx']}` (ONNX: RGB 0..255 "
               "images of any size in, resized inside to the training size; logits at the image's own size out).", ""]

@@ -320,17 +320,39 @@ def test_export_round_trip_reports_agreement_and_writes_atomically(world, tmp_pa
     assert meta["num_classes"] == "19" and "RGB" in meta["provider_input"]
 
 
-@pytest.mark.parametrize("height, width", [(64, 128), (33, 65), (20, 30), (31, 47)])
-def test_the_resize_inside_a_file_is_the_stages_resize(height, width):
+@pytest.mark.parametrize("height, width, kind", [(64, 128, "noise"), (33, 65, "noise"), (20, 30, "noise"),
+                                                 (31, 47, "noise"), (48, 40, "smooth"), (200, 31, "smooth")])
+def test_the_resize_inside_a_file_is_the_stages_resize(height, width, kind):
     """``--resize-input`` resizes as the stages do with ``--resize-backend pil`` (PIL's bicubic on 8-bit
-    images): the same values but for a rare 1 where a value falls half-way."""
+    images): the same values but for a rare 1 where a value falls half-way; where PIL does the height
+    first (the last two shapes), 1 apart on a smooth image."""
     from datasets.pixels import resize_image
 
-    image = np.random.default_rng(height).integers(0, 256, (height, width, 3), np.uint8)
+    if kind == "noise":
+        image = np.random.default_rng(height).integers(0, 256, (height, width, 3), np.uint8)
+    else:
+        y, x = np.mgrid[0:height, 0:width]
+        image = np.stack([127 + 120 * np.sin(x / 7 + c) * np.cos(y / 9) for c in range(3)], -1).astype(np.uint8)
     expected = resize_image(image, (64, 32), "pil").astype(np.float32)
     got = export_provider.resized_rgb(torch.from_numpy(image).permute(2, 0, 1)[None].float(), (64, 32))
     difference = np.abs(got[0].permute(1, 2, 0).numpy() - expected)
-    assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+    assert difference.max() <= 1 and (difference > 0).mean() < (0.01 if kind == "noise" else 0.2)
+
+
+def test_a_file_that_resizes_inside_labels_as_predict_mode(world, tmp_path, capsys):
+    onnx_path = str(tmp_path / "adapted.onnx")
+    capsys.readouterr()
+    assert export(world["weights"], onnx_path, extra=("--resize-input", "--full-resolution")) == 0
+    out = capsys.readouterr().out
+    share = float(out.split("% of pixels labelled as main.py --mode predict")[0].rsplit(" ", 1)[1])
+    assert share >= 99.0, out
+    meta = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
+    assert "resized to" in meta["provider_input"] and "H×W (the input's resolution)" in meta["provider_output"]
+    with pytest.raises(SystemExit):  # one line: the resize would do nothing
+        run(export_provider.main, ["--restore-from", world["weights"], "--arch", "deeplabv2_tiny", "--onnx",
+                                   str(tmp_path / "fixed.onnx"), "--resize-input", "--fixed-size"])
+    assert "--resize-input does nothing with --fixed-size" in capsys.readouterr().err
+    assert not (tmp_path / "fixed.onnx").exists()
 
 
 def test_export_help_explains_every_flag(capsys):
