@@ -154,16 +154,14 @@ def onnx_bytes(program, num_classes, arch, full_resolution=False, resize_to=None
     return model.SerializeToString()
 
 
-def agreement_with_predict_mode(path, net, input_size, num_classes):
-    """Share of pixels that the file (made with ``--resize-input --full-resolution``) labels as
-    ``main.py --mode predict`` does (PIL's resizing, then the network) on a random test image of
-    another size and shape than ``input_size``."""
+def agreement_with_predict_mode(provider, net, input_size):
+    """Share of pixels that ``provider`` (the file made with ``--resize-input --full-resolution``, read
+    back) labels as ``main.py --mode predict`` does (PIL's resizing, then the network) on a random test
+    image of another size and shape than ``input_size``."""
     import numpy as np
     import torch
 
     from datasets.pixels import resize_image, rgb255_to_network_input
-    from modules.providers import ProviderNetwork
-    from models.provider_files import open_provider_file
 
     width, height = input_size
     image = np.random.default_rng(0).integers(0, 256, (height * 3 // 2 + 1, width * 5 // 4 + 3, 3), np.uint8)
@@ -171,21 +169,18 @@ def agreement_with_predict_mode(path, net, input_size, num_classes):
     rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     with torch.no_grad():
         expected = net(rgb255_to_network_input(as_predict), size=image.shape[:2])
-        got = ProviderNetwork(open_provider_file(path), num_classes)(rgb255_to_network_input(rgb))
+        got = provider(rgb255_to_network_input(rgb))
     return (got.argmax(1) == expected.argmax(1)).double().mean().item(), image.shape[1], image.shape[0]
 
 
-def check_file(path, net, example, num_classes, full_resolution=False, resize_to=None):
-    """Read ``path`` back as the stages do, run it on ``example`` and compare with ``net``: ``(share
-    of equal argmax labels, largest logit difference, largest logit)`` at the file's output
-    resolution."""
+def check_file(provider, net, example, full_resolution=False, resize_to=None):
+    """Run ``provider`` (the file read back as the stages read it) on ``example`` and compare with
+    ``net``: ``(share of equal argmax labels, largest logit difference, largest logit)`` at the file's
+    output resolution."""
     import torch
 
     from datasets.pixels import rgb255_to_network_input
-    from modules.providers import ProviderNetwork
-    from models.provider_files import open_provider_file
 
-    provider = ProviderNetwork(open_provider_file(path), num_classes)
     with torch.no_grad():
         seen = resized_rgb(example, resize_to) if resize_to is not None else example
         expected = net(rgb255_to_network_input(seen), size=example.shape[-2:] if full_resolution else None)
@@ -219,13 +214,17 @@ def main(argv=None):
     if resize_to:
         size += f" (resized to {resize_to[0]}x{resize_to[1]} inside)"
     atomic_write_bytes(args.onnx, data)
-    same, diff, largest = check_file(args.onnx, net, example[:1], args.num_classes, args.full_resolution, resize_to)
+    from modules.providers import ProviderNetwork
+    from models.provider_files import open_provider_file
+
+    provider = ProviderNetwork(open_provider_file(args.onnx), args.num_classes)  # read back as the stages read it
+    same, diff, largest = check_file(provider, net, example[:1], args.full_resolution, resize_to)
     print(f"wrote {args.onnx}: ONNX model, {len(data) / 2 ** 20:.1f} MiB; input RGB float32 0..255 {size}, output "
           f"logits N×{args.num_classes}×{'H×W' if args.full_resolution else 'h×w'}; checked on a test image: "
           f"{100 * same:.2f}% of pixels labelled as by {args.restore_from}, largest logit difference {diff:.2g} "
           f"(logits up to {largest:.3g})")
     if resize_to and args.full_resolution:
-        share, width, height = agreement_with_predict_mode(args.onnx, net, args.input_size, args.num_classes)
+        share, width, height = agreement_with_predict_mode(provider, net, args.input_size)
         print(f"checked on a {width}x{height} test image: {100 * share:.2f}% of pixels labelled as main.py --mode "
               "predict labels them")
     return 0
