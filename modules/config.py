@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 from typing import Any, ClassVar, Optional
 
 from datasets.targets import CITYSCAPES_LIST_ROOT, RESIZE_BACKENDS, TARGETS, make_target
@@ -297,6 +298,12 @@ class EvalConfig:
         if self.select_by == "val-miou":
             return "val_miou", "checkpoint-step_{step}-miou_{val_miou:.2f}"
         return "val_score", "checkpoint-step_{step}-score_{val_score:.4f}"
+
+
+def kept_checkpoint_score(filename):
+    """The score in the name of a best checkpoint (:attr:`EvalConfig.monitor`), or ``None``."""
+    match = re.fullmatch(r"checkpoint-step_\d+-(?:score|miou)_(-?[\d.]+)\.ckpt", filename)
+    return float(match.group(1)) if match else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,14 +10,13 @@ predicts fewer classes than the black box. Written: ``report.json`` (by the call
 """
 import glob
 import os
-import re
 
 import numpy as np
 import torch
 
 from datasets.base import TargetDataset, collate
 from datasets.pixels import to_bgr_uint8
-from modules.config import NetworkConfig
+from modules.config import NetworkConfig, kept_checkpoint_score
 from modules.label_map_box import label_map_paths, read_label_map
 from models.networks import get_network, network_of
 from modules.providers import load_provider
@@ -84,8 +83,7 @@ def baseline_score(pipeline):
     if pipeline.args.select_by == "last":
         return None
     names = glob.glob(os.path.join(glob.escape(os.path.join(pipeline.runs, "baseline", "baseline")), "checkpoint-*"))
-    scores = [float(m.group(1)) for m in (re.fullmatch(r"checkpoint-step_\d+-(?:score|miou)_(-?[\d.]+)\.ckpt",
-                                                       os.path.basename(n)) for n in names) if m]
+    scores = [score for score in map(kept_checkpoint_score, map(os.path.basename, names)) if score is not None]
     return max(scores, default=None)
 
 
