@@ -354,7 +354,7 @@ class Pipeline:
         return target
 
     def run(self):
-        from utils.run_folder import claim_folder, remove_claim
+        from utils.run_folder import claim_folder
 
         a = self.args
         start = time.time()
@@ -372,6 +372,25 @@ class Pipeline:
             if unread:
                 print(f"note: {len(unread)} image(s) such as {unread[0]} are not read: only .png, .jpg and .jpeg "
                       "images are; convert the others to use them", flush=True)
+        spent = os.path.join(state, "seconds")  # the time of earlier invocations of this run
+        try:
+            with open(spent, encoding="utf-8") as f:
+                earlier = float(f.read())
+        except (OSError, ValueError):
+            earlier = 0.0
+        try:
+            report = self.stages(state)
+        finally:
+            if os.path.isdir(state):
+                atomic_write_text(spent, f"{earlier + time.time() - start:.1f}\n")
+        report["seconds"] = round(earlier + time.time() - start, 1)  # every invocation's, resumed or not
+        atomic_write_text(os.path.join(self.out, "report.json"), json.dumps(report, indent=2, allow_nan=False) + "\n")
+        return report
+
+    def stages(self, state):
+        from utils.run_folder import remove_claim
+
+        a = self.args
         try:
             pseudo = self.pseudo_labels()
         except UserError:  # nothing finished: nothing left behind
@@ -388,10 +407,7 @@ class Pipeline:
         onnx = self.export(student)
         from modules.report import write_report
 
-        report = write_report(self, student, rounds, onnx)
-        report["seconds"] = round(time.time() - start, 1)
-        atomic_write_text(os.path.join(self.out, "report.json"), json.dumps(report, indent=2, allow_nan=False) + "\n")
-        return report
+        return write_report(self, student, rounds, onnx)
 
 
 def check_args(args):

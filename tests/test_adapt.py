@@ -94,6 +94,7 @@ def test_images_without_any_label_become_an_adapted_onnx_file_and_a_report(black
     # Rerunning the same command finds every stage done; other settings are refused, naming them.
     again = adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(out), *TINY])
     assert again["adapted"] == report["adapted"]
+    assert again["seconds"] >= report["seconds"]  # the time of every invocation, not the last one's
     with pytest.raises(UserError, match=r"--out holds results made with other settings .*changed: max_steps, seed"):
         adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(out), *TINY, "--seed", "1",
                     "--max-steps", "3"])
