@@ -35,8 +35,8 @@ import os
 import sys
 import time
 
-from utils.cli import (ArgumentParser, UserError, at_least, input_size, learning_rate, positive_float, probability,
-                       progress, run, seed)
+from utils.cli import (ArgumentParser, UserError, announce, at_least, input_size, learning_rate, positive_float,
+                       probability, progress, run, seed)
 from utils.io import atomic_write_bytes, atomic_write_text
 from utils.criteria import CRITERIA, DEFAULT_CRITERION
 
@@ -223,12 +223,13 @@ class Pipeline:
 
     def step(self, title, script, argv, call, words=()):
         """Run an entry point; its refusals name adapt.py's flags (``words``: its flag -> ours)."""
-        print(f"\n=== {title}\n$ python {script} {' '.join(argv)}", flush=True)
+        announce(title, script, argv)
         try:
             return call(argv)
         except UserError as err:
             message = str(err)
-            for theirs, ours in (*words, ("another --save", "another --out"),
+            for theirs, ours in (*words, ("another --save", "another --out"), ("--save holds", "--out holds"),
+                                 ("--train-batch-size", "--batch-size"),
                                  ("add --resume last to the same command", "run the same adapt.py command again")):
                 message = message.replace(theirs, ours)
             raise UserError(f"{title}: {message}") from None
@@ -290,7 +291,9 @@ class Pipeline:
             print(f"\n=== pseudo-labels: the black box's label maps in {box}", flush=True)
             # Where training finds them (as pseudo-labels) and where the report finds them; each read once.
             try:
-                paths = {label for _, label, _ in TargetDataset(target, "train", pseudo_label_root=box).samples}
+                train = TargetDataset(target, "train", input_size=self.args.input_size, pseudo_label_root=box)
+                train.check_label_sizes()  # the image's size or --input-size, as training takes them
+                paths = {label for _, label, _ in train.samples}
             except UserError as err:
                 raise UserError(f"--black-box {box}: {str(err).replace('pseudo-label', 'label map')}") from None
             names = TargetDataset(target, self.report_split).names
@@ -309,7 +312,7 @@ class Pipeline:
         if self.black_box_kind == "weights" and self.args.black_box_arch:
             argv += ["--arch", self.args.black_box_arch]
         self.step("pseudo-labels: the black box labels the images", "generate_pseudo_labels.py", argv, pseudo,
-                  words=(("add --arch", "add --black-box-arch"),
+                  words=(("add --arch", "add --black-box-arch"), ("--restore-from", "--black-box"),
                          ("--num-classes is 19", NINETEEN), ("the file's head has", f"{NINETEEN}; the file's head has")))
         return save
 
@@ -360,7 +363,13 @@ class Pipeline:
         start = time.time()
         self.check_labels()
         state = os.path.join(self.out, ".state")
-        claim_folder(state, self.settings(), a.overwrite, self.outputs(), flag="--out")
+        claim_folder(state, self.settings(), a.overwrite, self.outputs(), flag="--out",
+                     inputs=[(f"--{k.replace('_', '-')}", getattr(a, k))
+                             for k in ("black_box", "init", "images", "labels", "data_dir", "image_root", "label_root")])
+        beyond = os.path.join(self.runs, "smhm", f"smhm_round_{a.rounds + 1}")
+        if os.path.isdir(beyond) and os.listdir(beyond):  # more rounds continue the ones made; fewer would drop one
+            raise UserError(f"--rounds {a.rounds}: --out holds round {a.rounds + 1} of an earlier run ({beyond}); give "
+                            "as many rounds or more to continue it, or add --overwrite to start over")
         if a.images and os.path.isdir(os.path.join(a.images, "train")):
             print(f"note: {a.images} has a train/ sub-folder: the stages train on its images alone (a split is "
                   "the sub-folder of its name when there is one, else every image)", flush=True)

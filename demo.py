@@ -28,10 +28,12 @@ import time
 
 from datasets.targets import TARGETS
 from models.archs import ARCH_NAMES
-from utils.cli import ArgumentParser, UserError, at_least, input_size, run, seed
+from utils.cli import ArgumentParser, UserError, announce, at_least, input_size, run, seed
 from utils.io import atomic_write_text, json_number
 from utils.criteria import CRITERIA, DEFAULT_CRITERION
 from utils.run_folder import LOCK_NAME, folder_lock
+
+DEMO_ENTRIES = ("data", "lists", "weights", "runs", "adapt", "results.json")  # what a demo writes in --out
 
 # The demo schedule; its measured results and timing are in docs/demo.md. Rare classes "auto": the
 # provider hardly ever predicts most of the published GTA5 rare classes on this benchmark, so the
@@ -116,7 +118,7 @@ class Demo:
 
     # -- running the entry points ---------------------------------------------------------------------
     def step(self, title, script, argv, call):
-        print(f"\n=== {title}\n$ python {script} {' '.join(argv)}", flush=True)
+        announce(title, script, argv)
         start = time.time()
         result = call(argv)
         self.timings[title] = round(time.time() - start, 1)
@@ -234,6 +236,10 @@ class Demo:
     def run(self):
         c, a = self.cfg, self.args
         if a.fresh and os.path.isdir(self.out):
+            others = sorted(set(os.listdir(self.out)) - set(DEMO_ENTRIES) - {LOCK_NAME})
+            if others:  # not a demo's folder: what --fresh would delete is not ours to delete
+                raise UserError(f"--fresh: --out {self.out} holds {others[0]}, which no demo writes; choose another "
+                                "--out, or move it away")
             for entry in os.listdir(self.out):  # all but the lock this demo holds on --out
                 path = os.path.join(self.out, entry)
                 if entry == LOCK_NAME:

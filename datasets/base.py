@@ -104,7 +104,7 @@ class LabelledImages(Dataset):
         for h, w in sizes:
             if abs(label_shape[0] - h) <= tol * h and abs(label_shape[1] - w) <= tol * w:
                 return
-        expected = " or ".join(_size_text(s) for s in sizes)
+        expected = " or ".join(dict.fromkeys(_size_text(s) for s in sizes))
         raise UserError(f"label size {_size_text(label_shape)} does not match its image ({expected}): {path}")
 
     def check_label_sizes(self):

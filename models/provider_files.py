@@ -11,14 +11,16 @@ such a batch and returns the first output as a float32 tensor on the input's dev
 in a file (not readable, wrong inputs, too large, too slow on its first run) is a
 :class:`ProviderFileError`, one line naming the file.
 
-What a file may cost is bounded: before onnxruntime reads it, the sizes its constants declare
-(initializers, ``Constant`` tensors, ``ConstantOfShape`` of a constant shape, in every subgraph)
-must add up to at most :data:`MAX_CONSTANT_BYTES`; its first run (``modules/providers.py``'s check
-on one grey image) is stopped after :data:`CHECK_SECONDS`.
+What a file may cost is bounded in size and time: before onnxruntime reads it, the sizes its
+constants declare (initializers, ``Constant`` tensors, ``ConstantOfShape`` of a constant shape, in
+every subgraph) must add up to at most :data:`MAX_CONSTANT_BYTES`; every run (the first, on one grey
+image, then each batch) is stopped after :data:`RUN_SECONDS`, and at once by Ctrl-C. The memory a
+run takes is not bounded: a small graph can compute huge tensors from an image.
 """
 import math
 import os
 import threading
+import time
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from utils.cli import UserError
 from utils.torch_files import refuse_exported_program
 
 MAX_CONSTANT_BYTES = 1 << 30  # 1 GiB of declared constants: far above any segmentation network's weights
-CHECK_SECONDS = 600.0  # the first run, on one grey image at the input size
+RUN_SECONDS = 600.0  # any one run of the file: on one grey image at first, then on each batch
 
 
 class ProviderFileError(UserError):
@@ -152,6 +154,9 @@ class OnnxProvider(nn.Module):
         if shape is not None and len(shape) != 4:
             raise ProviderFileError(f"{path}: its input has {len(shape)} dimensions ({_shape_text(shape)}), not "
                                     "N×3×H×W RGB images")
+        if shape is not None and shape[3] == 3 and shape[1] != 3:
+            raise ProviderFileError(f"{path}: its input is {_shape_text(shape)}, channels last; the provider contract "
+                                    "takes channels first, RGB images N×3×H×W (export it so)")
         if shape is not None and shape[1] is not None and shape[1] != 3:
             raise ProviderFileError(f"{path}: its input has {shape[1]} channels, not 3 (the provider contract: RGB "
                                     "images N×3×H×W)")
@@ -182,7 +187,7 @@ class OnnxProvider(nn.Module):
         self.sessions[key] = session
         return session
 
-    def forward(self, rgb, time_limit=None):
+    def forward(self, rgb, time_limit=RUN_SECONDS):
         """The first output for ``rgb``; ``time_limit`` (seconds) stops a run that takes longer."""
         batch = self.input_shape[0] if self.input_shape is not None else None
         if batch is None or rgb.shape[0] == batch:
@@ -196,23 +201,36 @@ class OnnxProvider(nn.Module):
             outputs.append(self.run(chunk, time_limit)[:count])
         return torch.cat(outputs)
 
-    def run(self, rgb, time_limit=None):
+    def run(self, rgb, time_limit=RUN_SECONDS):
+        """One run of the session, on a thread of its own: the caller waits at most ``time_limit``
+        seconds and, unlike inside onnxruntime, hears Ctrl-C; either stops the run between operators."""
         session = self._session(rgb.device)
         array = np.ascontiguousarray(rgb.detach().to("cpu", torch.float32).numpy())
         options = _onnxruntime().RunOptions()
         options.log_severity_level = 4  # a stopped run is reported here, not logged by onnxruntime
-        timer = threading.Timer(time_limit, setattr, (options, "terminate", True)) if time_limit else None
-        try:
-            if timer is not None:
-                timer.start()
-            scores = session.run([self.output_name], {self.input_name: array}, options)[0]
-        except Exception as err:
+        outcome, finished = [], threading.Event()
+
+        def call():
+            try:
+                outcome.append(np.asarray(session.run([self.output_name], {self.input_name: array}, options)[0]))
+            except Exception as err:  # onnxruntime raises its own classes
+                outcome.append(err)
+            finally:
+                finished.set()
+
+        threading.Thread(target=call, name="onnx-run", daemon=True).start()
+        deadline = time.monotonic() + time_limit
+        try:  # short waits, each over when the run is: Python handles a signal (Ctrl-C) between two
+            while not finished.wait(0.1) and time.monotonic() < deadline:
+                pass
+        finally:  # the time is up, or KeyboardInterrupt goes on from here once the run has stopped
+            if not finished.is_set():
+                options.terminate = True
+                finished.wait()
+        if isinstance(outcome[0], Exception):
             if options.terminate:
-                raise ProviderFileError(f"{self.path}: its first run, on one grey {_shape_text(array.shape)} image, "
-                                        f"took longer than {time_limit:g} s; refused") from None
+                raise ProviderFileError(f"{self.path}: a run on a {_shape_text(array.shape)} batch took longer than "
+                                        f"{time_limit:g} s; refused") from None
             raise ProviderFileError(f"{self.path}: running the model on a {_shape_text(array.shape)} batch failed "
-                                    f"({_first_line(err)})") from None
-        finally:
-            if timer is not None:
-                timer.cancel()
-        return torch.from_numpy(np.asarray(scores)).to(rgb.device, torch.float32)
+                                    f"({_first_line(outcome[0])})") from None
+        return torch.from_numpy(outcome[0]).to(rgb.device, torch.float32)

@@ -694,7 +694,7 @@ def add_target_args(parser, data_list_help=""):
 scales = float_list(positive_float)  # --scales: positive finite factors, at least one
 
 
-PROVIDER_OUTPUTS = ("logits", "probabilities")  # modules/providers.py
+PROVIDER_OUTPUTS = ("auto", "logits", "probabilities")  # modules/providers.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -703,7 +703,7 @@ class LabellingConfig:
     flip: bool = True
     multiscale: bool = False
     scales: tuple = (0.75, 1.0, 1.25)
-    provider_output: str = "logits"  # what a provider file's first output holds (modules/providers.py)
+    provider_output: str = "auto"  # what a provider file's first output holds (modules/providers.py)
     class_balanced_share: Optional[float] = None  # CBST: the share of each class's pixels kept; None: all
     complementary_below: Optional[float] = None  # ATP: a pixel is not the classes below this probability
 
@@ -720,7 +720,9 @@ def add_labelling_args(parser):
     group.add_argument("--provider-output", choices=PROVIDER_OUTPUTS, default=LabellingConfig.provider_output,
                        help="what the first output of a provider file (.onnx) holds: logits (class scores "
                             "before a softmax) or probabilities (each pixel's scores sum to 1; the flip "
-                            "augmentation then sums log-probabilities, see docs/providers.md) (default: %(default)s)")
+                            "augmentation then sums log-probabilities, see docs/providers.md); auto: "
+                            "probabilities when the file's scores for a grey image are, else logits (default: "
+                            "%(default)s)")
     group.add_argument("--class-balanced-share", type=probability, default=LabellingConfig.class_balanced_share, metavar="P",
                        help="class-balanced thresholds (CBST): keep in each class only the P most confident of the "
                             "pixels the provider gives it over the whole split (e.g. 0.8), the others 255 (ignored); "

@@ -173,7 +173,7 @@ def settings_of(config):
             "scales": scales_of(config.labelling), "precision": config.hardware.precision,
             # only when given, so that the folders of earlier runs resume as they are
             **({"provider_output": config.labelling.provider_output}
-               if config.labelling.provider_output != "logits" else {}),
+               if config.labelling.provider_output == "probabilities" else {}),
             **({"class_balanced_share": config.labelling.class_balanced_share}
                if config.labelling.class_balanced_share is not None else {}),
             **({"complementary_below": config.labelling.complementary_below}
@@ -268,7 +268,8 @@ def generate(config, save, write_color=True, truth=None):
     kinds = ("label_ids", "label_color", "confidence", "complementary")
     outputs = ([os.path.join(save, kind, config.target.split) for kind in kinds]
                + list(report_names(save, config.target.split).values()))
-    claim_folder(state, {**settings_of(config), **inputs_of(config, dataset)}, config.overwrite, outputs)
+    claim_folder(state, {**settings_of(config), **inputs_of(config, dataset)}, config.overwrite, outputs,
+                 inputs=[("--restore-from", config.restore_from)])
     # With --overwrite nothing counts as done, even where the first process has not yet removed it.
     done = frozenset() if config.overwrite else finished(save, config.target.split, names, write_color, suffix, extra)
     first = True
@@ -280,8 +281,8 @@ def generate(config, save, write_color=True, truth=None):
         writer = PseudoLabelWriter(save, config.target.split, config.network.num_classes, write_color, suffix)
         try:
             first = run_predict(module, data, writer, config.hardware)
-        except UserError:  # a damaged image, non-finite scores: finished files are kept, else nothing
-            remove_claim(state, outputs, unless_finished=True)
+        except UserError:  # a damaged image, non-finite scores: a fresh run leaves nothing (its files, made
+            remove_claim(state, outputs, unless_finished=bool(done))  # from inputs fixed next, could not resume)
             with contextlib.suppress(OSError):  # construct_hard_patch.py's .pseudo_labels, left empty
                 os.rmdir(save)
             raise
@@ -291,7 +292,8 @@ def generate(config, save, write_color=True, truth=None):
     missing = [name for name in names if name not in records]
     if missing:
         raise RuntimeError(f"{len(missing)} images have no pseudo-label (first: {missing[0]}); rerun to complete them")
-    result = {"names": names, "records": {name: records[name] for name in names}, "skipped": len(done)}
+    result = {"names": names, "records": {name: records[name] for name in names}, "skipped": len(done),
+              "provider_output": getattr(net, "output", "logits")}  # what "auto" found
     if share:
         result["class_balanced"] = balance_classes(save, config.target.split, names, suffix, share,
                                                    config.network.num_classes, write_color)
@@ -418,7 +420,7 @@ def write_report(save, split, result, config, layout):
     summary = {
         "split": split, "images": len(names), "input_size": "x".join(map(str, config.network.input_size)),
         "resize_backend": config.target.resize_backend,
-        "restore_from": config.restore_from, "provider_output": config.labelling.provider_output,
+        "restore_from": config.restore_from, "provider_output": result["provider_output"],
         "flip": config.labelling.flip, "scales": scales_of(config.labelling),
         "complementary_below": config.labelling.complementary_below,
         "easy": len(easy), "hard": len(hard),

@@ -106,6 +106,12 @@ def test_images_without_any_label_become_an_adapted_onnx_file_and_a_report(black
     more = adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(out), *TINY, "--seed", "1",
                        "--max-steps", "3", "--rounds", "3"])
     assert more["rounds"][:len(redone["rounds"])] == redone["rounds"]
+    # Fewer would replace the delivered model without --overwrite: refused, nothing changed.
+    delivered = (out / "student.pth").read_bytes()
+    with pytest.raises(UserError, match="--rounds 1: --out holds round 2 of an earlier run"):
+        adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(out), *TINY, "--seed", "1",
+                    "--max-steps", "3", "--rounds", "1"])
+    assert (out / "student.pth").read_bytes() == delivered
 
 
 def test_bad_inputs_are_one_line(black_box, tmp_path):
@@ -154,9 +160,11 @@ def test_bad_inputs_are_one_line(black_box, tmp_path):
         adapt.main(["--black-box", black_box, "--images", str(images), "--out", str(tmp_path / "a_file"), *TINY])
     with pytest.raises(UserError, match="--images .*a_file is a file; give the folder"):
         adapt.main(["--black-box", black_box, "--images", str(tmp_path / "a_file"), "--out", str(out), *TINY])
-    # A black box's label maps are checked before training reads them: all there, all train ids.
+    # A black box's label maps are checked before training reads them: all there, all train ids, each
+    # of its image's size or --input-size.
     for box, words in ((bad_value, "label values outside 0..18 and 255 in .*0002.png: 50"),
-                       (partial, r"--black-box .*partial: label map not found: .*partial/street/0002.png")):
+                       (partial, r"--black-box .*partial: label map not found: .*partial/street/0002.png"),
+                       (wrong_size, r"label size 20x30 does not match its image \(64x32\): .*0002.png")):
         with pytest.raises(UserError, match=words):
             adapt.main(["--black-box", str(box), "--images", str(images), "--out", str(out), *TINY])
         assert not out.exists(), box
@@ -170,6 +178,17 @@ def test_bad_inputs_are_one_line(black_box, tmp_path):
         with pytest.raises(UserError, match="adapt.py adapts black boxes of the 19 Cityscapes train-id"):
             adapt.main(["--black-box", box, "--images", str(images), "--out", str(out), *TINY, *extra])
         assert not out.exists()
+    # --overwrite removes what an earlier run of adapt.py wrote, nothing else: the user's own files in
+    # --out, or the black box among the outputs, are refused before anything is removed.
+    mine = tmp_path / "mine"
+    (mine / "weights").mkdir(parents=True)
+    (mine / "weights" / "model.pth").write_text("precious")
+    shutil.copy(black_box, mine / "adapted.onnx")
+    for box, words in ((black_box, r"--out: .*weights is there, but no earlier run of this command wrote it"),
+                       (str(mine / "adapted.onnx"), r"--black-box .*adapted.onnx lies in .*adapted.onnx, which this run")):
+        with pytest.raises(UserError, match=words):
+            adapt.main(["--black-box", box, "--images", str(images), "--out", str(mine), *TINY, "--overwrite"])
+        assert (mine / "weights" / "model.pth").read_text() == "precious" and (mine / "adapted.onnx").is_file()
     # A stage's refusal names adapt.py's flags: a weight file that does not say its network.
     with pytest.raises(UserError, match="add --black-box-arch deeplabv2_tiny"):
         adapt.main(["--black-box", tiny_weights(str(tmp_path / "w.pth")), "--images", str(images), "--out", str(out),

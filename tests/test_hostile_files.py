@@ -190,7 +190,8 @@ def test_non_finite_scores_on_a_real_image_name_it_and_leave_nothing(tmp_path, c
     assert provider in err
 
 
-def test_non_finite_scores_on_a_later_batch_keep_the_finished_files_and_write_no_nan(tmp_path, capsys):
+def test_non_finite_scores_on_a_later_batch_stop_a_fresh_run_leaving_nothing(tmp_path, capsys):
+    """The labels of the batches before could not be resumed from: another black box is another run."""
     data = str(tmp_path / "data")
     good = np.linspace(20, 180, SIZE[0] * SIZE[1] * 3).reshape(SIZE[1], SIZE[0], 3).astype(np.uint8)
     bad = good.copy()
@@ -201,10 +202,7 @@ def test_non_finite_scores_on_a_later_batch_keep_the_finished_files_and_write_no
     save = tmp_path / "out"
     code, err = run_refused(capsys, generate_pseudo_labels.main, stage_argv(data, str(save), provider))
     assert code == 2 and err.count("\n") == 1 and "its scores for b hold NaN" in err, err
-    assert sorted(os.listdir(save / "label_ids" / "train")) == ["a.png"]  # finished, kept to resume
-    assert not (save / "summary.json").exists()
-    records = b"".join(p.read_bytes() for p in (save / ".state" / "train").glob("*.tsv"))
-    assert records.startswith(b"a\t") and b"nan" not in records.lower() and b"\nb\t" not in records
+    assert not save.exists() or not any(files for _, _, files in os.walk(save))
 
 
 def test_a_provider_non_finite_on_grey_is_refused_before_anything(tmp_path, capsys):
@@ -335,7 +333,7 @@ def test_a_provider_that_never_ends_is_stopped_by_the_time_limit(tmp_path, capsy
 
     import modules.providers
 
-    monkeypatch.setattr(modules.providers, "CHECK_SECONDS", 1.0)
+    monkeypatch.setattr(modules.providers, "RUN_SECONDS", 1.0)
     body = [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["x_in"], ["x_out"])]
     provider = _model(str(tmp_path / "loop.onnx"), _loop(10 ** 15, body))
     data = folder_of(tmp_path / "data", ["a.png"])
@@ -344,6 +342,56 @@ def test_a_provider_that_never_ends_is_stopped_by_the_time_limit(tmp_path, capsy
     code, err = run_refused(capsys, generate_pseudo_labels.main, stage_argv(data, save, provider))
     assert time.monotonic() - start < 30
     assert_one_line_refusal(code, err, "took longer than 1 s", save)
+
+
+def test_ctrl_c_stops_a_provider_run_at_once(tmp_path):
+    """onnxruntime does not hear Ctrl-C inside a run: the run is on a thread of its own and stopped."""
+    import signal
+    import threading
+    import time
+
+    from models.provider_files import open_provider_file
+
+    body = [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["x_in"], ["x_out"])]
+    provider = open_provider_file(_model(str(tmp_path / "loop.onnx"), _loop(10 ** 15, body)))
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        provider.run(torch.zeros(1, 3, 8, 8), time_limit=120)
+    assert time.monotonic() - start < 30
+
+
+def test_a_provider_slow_only_on_real_images_is_stopped_at_its_first_batch(tmp_path, capsys, monkeypatch):
+    """Fast on the grey image of the first run, endless on any image brighter than it: every batch is
+    bounded, not only the first run."""
+    import modules.providers
+
+    monkeypatch.setattr(modules.providers, "RUN_SECONDS", 2.0)
+    weight = onnx.numpy_helper.from_array(np.full((19, 3, 1, 1), 0.01, np.float32), "weight")
+    bright = onnx.numpy_helper.from_array(np.array(130, np.float32), "bright")  # the grey is at most 123
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["x_in"], ["x_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("x_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x_out", TensorProto.FLOAT, None)])
+    endless = helper.make_graph(
+        [helper.make_node("Constant", [], ["M"], value=helper.make_tensor("M", TensorProto.INT64, [], [10 ** 15])),
+         helper.make_node("Constant", [], ["T"], value=helper.make_tensor("T", TensorProto.BOOL, [], [True])),
+         helper.make_node("Loop", ["M", "T", "conv"], ["slow"], body=body)],
+        "endless", [], [helper.make_tensor_value_info("slow", TensorProto.FLOAT, None)])
+    at_once = helper.make_graph([helper.make_node("Identity", ["conv"], ["fast"])], "at_once", [],
+                                [helper.make_tensor_value_info("fast", TensorProto.FLOAT, None)])
+    provider = _model(str(tmp_path / "slow_on_images.onnx"), [
+        helper.make_node("Conv", ["images", "weight"], ["conv"]),
+        helper.make_node("ReduceMax", ["images"], ["max"], keepdims=0),
+        helper.make_node("Greater", ["max", "bright"], ["is_bright"]),
+        helper.make_node("If", ["is_bright"], ["scores"], then_branch=endless, else_branch=at_once)], [weight, bright])
+    data = folder_of(tmp_path / "data", ["a.png"])
+    save = str(tmp_path / "out")
+    code, err = run_refused(capsys, generate_pseudo_labels.main, stage_argv(data, save, provider))
+    assert_one_line_refusal(code, err, "a run on a 1×3×32×64 batch took longer than 2 s", save)
 
 
 # -- 6. images and labels that declare too many pixels, labels of the wrong type ---------------------------

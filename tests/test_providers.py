@@ -120,16 +120,35 @@ def test_provider_file_labels_equal_the_weight_files(world, from_weights, tmp_pa
     assert summary["restore_from"] == world[kind] and summary["images"] == 6
 
 
-def test_probabilities_give_the_labels_and_entropies_of_the_logits(world, from_weights, tmp_path):
+@pytest.mark.parametrize("said", [True, False])
+def test_probabilities_give_the_labels_and_entropies_of_the_logits(world, from_weights, tmp_path, said):
+    """With --provider-output probabilities, and without it (auto: found on the grey image)."""
     logits, probabilities = tmp_path / "logits", tmp_path / "probabilities"
     assert run_script(generate_pseudo_labels.main, pseudo_args(world, logits, world["onnx_mild"])) == 0
     assert run_script(generate_pseudo_labels.main, pseudo_args(world, probabilities, world["onnx_probabilities"],
-                                                               "--provider-output", "probabilities")) == 0
+                                                               *(["--provider-output", "probabilities"] if said
+                                                                 else []))) == 0
     assert agreement(labels_of(probabilities), labels_of(logits)) >= 0.999
     expected, got = entropies_of(logits), entropies_of(probabilities)
     assert all(abs(got[k] - expected[k]) <= 2e-3 * expected[k] + 1e-7 for k in got)
     settings = json.loads((probabilities / ".state" / "train" / "settings.json").read_text())
-    assert "probabilities" in json.dumps(settings)
+    assert ("probabilities" in json.dumps(settings)) == said
+    summaries = [json.loads((folder / "summary.json").read_text())["provider_output"] for folder in (logits, probabilities)]
+    assert summaries == ["logits", "probabilities"]
+
+
+def test_auto_takes_a_probability_file_as_what_it_is_where_no_flag_says_it(world):
+    """main.py's test and predict modes and adapt.py's report load a black box without --provider-output:
+    its scores are the log-probabilities, which every softmax turns back into the file's probabilities."""
+    size = tuple(int(v) for v in INPUT.split("x"))
+    nets = {name: ProviderNetwork(open_provider_file(world[name]), 19).check(size)
+            for name in ("onnx_mild", "onnx_probabilities")}
+    assert (nets["onnx_mild"].output, nets["onnx_probabilities"].output) == ("logits", "probabilities")
+    images = rgb255_to_network_input(torch.rand(2, 3, size[1], size[0]) * 255)
+    with torch.no_grad():
+        expected = F.softmax(nets["onnx_mild"](images), dim=1)
+        got = F.softmax(nets["onnx_probabilities"](images), dim=1)
+    assert torch.allclose(got, expected, atol=1e-4)
 
 
 class _Scores(nn.Module):
@@ -213,6 +232,10 @@ def bad_provider(case, world, tmp_path):
     if case == "channels":
         conv = helper.make_node("Conv", ["images", "weight"], ["scores"])
         return _onnx_model(path, [conv], [_image(channels=1)], [_scores()], [_conv(1, 19)]), [], "1 channels"
+    if case == "channels-last":
+        transpose = helper.make_node("Transpose", ["images"], ["scores"], perm=[0, 3, 1, 2])
+        nhwc = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", "H", "W", 3])
+        return _onnx_model(path, [transpose], [nhwc], [_scores()]), [], "channels last; the provider contract takes"
     if case == "no-spatial-output":
         flatten = helper.make_node("Flatten", ["images"], ["scores"], axis=1)
         return _onnx_model(path, [flatten], [_image()], [_scores()]), [], "not class scores N×C×h×w"
@@ -265,7 +288,7 @@ def bad_provider(case, world, tmp_path):
     raise AssertionError(case)
 
 
-BAD_CASES = ["channels", "no-spatial-output", "broken", "truncated", "classes", "two-inputs", "uint8-input",
+BAD_CASES = ["channels", "channels-last", "no-spatial-output", "broken", "truncated", "classes", "two-inputs", "uint8-input",
              "custom-operator", "external-data-outside-its-folder", "logits-said-probabilities", "probabilities-of-a-weight-file", "fixed-size",
              "pt2", "PT2-not-a-zip"]
 

@@ -228,3 +228,25 @@ def test_read_record_checks_every_field(tmp_path):
         path.write_text(content)
         with pytest.raises(UserError, match="round.json is damaged .*a round: student, best_miou"):
             run_folder.read_record(str(path), fields, "a round")
+
+
+def test_a_claim_leaves_files_it_did_not_write_and_inputs_among_its_outputs(tmp_path):
+    """Outputs that hold files with no state of an earlier run are the user's own: refused, with and
+    without overwrite, and kept; an input lying among the outputs is refused before anything is removed."""
+    state, outputs = tmp_path / ".state", [tmp_path / "weights", tmp_path / "report.md"]
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "mine.pth").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match=r"--out: .*weights is there, but no earlier run of this command wrote it"):
+            run_folder.claim_folder(str(state), {"a": 1}, overwrite, [str(p) for p in outputs], flag="--out")
+    assert (tmp_path / "weights" / "mine.pth").read_text() == "precious" and not state.exists()
+
+    (tmp_path / "weights" / "mine.pth").unlink()
+    run_folder.claim_folder(str(state), {"a": 1}, False, [str(p) for p in outputs], flag="--out")  # ours now
+    (tmp_path / "report.md").write_text("ours")
+    with pytest.raises(UserError, match=r"--black-box .*report.md lies in .*report.md, which this run writes"):
+        run_folder.claim_folder(str(state), {"a": 2}, True, [str(p) for p in outputs], flag="--out",
+                                inputs=[("--black-box", str(tmp_path / "report.md")), ("--init", None)])
+    assert (tmp_path / "report.md").read_text() == "ours" and (state / "settings.json").is_file()
+    run_folder.claim_folder(str(state), {"a": 2}, True, [str(p) for p in outputs], flag="--out")
+    assert not (tmp_path / "report.md").exists()

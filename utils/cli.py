@@ -9,6 +9,7 @@ infinity are refused by every float type.
 import argparse
 import importlib
 import math
+import shlex
 import sys
 import time
 from collections.abc import Mapping
@@ -197,6 +198,11 @@ def run(main, argv=None):
         sys.exit(130)
     # An entry point returns an exit code, or its result for Python callers (then it succeeded).
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def announce(title, script, argv):
+    """Print a stage's title and the command that runs it alone, quoted so that it can be pasted."""
+    print(f"\n=== {title}\n$ python {script} {shlex.join(argv)}", flush=True)
 
 
 def interactive():

@@ -293,7 +293,7 @@ def _changed(previous_text, settings):
     return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
 
 
-def claim_folder(folder, settings, overwrite, outputs=(), flag="--save"):
+def claim_folder(folder, settings, overwrite, outputs=(), flag="--save", inputs=()):
     """Start or continue a run whose state lives in ``folder`` and whose results are ``outputs``.
 
     A rerun must use the same ``settings`` (a JSON-able dict of what decides the results), else old
@@ -302,7 +302,9 @@ def claim_folder(folder, settings, overwrite, outputs=(), flag="--save"):
     ``overwrite``. Only the first process removes and writes: the others may start while it does.
     The caller holds the output folder's lock (:func:`folder_lock`) from before this claim until
     its last file is written, so that no other run reads or changes the state meanwhile. ``flag``
-    names the output folder's flag in messages.
+    names the output folder's flag in messages. Refused before anything is removed: an output that
+    holds files while no state says a run of ours wrote them (the user's own), and one of the
+    ``inputs`` (``(flag, path)`` pairs) lying among the outputs.
     """
     path = os.path.join(folder, "settings.json")
     text = json.dumps(settings, indent=1, sort_keys=True) + "\n"
@@ -314,6 +316,16 @@ def claim_folder(folder, settings, overwrite, outputs=(), flag="--save"):
         if not os.path.realpath(target).startswith(root + os.sep):
             raise UserError(f"{target} leads outside {root} through a symbolic link; remove the link, or choose "
                             f"another {flag}")
+    for input_flag, given in inputs:
+        inside = [target for target in (folder, *outputs) if given and is_within(given, target)]
+        if inside:
+            raise UserError(f"{input_flag} {given} lies in {inside[0]}, which this run writes (and --overwrite "
+                            f"removes): move it out, or choose another {flag}")
+    if first and not os.path.isfile(path):
+        foreign = [target for target in outputs if _holds_results(target)]
+        if foreign:
+            raise UserError(f"{flag}: {foreign[0]} is there, but no earlier run of this command wrote it (no "
+                            f"{path}); choose another {flag}, or move it away")
     if not overwrite and os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             previous = f.read()
