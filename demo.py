@@ -34,6 +34,7 @@ from utils.criteria import CRITERIA, DEFAULT_CRITERION
 from utils.run_folder import LOCK_NAME, folder_lock
 
 DEMO_ENTRIES = ("data", "lists", "weights", "runs", "adapt", "results.json")  # what a demo writes in --out
+# (a folder with the benchmark's manifest in data/ is a demo's, whatever else an earlier version left)
 
 # The demo schedule; its measured results and timing are in docs/demo.md. Rare classes "auto": the
 # provider hardly ever predicts most of the published GTA5 rare classes on this benchmark, so the
@@ -236,8 +237,10 @@ class Demo:
     def run(self):
         c, a = self.cfg, self.args
         if a.fresh and os.path.isdir(self.out):
+            from tools.synthetic import MANIFEST
+
             others = sorted(set(os.listdir(self.out)) - set(DEMO_ENTRIES) - {LOCK_NAME})
-            if others:  # not a demo's folder: what --fresh would delete is not ours to delete
+            if others and not os.path.isfile(os.path.join(self.data, MANIFEST)):  # not a demo's: not ours to delete
                 raise UserError(f"--fresh: --out {self.out} holds {others[0]}, which no demo writes; choose another "
                                 "--out, or move it away")
             for entry in os.listdir(self.out):  # all but the lock this demo holds on --out

@@ -307,11 +307,10 @@ def _construct(config):
     state, outputs = os.path.join(config.save, ".state"), [os.path.join(config.save, f) for f in
                                                             (*OUTPUT_FOLDERS, "summary.json")]
     claim_folder(state, settings, config.overwrite, outputs)
-    resumed = bool(mined_records(config.save))
     try:
         records, skipped = mine(dataset, names, config.save, boxes, rare, config.prediction.num_workers)
-    except UserError:  # a damaged image or label: a fresh run leaves nothing (its files, made from inputs
-        remove_claim(state, outputs, unless_finished=resumed)  # that change when fixed, could not resume)
+    except UserError:  # a damaged image or label, a full disk: finished files are kept, else nothing
+        remove_claim(state, outputs, unless_finished=True)
         raise
     summary = summarize(records, rare, rare_source, config.network.num_classes, config.grid, config.network.input_size,
                         label_source, counts, absent)

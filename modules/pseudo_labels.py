@@ -164,16 +164,16 @@ def state_dir(save, split):
     return os.path.join(save, ".state", split)
 
 
-def settings_of(config):
+def settings_of(config, provider_output="logits"):
     """How the labels are computed: a rerun into the same folder must use the same (and the same
-    inputs, :func:`inputs_of`)."""
+    inputs, :func:`inputs_of`); ``provider_output``: how the provider's scores are taken (``auto``
+    resolved, ``modules/providers.py``)."""
     return {"arch": config.network.arch, "num_classes": config.network.num_classes,
             "head_branches": config.network.head_branches, "input_size": list(config.network.input_size),
             "resize_backend": config.target.resize_backend, "flip": config.labelling.flip,
             "scales": scales_of(config.labelling), "precision": config.hardware.precision,
             # only when given, so that the folders of earlier runs resume as they are
-            **({"provider_output": config.labelling.provider_output}
-               if config.labelling.provider_output == "probabilities" else {}),
+            **({"provider_output": provider_output} if provider_output == "probabilities" else {}),
             **({"class_balanced_share": config.labelling.class_balanced_share}
                if config.labelling.class_balanced_share is not None else {}),
             **({"complementary_below": config.labelling.complementary_below}
@@ -268,7 +268,8 @@ def generate(config, save, write_color=True, truth=None):
     kinds = ("label_ids", "label_color", "confidence", "complementary")
     outputs = ([os.path.join(save, kind, config.target.split) for kind in kinds]
                + list(report_names(save, config.target.split).values()))
-    claim_folder(state, {**settings_of(config), **inputs_of(config, dataset)}, config.overwrite, outputs,
+    output = getattr(net, "output", "logits")  # a provider file's, as --provider-output auto found it
+    claim_folder(state, {**settings_of(config, output), **inputs_of(config, dataset)}, config.overwrite, outputs,
                  inputs=[("--restore-from", config.restore_from)])
     # With --overwrite nothing counts as done, even where the first process has not yet removed it.
     done = frozenset() if config.overwrite else finished(save, config.target.split, names, write_color, suffix, extra)
@@ -281,8 +282,8 @@ def generate(config, save, write_color=True, truth=None):
         writer = PseudoLabelWriter(save, config.target.split, config.network.num_classes, write_color, suffix)
         try:
             first = run_predict(module, data, writer, config.hardware)
-        except UserError:  # a damaged image, non-finite scores: a fresh run leaves nothing (its files, made
-            remove_claim(state, outputs, unless_finished=bool(done))  # from inputs fixed next, could not resume)
+        except UserError:  # a damaged image, non-finite scores, a full disk: finished files are kept, else nothing
+            remove_claim(state, outputs, unless_finished=True)
             with contextlib.suppress(OSError):  # construct_hard_patch.py's .pseudo_labels, left empty
                 os.rmdir(save)
             raise
@@ -293,7 +294,7 @@ def generate(config, save, write_color=True, truth=None):
     if missing:
         raise RuntimeError(f"{len(missing)} images have no pseudo-label (first: {missing[0]}); rerun to complete them")
     result = {"names": names, "records": {name: records[name] for name in names}, "skipped": len(done),
-              "provider_output": getattr(net, "output", "logits")}  # what "auto" found
+              "provider_output": output}
     if share:
         result["class_balanced"] = balance_classes(save, config.target.split, names, suffix, share,
                                                    config.network.num_classes, write_color)

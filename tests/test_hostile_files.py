@@ -190,8 +190,7 @@ def test_non_finite_scores_on_a_real_image_name_it_and_leave_nothing(tmp_path, c
     assert provider in err
 
 
-def test_non_finite_scores_on_a_later_batch_stop_a_fresh_run_leaving_nothing(tmp_path, capsys):
-    """The labels of the batches before could not be resumed from: another black box is another run."""
+def test_non_finite_scores_on_a_later_batch_keep_the_finished_files_and_write_no_nan(tmp_path, capsys):
     data = str(tmp_path / "data")
     good = np.linspace(20, 180, SIZE[0] * SIZE[1] * 3).reshape(SIZE[1], SIZE[0], 3).astype(np.uint8)
     bad = good.copy()
@@ -202,7 +201,10 @@ def test_non_finite_scores_on_a_later_batch_stop_a_fresh_run_leaving_nothing(tmp
     save = tmp_path / "out"
     code, err = run_refused(capsys, generate_pseudo_labels.main, stage_argv(data, str(save), provider))
     assert code == 2 and err.count("\n") == 1 and "its scores for b hold NaN" in err, err
-    assert not save.exists() or not any(files for _, _, files in os.walk(save))
+    assert sorted(os.listdir(save / "label_ids" / "train")) == ["a.png"]  # finished, kept to resume
+    assert not (save / "summary.json").exists()
+    records = b"".join(p.read_bytes() for p in (save / ".state" / "train").glob("*.tsv"))
+    assert records.startswith(b"a\t") and b"nan" not in records.lower() and b"\nb\t" not in records
 
 
 def test_a_provider_non_finite_on_grey_is_refused_before_anything(tmp_path, capsys):

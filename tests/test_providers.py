@@ -132,7 +132,13 @@ def test_probabilities_give_the_labels_and_entropies_of_the_logits(world, from_w
     expected, got = entropies_of(logits), entropies_of(probabilities)
     assert all(abs(got[k] - expected[k]) <= 2e-3 * expected[k] + 1e-7 for k in got)
     settings = json.loads((probabilities / ".state" / "train" / "settings.json").read_text())
-    assert ("probabilities" in json.dumps(settings)) == said
+    assert "probabilities" in json.dumps(settings)  # what the scores are taken as, said or found
+    # Said or found is one setting: the folder resumes under the other; taken as logits it would not.
+    assert run_script(generate_pseudo_labels.main, pseudo_args(world, probabilities, world["onnx_probabilities"],
+                                                               *([] if said else ["--provider-output",
+                                                                                  "probabilities"]))) == 0
+    assert run_script(generate_pseudo_labels.main, pseudo_args(world, probabilities, world["onnx_probabilities"],
+                                                               "--provider-output", "logits")) == 2
     summaries = [json.loads((folder / "summary.json").read_text())["provider_output"] for folder in (logits, probabilities)]
     assert summaries == ["logits", "probabilities"]
 
