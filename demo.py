@@ -121,7 +121,12 @@ class Demo:
     def step(self, title, script, argv, call):
         announce(title, script, argv)
         start = time.time()
-        result = call(argv)
+        try:
+            result = call(argv)
+        except UserError as err:  # the demo starts over with --fresh
+            if "add --overwrite" not in str(err):
+                raise
+            raise UserError(str(err).replace("add --overwrite", "add --fresh")) from None
         self.timings[title] = round(time.time() - start, 1)
         return result
 

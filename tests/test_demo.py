@@ -53,8 +53,10 @@ def test_quick_demo_runs_every_stage(tmp_path):
     assert (adapt / "adapted.onnx").is_file() and (adapt / "student.pth").is_file()
     picture = cv2.imread(str(adapt / "report.png"))
     assert picture is not None and picture.shape[1] > 4 * 64
-    # A second run finds every stage done and only scores again.
+    # A second run finds every stage done and only scores again; fewer rounds would replace its result.
     assert main(["--quick", "--out", str(out)]) == 0
+    with pytest.raises(UserError, match="--rounds 1: --out holds round 2 .*add --fresh to start over"):
+        main(["--quick", "--out", str(out), "--rounds", "1"])
 
 
 def test_quick_demo_with_a_transformer_student(tmp_path):
