@@ -35,7 +35,7 @@ from utils.io import atomic_write_text, read_label, write_png, write_rgb_png
 from utils.labels import class_names, colorize, parse_rare_classes
 from utils.loaders import num_workers_or_default
 from utils.writers import BackgroundWriter
-from utils.run_folder import claim_folder, folder_lock, remove_claim
+from utils.run_folder import claim_folder, folder_lock, refuse_foreign_outputs, remove_claim
 
 OUTPUT_FOLDERS = ("patches", "labels", "color_labels")
 
@@ -269,6 +269,9 @@ def _construct(config):
         raise UserError(f"--num-rare must be between 1 and {config.network.num_classes}, got {config.num_rare}")
     boxes = grid_boxes(config.network.input_size, config.grid)
 
+    state, outputs = os.path.join(config.save, ".state"), [os.path.join(config.save, f) for f in
+                                                            (*OUTPUT_FOLDERS, "summary.json")]
+    refuse_foreign_outputs(state, outputs)  # before the provider labels anything into --save
     if config.restore_from is not None:
         pseudo_root = os.path.join(config.save, ".pseudo_labels")
         generated = generate(config, pseudo_root, write_color=False)
@@ -304,8 +307,6 @@ def _construct(config):
 
     settings = {**inputs, "split": config.target.split, "input_size": list(config.network.input_size),
                 "resize_backend": config.target.resize_backend, "grid": list(config.grid), "rare_classes": list(rare)}
-    state, outputs = os.path.join(config.save, ".state"), [os.path.join(config.save, f) for f in
-                                                            (*OUTPUT_FOLDERS, "summary.json")]
     claim_folder(state, settings, config.overwrite, outputs)
     try:
         records, skipped = mine(dataset, names, config.save, boxes, rare, config.prediction.num_workers)

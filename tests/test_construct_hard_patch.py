@@ -16,7 +16,7 @@ import construct_hard_patch
 import generate_pseudo_labels
 from tests.fixtures import make_cityscapes
 from tests.test_generate_pseudo_labels import make_weights, one_thread, single_thread_env, tree  # noqa: F401
-from utils.cli import run
+from utils.cli import UserError, run
 from utils.labels import colorize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -175,6 +175,13 @@ def test_model_and_pseudo_label_sources_give_identical_patches(tmp_path):
             ("patches", "labels", "color_labels")} == patches
     a, b = (json.loads((s / "summary.json").read_text()) for s in (from_labels, from_model))
     assert a["rare_classes"] == b["rare_classes"] and a["patches_per_rare_class"] == b["patches_per_rare_class"]
+    # A --save holding the user's own patches is refused before the model labels anything into it.
+    mine = tmp_path / "mine"
+    (mine / "patches").mkdir(parents=True)
+    (mine / "patches" / "keep.png").write_bytes(b"mine")
+    with pytest.raises(UserError, match=r"--save: .*patches is there, but no earlier run of this command wrote it"):
+        construct_hard_patch.main(mine_args(str(data), mine, "--restore-from", weights, *model, *rare))
+    assert sorted(os.listdir(mine)) == ["patches"] and (mine / "patches" / "keep.png").read_bytes() == b"mine"
 
 
 def test_labels_made_again_in_place_are_not_mistaken_for_the_mined_ones(tmp_path, capsys):

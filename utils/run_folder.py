@@ -321,11 +321,7 @@ def claim_folder(folder, settings, overwrite, outputs=(), flag="--save", inputs=
         if inside:
             raise UserError(f"{input_flag} {given} lies in {inside[0]}, which this run writes (and --overwrite "
                             f"removes): move it out, or choose another {flag}")
-    if first and not os.path.isfile(path):
-        foreign = [target for target in outputs if _holds_results(target)]
-        if foreign:
-            raise UserError(f"{flag}: {foreign[0]} is there, but no earlier run of this command wrote it (no "
-                            f"{path}); choose another {flag}, or move it away")
+    refuse_foreign_outputs(folder, outputs, flag)
     if not overwrite and os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             previous = f.read()
@@ -344,6 +340,18 @@ def claim_folder(folder, settings, overwrite, outputs=(), flag="--save", inputs=
             if os.path.isdir(target):
                 _remove_temporary_files(target)
         atomic_write_text(path, text)
+
+
+def refuse_foreign_outputs(folder, outputs, flag="--save"):
+    """Outputs that hold files while the state ``folder`` records no run (the user's own) are refused;
+    checked by the first process alone (the others may look while it removes an earlier run's)."""
+    path = os.path.join(folder, "settings.json")
+    if not launched_as_first_process() or os.path.isfile(path):
+        return
+    foreign = [target for target in outputs if _holds_results(target)]
+    if foreign:
+        raise UserError(f"{flag}: {foreign[0]} is there, but no earlier run of this command wrote it (no "
+                        f"{path}); choose another {flag}, or move it away")
 
 
 def remove_claim(folder, outputs=(), unless_finished=False):
