@@ -132,6 +132,16 @@ def test_a_folder_the_lock_created_goes_when_the_run_left_it_empty(tmp_path, cle
     assert os.listdir(folder) == ["result"]
 
 
+def test_a_file_on_the_way_is_one_line_naming_the_flag(tmp_path, clean_env):
+    (tmp_path / "a").write_text("not a folder")
+    for folder in (tmp_path / "a", tmp_path / "a" / "b" / "c"):
+        with pytest.raises(UserError) as err:
+            with folder_lock(str(folder), "--out"):
+                pass
+        assert str(err.value) == f"--out: cannot make the folder {folder}: {tmp_path / 'a'} is a file"
+    assert sorted(os.listdir(tmp_path)) == ["a"] and (tmp_path / "a").read_text() == "not a folder"
+
+
 def test_the_other_processes_of_a_run_do_not_take_it(tmp_path, clean_env, monkeypatch):
     folder = tmp_path / "out"
     with held_by_another_process(folder) as process:  # the run's first process

@@ -127,8 +127,9 @@ def describe(holder):
             f"{holder.get('since', '?')} ({command})")
 
 
-def _make_folders(folder):
-    """Create ``folder`` and its missing parents; the ones created here, outermost first."""
+def _make_folders(folder, flag):
+    """Create ``folder`` and its missing parents; the ones created here, outermost first. A file on
+    the way is one line naming ``flag``, the flag that chose the folder."""
     missing, path = [], os.path.abspath(folder)
     while not os.path.isdir(path) and os.path.dirname(path) != path:
         missing.append(path)
@@ -140,7 +141,7 @@ def _make_folders(folder):
             created.append(path)
         except FileExistsError:
             if not os.path.isdir(path):
-                raise
+                raise UserError(f"{flag}: cannot make the folder {folder}: {path} is a file") from None
     return created
 
 
@@ -161,7 +162,7 @@ class Lock:
         self.fd, self.pid, self.created = None, None, []
 
     def acquire(self):
-        self.created = _make_folders(self.folder)
+        self.created = _make_folders(self.folder, self.choose_another)
         fd = None
         try:
             while True:
