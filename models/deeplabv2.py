@@ -159,12 +159,14 @@ class DeepLabV2(nn.Module):
                     m.eval()
         return self
 
-    def param_groups(self, lr):
-        """Optimiser groups: backbone at ``lr``, the freshly initialised head at ``10 * lr``."""
+    def param_groups(self, lr, weight_decay=0.0):
+        """Optimiser groups: backbone at ``lr``, the freshly initialised head at ``10 * lr``; every
+        trained parameter decays by ``weight_decay`` (the BatchNorm parameters are frozen)."""
         head = [p for p in self.layer5.parameters() if p.requires_grad]
         head_ids = {id(p) for p in head}
         backbone = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
-        return [{"params": backbone, "lr": lr}, {"params": head, "lr": 10 * lr}]
+        return [{"params": backbone, "lr": lr, "weight_decay": weight_decay},
+                {"params": head, "lr": 10 * lr, "weight_decay": weight_decay}]
 
 
 def get_deeplabv2(num_classes=19, restore_from=None, arch="deeplabv2_r101", head_branches=2, freeze_bn_stats=False):

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from models.fold_bn import fold_batchnorm
 from models.provider_files import is_provider_file
 from models.networks import get_network
-from models.students import LibraryStudent
 from modules.providers import ProviderNetwork, check_finite, load_provider
 from utils.cli import UserError
 from utils.compile import CUDA_GRAPH_MODES, StepFunctions, compile_network
@@ -38,6 +37,7 @@ from utils.metrics import MEAN_KEYS, ConfusionMatrix, scores_from_confusion
 RNG_STATE_KEY = "torch_rng_state"  # in the checkpoint: torch's global random stream
 COSINE_PERIOD_EPOCHS = 10  # T_max of the published cosine schedule: half a period, in epochs
 ADAMW_WEIGHT_DECAY = 0.01  # the SegFormer / DAFormer recipe (none on norm layers: the network's param_groups)
+SGD_WEIGHT_DECAY = 5e-4  # the DeepLab recipe
 WARMUP_RATIO = 1e-6  # warm-up starts at this fraction of the rate (mmcv's linear warm-up, as DAFormer)
 
 
@@ -139,12 +139,10 @@ class SegmentationModule(pl.LightningModule):
         a = self.optim
         if a.optimizer == "sgd":
             # The classic DeepLab recipe: the freshly initialised head learns ten times faster.
-            optimizer = torch.optim.SGD(self.net.param_groups(a.lr), lr=a.lr, momentum=0.9, weight_decay=5e-4)
+            optimizer = torch.optim.SGD(self.net.param_groups(a.lr, SGD_WEIGHT_DECAY), lr=a.lr, momentum=0.9)
         elif a.optimizer == "adamw":
             # The transformer recipe (SegFormer, DAFormer): decoder and head at 10x, no decay on norms.
-            groups = self.net.param_groups(a.lr, weight_decay=ADAMW_WEIGHT_DECAY) \
-                if isinstance(self.net, LibraryStudent) else self.net.param_groups(a.lr)
-            optimizer = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.999), weight_decay=ADAMW_WEIGHT_DECAY)
+            optimizer = torch.optim.AdamW(self.net.param_groups(a.lr, ADAMW_WEIGHT_DECAY), lr=a.lr, betas=(0.9, 0.999))
         else:
             # The published stages train every parameter with one Adam learning rate.
             optimizer = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=a.lr)

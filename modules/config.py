@@ -396,9 +396,10 @@ def add_run_args(parser):
                      help="learning rate (default: %(default)s; as published, 1e-4 for the baseline and 1e-5 for "
                           "spatial_mix and smhm)")
     opt.add_argument("--optimizer", choices=("adam", "sgd", "adamw"), default=OptimConfig.optimizer,
-                     help="adam as published; sgd (momentum 0.9, weight decay 5e-4, head at 10x lr); or adamw, the "
-                          "transformer recipe of SegFormer / DAFormer for the students (with --lr 6e-5: weight decay "
-                          "0.01, none on norm layers, decoder and head at 10x lr) (default: %(default)s)")
+                     help="adam as published; sgd (momentum 0.9, weight decay 5e-4, none on the students' norm "
+                          "layers, head at 10x lr); or adamw, the transformer recipe of SegFormer / DAFormer for the "
+                          "students (with --lr 6e-5: weight decay 0.01, none on norm layers, decoder and head at 10x "
+                          "lr) (default: %(default)s)")
     opt.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=OptimConfig.lr_schedule,
                      help="cosine: the published per-epoch cosine, lr(epoch e) = lr * (1 + cos(pi * e / 10)) / 2, "
                           "periodic (0 at epoch 10, back to lr at epoch 20, ...); constant; poly (power 0.9 to "

@@ -242,6 +242,17 @@ def test_adamw_recipe_and_its_defaults(tree, tmp_path):
         optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(6e-5 * warmup_poly_factor(750, 40000, 1500))
+    # SGD: the DeepLab recipe's weight decay on every trained parameter but the norm layers', the
+    # head at 10x, for a library student and for DeepLabv2 alike
+    for arch, decays in (("segformer_b0", {5e-4, 0.0}), ("deeplabv2_tiny", {5e-4})):
+        args = stage_args(tree, tmp_path, "baseline", arch, "--pseudo-label-root", tree["pseudo"],
+                          "--optimizer", "sgd", "--lr", "1e-3")
+        module = runner.MODULES["baseline"](args)
+        module._trainer = types.SimpleNamespace(estimated_stepping_batches=100)
+        optimizer = module.configure_optimizers()["optimizer"]
+        assert isinstance(optimizer, torch.optim.SGD)
+        assert {g["weight_decay"] for g in optimizer.param_groups} == decays
+        assert sorted({g["lr"] for g in optimizer.param_groups}) == pytest.approx([1e-3, 1e-2])
     # DeepLabv2 keeps the published Adam (one rate for every parameter, cosine per epoch)
     published = runner.MODULES["basic"](stage_args(tree, tmp_path, "basic", "deeplabv2_tiny"))
     assert published.schedule() == "cosine"
