@@ -24,7 +24,7 @@ def stochastic_layers_off(net):
             m.eval()
 
 
-def ema_alpha(step, max_alpha=0.99):
+def ema_alpha(step, max_alpha):
     """Teacher weight of the EMA at optimiser step ``step`` (0-based)."""
     return min(1.0 - 1.0 / (step + 1), max_alpha)
 
@@ -37,7 +37,7 @@ def ema_lerp(teacher_tensors, student_tensors, weight):
 
 
 @torch.no_grad()
-def ema_update(teacher, student, step, max_alpha=0.99, lerp=None):
+def ema_update(teacher, student, step, max_alpha, lerp=None):
     """Move ``teacher``'s parameters towards ``student``'s; returns the alpha used.
 
     All parameters take part, frozen ones included (for the frozen BatchNorm affine parameters
