@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from datasets.pixels import check_resize_backend, resize_image, resize_label, to_network_input
 from utils.cli import UserError
-from utils.io import class_set_bits, read_class_sets, read_image_bgr, read_label, stored_shape
+from utils.io import check_class_sets_header, class_set_bits, read_class_sets, read_image_bgr, read_label, stored_shape
 from utils.labels import IGNORE_INDEX
 
 
@@ -347,6 +347,8 @@ class TargetDataset(LabelledImages):
                 self.complementary_paths = [os.path.join(complementary, name + target.pseudo_label_suffix)
                                             for name in names]
                 check_files_exist(self.complementary_paths, "complementary label")
+                for path in self.complementary_paths:
+                    check_class_sets_header(path)
             # Pseudo-labels are written at the input size of the labelling run.
             self.accept_input_size_labels = True
         elif labels:

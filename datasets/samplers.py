@@ -97,7 +97,9 @@ class RareClassSampler(Sampler):
         candidates = present.any(dim=0) & (pixels > 0)
         if not candidates.any():
             raise ValueError("RareClassSampler needs an item that contains a class")
-        logits = ((1.0 - pixels / pixels.sum()) / temperature).masked_fill(~candidates, float("-inf"))
+        rarity = (1.0 - pixels / pixels.sum()).masked_fill(~candidates, float("-inf"))
+        # shifted so that the rarest class has logit 0: a tiny temperature gives -inf, never inf - inf
+        logits = (rarity - rarity.max()) / temperature
         self.class_probability = logits.softmax(dim=0)
         self.items_of = [present[:, c].nonzero().flatten() for c in range(present.shape[1])]
         self.num_items, self.num_samples = present.shape[0], num_samples

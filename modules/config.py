@@ -570,6 +570,9 @@ class SelfDistillationOptions:
                             "--confidence-source softmax it must be in [0, 1] (above 1 no pixel is ever confident)")
         if o.distribution_alignment and o.confidence_source != "softmax":
             raise UserError("--distribution-alignment rescales probabilities: it needs --confidence-source softmax")
+        if o.pseudo_label_root is not None and not (o.distribution_alignment or config.data.rare_class_sampling):
+            raise UserError(f"--pseudo-label-root is read by {config.module_name} only for the class shares of "
+                            "--rare-class-sampling and --distribution-alignment: add one of them, or drop it")
         if o.distribution_alignment and config.mode == "train" and o.pseudo_label_root is None:
             raise UserError("--distribution-alignment aligns to the class shares of the pseudo-labels: give "
                             "--pseudo-label-root")

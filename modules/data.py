@@ -10,6 +10,7 @@ here, per rank, so that evaluation counts every image once and hard patches diff
 """
 import os
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
@@ -124,8 +125,23 @@ class SegmentationDataModule(pl.LightningDataModule):
             else:
                 counts = image_class_counts(self._pseudo_label_paths(), self.input_size, self.num_classes,
                                             self.data.num_workers, self.data.resize_backend)
+            if name == "train" and not counts.any():
+                raise UserError(f"--pseudo-label-root {self.options.pseudo_label_root}: no pixel of any class in "
+                                "its pseudo-labels (all 255, ignored): --rare-class-sampling and "
+                                "--distribution-alignment need the classes' shares")
             self._class_counts[name] = counts
         return self._class_counts[name]
+
+    def drawn_class_share(self):
+        """Each class's share of the training pixels as training draws the images (C): the pseudo-labels'
+        shares, each image weighted by its probability under ``--rare-class-sampling``. Distribution
+        alignment aligns the teacher to it, since the teacher's marginal is measured on those draws."""
+        counts = self.class_counts("train")
+        weights = np.ones(len(counts))
+        if self.data.rare_class_sampling:
+            weights = RareClassSampler(counts, counts.sum(axis=0), 1, self.data.rare_class_sampling).item_probability()
+        pixels = (np.asarray(weights, dtype=np.float64)[:, None] * counts).sum(axis=0)
+        return pixels / pixels.sum()
 
     def _pseudo_label_paths(self):
         if self.train_source == "pseudo_labels":
@@ -149,6 +165,11 @@ class SegmentationDataModule(pl.LightningDataModule):
                 self._dataset("patches")
             if self.data.rare_class_sampling or getattr(self.options, "distribution_alignment", False):
                 self.class_counts("train")
+            if self.data.rare_class_sampling and self.use_patches:
+                drawable = (self.class_counts("patches") > 0).any(axis=0) & (self.class_counts("train").sum(axis=0) > 0)
+                if not drawable.any():
+                    raise UserError(f"--hard-patches-root {self.options.hard_patches_root}: no hard patch holds a "
+                                    "class of the pseudo-labels, so --rare-class-sampling has none to draw")
 
     def setup(self, stage):
         self.check(stage)

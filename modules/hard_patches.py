@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from datasets.base import check_label_values
 from datasets.pixels import resize_label, to_bgr_uint8
 from modules.prediction import RecordFile, read_records
 from modules.config import ProviderRun
@@ -77,6 +78,7 @@ class _Labels(Dataset):
 
     def __getitem__(self, index):
         label = read_label(self.paths[index])
+        check_label_values(label, self.num_classes, self.paths[index])  # a label-id file would count wrongly
         if self.input_size is not None and (label.shape[1], label.shape[0]) != tuple(self.input_size):
             label = resize_label(label, self.input_size, self.resize_backend)
         return np.bincount(label.ravel(), minlength=256)[:self.num_classes]

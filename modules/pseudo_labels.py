@@ -38,7 +38,9 @@ predicts only what is missing and its result is identical, byte for byte, to an 
 import contextlib
 import dataclasses
 import json
+import math
 import os
+from fractions import Fraction
 from typing import Optional
 
 import numpy as np
@@ -307,7 +309,8 @@ def class_thresholds(histogram, share):
     """Per class, the confidence of its ``ceil(share * n_c)``-th most confident pixel (``n_c`` its
     pixels); ``histogram``: C x V pixel counts per confidence value. A class without pixels gets 0."""
     from_top = np.cumsum(histogram[:, ::-1], axis=1)  # pixels at or above each value, highest value first
-    keep = np.ceil(share * from_top[:, -1]).astype(np.int64)
+    exact = Fraction(repr(float(share)))  # 0.07, not 0.07000000000000000666: ceil(0.07 * 100) is 7
+    keep = np.array([math.ceil(exact * int(n)) for n in from_top[:, -1]], dtype=np.int64)
     reached = np.argmax(from_top >= np.maximum(keep, 1)[:, None], axis=1)
     return np.where(from_top[:, -1] > 0, histogram.shape[1] - 1 - reached, 0)
 

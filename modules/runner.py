@@ -73,6 +73,9 @@ def _check_resume_checkpoint(path, module, stage):
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     misshaped = sorted(k for k in set(expected) & set(found) if tuple(found[k].shape) != tuple(expected[k].shape))
+    if "teacher_marginal" in set(missing) | set(unexpected):
+        raise UserError(f"--resume {path} was trained {'without' if missing else 'with'} --distribution-alignment: "
+                        f"resume it {'without' if missing else 'with'} the flag, or start again")
     if missing or unexpected or misshaped:
         problems = [f"{name} {len(keys)} (e.g. {keys[0]})" for name, keys in
                     (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]

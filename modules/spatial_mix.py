@@ -112,8 +112,7 @@ class SpatialMixModule(SegmentationModule):
         else:
             self.generator.manual_seed(self.optim.seed * 100003 + self.global_rank * 7919 + self.global_step)
         if self.options.distribution_alignment:
-            pixels = torch.as_tensor(self.trainer.datamodule.class_counts("train").sum(axis=0), dtype=torch.float32)
-            self.target_share.copy_(pixels / pixels.sum().clamp_min(1))
+            self.target_share.copy_(torch.as_tensor(self.trainer.datamodule.drawn_class_share()))
 
     def on_save_checkpoint(self, checkpoint):
         super().on_save_checkpoint(checkpoint)

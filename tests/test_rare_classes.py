@@ -125,6 +125,44 @@ def test_rare_class_sampling_needs_the_pseudo_labels(tree, tmp_path):
     assert not os.path.exists(tmp_path / "exp" / "spatial_mix" / "t")
 
 
+def _relabelled(source, target, change):
+    """A copy of the label folder ``source`` with every label PNG replaced by ``change(label)``."""
+    import shutil
+
+    import cv2
+
+    shutil.copytree(source, target)
+    for path in target.rglob("*.png"):
+        if path.parent.name != "patches":
+            cv2.imwrite(str(path), change(cv2.imread(str(path), cv2.IMREAD_UNCHANGED)).astype(np.uint8))
+    return str(target)
+
+
+def test_rare_class_options_refuse_labels_they_cannot_use_before_writing(tree, tmp_path):
+    ignored = _relabelled(tree["pseudo"], tmp_path / "ignored", lambda label: np.full_like(label, 255))
+    label_ids = _relabelled(tree["pseudo"], tmp_path / "ids", lambda label: np.where(label == 255, 255, 30))
+    no_class = _relabelled(tree["patches"], tmp_path / "patches", lambda label: np.full_like(label, 255))
+    for module, flags, message in (
+            ("spatial_mix", ["--pseudo-label-root", ignored, "--rare-class-sampling", "0.01"], "no pixel of any class"),
+            ("spatial_mix", ["--pseudo-label-root", ignored, "--distribution-alignment"], "no pixel of any class"),
+            ("spatial_mix", ["--pseudo-label-root", label_ids, "--distribution-alignment"], "label values outside 0..18"),
+            ("smhm", ["--pseudo-label-root", tree["pseudo"], "--rare-class-sampling", "0.01", "--hard-patches-root",
+                      no_class], "no hard patch holds a class of the pseudo-labels")):
+        with pytest.raises(UserError, match=message):
+            runner.train(stage_args(tree, tmp_path, module, *flags))
+        assert not os.path.exists(tmp_path / "exp" / module / "t")
+    with pytest.raises(UserError, match="only for the class shares of --rare-class-sampling and --distribution-align"):
+        stage_args(tree, tmp_path, "spatial_mix", "--pseudo-label-root", tree["pseudo"])
+
+
+def test_a_tiny_temperature_draws_the_rarest_class():
+    from datasets.samplers import RareClassSampler
+
+    counts = np.array([[5, 0, 1], [0, 3, 0], [2, 2, 0]])
+    sampler = RareClassSampler(counts, counts.sum(axis=0), 6, 1e-320)
+    assert sampler.class_probability.tolist() == [0.0, 0.0, 1.0] and list(sampler) == [0] * 6
+
+
 # -- distribution alignment ------------------------------------------------------------------------------
 
 def test_distribution_alignment_moves_the_targets_toward_the_target_share():
@@ -160,6 +198,39 @@ def test_distribution_alignment_refusals_and_training_run(tree, tmp_path):
     assert marginal.sum().item() == pytest.approx(1, abs=1e-5) and not torch.allclose(marginal, torch.full((19,), 1 / 19))
 
 
+def test_distribution_alignment_aligns_to_the_shares_training_draws(tree, tmp_path):
+    """With rare-class sampling the teacher's marginal is measured on images drawn for their rare
+    classes: the target share is the expected share of those draws, not of the whole split."""
+    from datasets.samplers import RareClassSampler
+    from modules.data import SegmentationDataModule
+
+    import cv2
+
+    pseudo = _relabelled(tree["pseudo"], tmp_path / "pseudo", lambda label: label)
+    first = sorted((tmp_path / "pseudo").rglob("*.png"))[0]
+    label = cv2.imread(str(first), cv2.IMREAD_UNCHANGED)
+    label[:4, :4] = 11  # a person in one image alone: rare-class sampling draws that image most
+    cv2.imwrite(str(first), label)
+    stage = runner.MODULES["spatial_mix"]
+    shares = {}
+    for flags in ([], ["--rare-class-sampling", "0.01"]):
+        config = stage_args(tree, tmp_path, "spatial_mix", "--pseudo-label-root", pseudo,
+                            "--distribution-alignment", *flags)
+        data = SegmentationDataModule(config, stage.train_source, stage.use_patches)
+        shares[bool(flags)], counts = data.drawn_class_share(), data.class_counts("train")
+    np.testing.assert_allclose(shares[False], counts.sum(axis=0) / counts.sum())
+    drawn = counts[list(RareClassSampler(counts, counts.sum(axis=0), 20000, 0.01, seed=1))].sum(axis=0)
+    np.testing.assert_allclose(shares[True], drawn / drawn.sum(), atol=0.01)
+    assert shares[True][11] > 1.5 * shares[False][11] > 0
+
+
+def test_a_resume_that_changes_distribution_alignment_says_so(tree, tmp_path):
+    flags = ["--pseudo-label-root", tree["pseudo"], "--rare-class-sampling", "0.01"]
+    runner.train(stage_args(tree, tmp_path, "spatial_mix", *flags))
+    with pytest.raises(UserError, match="was trained without --distribution-alignment: resume it without the flag"):
+        runner.train(stage_args(tree, tmp_path, "spatial_mix", *flags, "--distribution-alignment", "--resume", "last"))
+
+
 # -- class-balanced thresholds (CBST) --------------------------------------------------------------------
 
 def test_class_thresholds_keep_the_most_confident_share_of_each_class():
@@ -171,6 +242,8 @@ def test_class_thresholds_keep_the_most_confident_share_of_each_class():
     assert class_thresholds(histogram, 0.8).tolist() == [3, 4, 0]  # a class without pixels: none to keep
     assert class_thresholds(histogram, 1.0).tolist() == [1, 4, 0]
     assert class_thresholds(histogram, 0.05).tolist() == [10, 9, 0]  # at least the most confident pixel
+    histogram[2, 15], histogram[2, 14] = 7, 93  # ceil(0.07 * 100) is 7 exactly, though 0.07 * 100 > 7 in floats
+    assert class_thresholds(histogram, 0.07)[2] == 15
 
 
 def run_script(main, argv):
@@ -300,6 +373,17 @@ def test_complementary_labels_from_the_provider_train_the_baseline(tmp_path, cap
     config = stage_args(tree, tmp_path, "baseline", "--pseudo-label-root", tmp_path / "pl", "--complementary-weight", "1")
     result = runner.train(config)
     assert torch.load(result["last_checkpoint"], map_location="cpu", weights_only=True)["global_step"] == 2
+    # A set map replaced by a grey picture: refused from its header, before the run writes anything.
+    import cv2
+
+    grey = os.path.join(tmp_path, "pl", "complementary", "train", name + "_gtFine_labelIds.png")
+    original = read_class_sets(grey)
+    cv2.imwrite(grey, np.zeros((32, 64), np.uint8))
+    with pytest.raises(UserError, match="is not a map of class sets"):
+        runner.train(stage_args(tree, tmp_path, "baseline", "--pseudo-label-root", tmp_path / "pl",
+                                "--complementary-weight", "1", "--experiment-name", "grey"))
+    assert not os.path.exists(tmp_path / "exp" / "baseline" / "grey")
+    cv2.imwrite(grey, original)
 
     # Labelled again without P: the earlier sets go with the earlier labels, and the baseline refuses.
     assert run_script(generate_pseudo_labels.main, common + ["--save", tmp_path / "pl", "--overwrite"]) == 0

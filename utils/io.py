@@ -176,13 +176,28 @@ def class_set_bits(channels):
     return channels[:, :, 0] | channels[:, :, 1] << 8 | channels[:, :, 2] << 16
 
 
+NOT_CLASS_SETS = "{} is not a map of class sets (an 8-bit three-channel PNG)"
+
+
 def read_class_sets(path):
     """The H×W×3 ``uint8`` channels of a :func:`write_class_sets` file in OpenCV's order (blue, green,
     red: bits 0–7, 8–15, 16–23), which :func:`class_set_bits` turns into bit sets."""
     sets, _ = _decode(path, "class sets", cv2.IMREAD_UNCHANGED)
     if sets.ndim != 3 or sets.shape[2] != 3 or sets.dtype != np.uint8:
-        raise UserError(f"{path} is not a map of class sets (an 8-bit three-channel PNG)")
+        raise UserError(NOT_CLASS_SETS.format(path))
     return sets
+
+
+def check_class_sets_header(path):
+    """Refuse from its header alone a file that is not three-channel, as :func:`read_class_sets`
+    would at its first read; a header that cannot be read is left to that read, which names it."""
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+    except Exception:  # PIL's plugins raise many kinds
+        return
+    if mode != "RGB":
+        raise UserError(NOT_CLASS_SETS.format(path))
 
 
 def atomic_write_text(path, text):
