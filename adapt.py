@@ -228,7 +228,9 @@ class Pipeline:
             return call(argv)
         except UserError as err:
             message = str(err)
+            labels = "--black-box" if self.black_box_kind == "labels" else "the black box's pseudo-labels"
             for theirs, ours in (*words, ("another --save", "another --out"), ("--save holds", "--out holds"),
+                                 ("--pseudo-label-root", labels),
                                  ("--train-batch-size", "--batch-size"),
                                  ("add --resume last to the same command", "run the same adapt.py command again")):
                 message = message.replace(theirs, ours)
@@ -299,8 +301,14 @@ class Pipeline:
             names = TargetDataset(target, self.report_split).names
             paths.update(label_map_paths(box, names, self.report_split, target.pseudo_label_suffix,
                                          "--black-box").values())
+            classes = False
             for path in progress(sorted(paths), desc="checking the label maps", unit="map"):
-                check_label_values(read_label(path), NUM_CLASSES, path)
+                label = read_label(path)
+                check_label_values(label, NUM_CLASSES, path)
+                classes = classes or bool((label != 255).any())
+            if not classes:
+                raise UserError(f"--black-box {box}: every pixel of every label map is 255 (ignored): nothing to "
+                                "learn from")
             return box
         from generate_pseudo_labels import main as pseudo
 

@@ -140,6 +140,10 @@ def test_bad_inputs_are_one_line(black_box, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(labels, partial)
     os.remove(partial / "street" / "0002.png")
+    ignored = tmp_path / "ignored"
+    shutil.copytree(labels, ignored)
+    for path in ignored.rglob("*.png"):
+        cv2.imwrite(str(path), np.full((32, 64), 255, np.uint8))
     out = tmp_path / "bad"
     for extra, words in (
             (["--lr", "-1"], "--lr"), (["--round-lr", "2"], "--round-lr"), (["--lr-schedule", "bogus"], "--lr-schedule"),
@@ -164,6 +168,7 @@ def test_bad_inputs_are_one_line(black_box, tmp_path):
     # of its image's size or --input-size.
     for box, words in ((bad_value, "label values outside 0..18 and 255 in .*0002.png: 50"),
                        (partial, r"--black-box .*partial: label map not found: .*partial/street/0002.png"),
+                       (ignored, r"--black-box .*ignored: every pixel of every label map is 255"),
                        (wrong_size, r"label size 20x30 does not match its image \(64x32\): .*0002.png")):
         with pytest.raises(UserError, match=words):
             adapt.main(["--black-box", str(box), "--images", str(images), "--out", str(out), *TINY])
