@@ -27,7 +27,7 @@ The black box must label the 19 Cityscapes classes (another label set: the stage
 ``--num-classes``).
 
 ``--labels`` (train-id PNGs for some or all of the images, mirroring their relative paths) are used
-for reporting only; no stage selects with them.
+for reporting; no stage selects with them unless ``--select-by val-miou`` asks it.
 """
 import argparse
 import json

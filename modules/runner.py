@@ -18,7 +18,7 @@ from utils.cli import UserError
 from utils.compile import use_cache_dir
 from utils.config import write_config
 from utils.lightning import interruptible, make_trainer
-from utils.run_folder import claim_folder, folder_lock, has_checkpoints, latest_checkpoint
+from utils.run_folder import check_outside_images, claim_folder, folder_lock, has_checkpoints, latest_checkpoint
 from utils.torch_files import load_torch_file, reading_as_data
 
 
@@ -91,6 +91,8 @@ def build(config):
         raise UserError(f"--val-interval {interval} is more steps than --max-steps {max_steps}: the "
                         "run would never validate, so it would keep no best checkpoint")
     _check_experiment_dir(config)
+    if config.mode == "test" and config.evaluation.save_predictions:
+        check_outside_images(config.evaluation.save_predictions, "--save-predictions", config.data.target().images)
     resume = _resolve_resume(config)
     module_class = MODULES[config.module_name]
     module = module_class(config)

@@ -151,6 +151,13 @@ def test_predictions_inside_the_image_folder_are_refused(images, weights, tmp_pa
     inside = os.path.join(images, "predictions")
     argv = predict_argv(images, weights, inside)
     assert_one_line_refusal(*run_refused(capsys, main_script.main, argv), "--save-predictions", inside)
+    # test mode too, where the folder holds predictions at the ground truth's size
+    for rel, (width, height) in SIZES.items():
+        _write(str(tmp_path / "labels" / (os.path.splitext(rel)[0] + ".png")), np.zeros((height, width), np.uint8))
+    argv[argv.index("predict")] = "test"
+    argv += ["--label-dir", str(tmp_path / "labels")]
+    assert_one_line_refusal(*run_refused(capsys, main_script.main, argv), "--save-predictions", inside)
+    assert not os.path.exists(inside)
 
 
 def test_missing_weights_or_images_are_one_line(images, weights, tmp_path, capsys):
