@@ -67,7 +67,7 @@ def build_parser():
                              "sub-folders are used as splits when present)")
     inputs.add_argument("--labels", default=None, metavar="DIR",
                         help="optional train-id labels of some or all of the images, <relative path>/<stem>.png: "
-                             "for the report only")
+                             "for the report (and to keep checkpoints with --select-by val-miou)")
     add_target_dataset_args(inputs)  # another layout than a folder (--target-dataset cityscapes ...)
     inputs.add_argument("--val-split", default="val",
                         help="the split whose images score the checkpoints without labels (a folder target "
