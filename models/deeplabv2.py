@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from models.archs import DEEPLABV2 as ARCHS
 from utils.cli import UserError
-from utils.torch_files import TorchFileError, key_mismatch, load_torch_file, read_state_dict, select_prefix
+from utils.torch_files import (TorchFileError, key_mismatch, load_torch_file, only_tensors, read_state_dict,
+                               select_prefix)
 
 HEAD_DILATIONS = (6, 12, 18, 24)
 
@@ -238,4 +239,4 @@ def extract_state_dict(checkpoint_path, prefix="net"):
         if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             hint = " (it already is a plain state dict: pass it to --restore-from as it is)"
         raise WeightFileError(f"not a Lightning checkpoint (no 'state_dict' entry): {checkpoint_path}{hint}")
-    return select_prefix(obj["state_dict"], prefix, checkpoint_path)
+    return only_tensors(select_prefix(obj["state_dict"], prefix, checkpoint_path), checkpoint_path)

@@ -81,6 +81,11 @@ def test_errors(checkpoint, tmp_path):
     torch.save({"state_dict": {"net." + k: v for k, v in student.state_dict().items()}}, only_student)
     with pytest.raises(WeightFileError, match=r"baseline.ckpt has no weights under 'ema_net\.' \(prefixes present: net\)"):
         main(["--pl-weight-path", only_student, "--model-weight-keyname", "ema_net"])
+    numbers = str(tmp_path / "numbers.ckpt")
+    torch.save({"state_dict": {"net.a": 1, "net.b": torch.zeros(1)}}, numbers)
+    with pytest.raises(UserError, match=r"numbers.ckpt is not a state dict: entries that are not tensors: \(1\) a$"):
+        main(["--pl-weight-path", numbers, "--save-path", str(tmp_path / "numbers.pth")])
+    assert not (tmp_path / "numbers.pth").exists()
     with pytest.raises(UserError, match="overwrite"):
         main(["--pl-weight-path", path, "--save-path", path])
     # Another file already at --save-path is replaced only when told; an exported program is refused unread.

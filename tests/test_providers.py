@@ -26,7 +26,7 @@ from modules.providers import ProviderNetwork
 from tests.fixtures import make_cityscapes
 from tests.test_generate_pseudo_labels import make_weights, one_thread, tree  # noqa: F401
 from tools import export_provider
-from utils.cli import run
+from utils.cli import UserError, run
 from utils.inference import entropy_map, predict_logits
 from utils.io import read_label
 
@@ -394,11 +394,12 @@ def test_export_help_explains_every_flag(capsys):
 
 @pytest.mark.parametrize("case, expected", [
     ([], "--onnx"),
-    (["--onnx", "OUT/m.txt"], "must end in .onnx"),
-    (["--onnx", "OUT/m.pt2"], "must end in .onnx"),
+    (["--onnx", "OUT/m.txt"], "must be NAME.onnx"),
+    (["--onnx", "OUT/m.pt2"], "must be NAME.onnx"),
+    (["--onnx", "OUT/.onnx"], "must be NAME.onnx"),
     (["--restore-from", "OUT/missing.pth", "--onnx", "OUT/m.onnx"], "missing.pth"),
     (["--num-classes", "7", "--onnx", "OUT/m.onnx"], "7 classes"),
-    (["--onnx", "WEIGHTS"], "must end in .onnx"),
+    (["--onnx", "WEIGHTS"], "must be NAME.onnx"),
     (["--onnx", "ONNX"], "exists: add --overwrite"),
 ])
 def test_export_mistakes_are_one_line_and_write_nothing(world, tmp_path, capsys, case, expected):
@@ -411,6 +412,22 @@ def test_export_mistakes_are_one_line_and_write_nothing(world, tmp_path, capsys,
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0], err
     assert not out.exists()
+
+
+def test_an_export_that_fails_its_check_leaves_nothing_and_keeps_the_file_it_would_replace(world, tmp_path, capsys,
+                                                                                         monkeypatch):
+    def refused(*args):
+        raise UserError(f"{args[0].path}: refused by the check")
+
+    monkeypatch.setattr(export_provider, "check_file", refused)
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"the earlier file")
+    argv = ["--restore-from", world["weights"], "--arch", "deeplabv2_tiny", "--input-size", INPUT, "--onnx",
+            str(target), "--overwrite"]
+    capsys.readouterr()
+    assert run_script(export_provider.main, argv) == 2
+    assert capsys.readouterr().err.strip() == f"error: {target}: refused by the check"
+    assert os.listdir(tmp_path) == ["m.onnx"] and target.read_bytes() == b"the earlier file"
 
 
 def test_provider_files_are_told_by_their_ending(world, tmp_path):

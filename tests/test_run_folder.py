@@ -140,6 +140,9 @@ def test_a_file_on_the_way_is_one_line_naming_the_flag(tmp_path, clean_env):
                 pass
         assert str(err.value) == f"--out: cannot make the folder {folder}: {tmp_path / 'a'} is a file"
     assert sorted(os.listdir(tmp_path)) == ["a"] and (tmp_path / "a").read_text() == "not a folder"
+    with pytest.raises(UserError, match="^--out is empty: give a folder$"):  # an unset variable, not the current folder
+        with folder_lock("", "--out"):
+            pass
 
 
 def test_the_other_processes_of_a_run_do_not_take_it(tmp_path, clean_env, monkeypatch):

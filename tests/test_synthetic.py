@@ -153,6 +153,14 @@ def test_foreign_data_in_root_is_never_touched(tmp_path):
         generate_benchmark(str(tmp_path), num_source=1, num_train=1, num_val=1, size=(64, 32), workers=0,
                            overwrite=True, progress=False)
     assert (tmp_path / "cityscapes" / "gtFine" / "real.png").exists()
+    # a manifest that is JSON but not ours, even with --overwrite: one line, nothing removed
+    for text in ("[1, 2]", "null", '{"settings": 5}', "{not json"):
+        (tmp_path / "synthetic.json").write_text(text)
+        for overwrite in (False, True):
+            with pytest.raises(UserError, match="unreadable .*synthetic.json; delete it or choose another --root"):
+                generate_benchmark(str(tmp_path), num_source=1, num_train=1, num_val=1, size=(64, 32), workers=0,
+                                   overwrite=overwrite, progress=False)
+        assert (tmp_path / "cityscapes" / "gtFine" / "real.png").exists()
 
 
 def test_cli_summary_rerun_and_bad_flags(tmp_path, capsys):

@@ -109,6 +109,23 @@ def test_errors(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(UserError, match=r"cannot read label.*frankfurt_000000_000294_gtFine_labelIds\.png"):
         main(["--ori-label-root", str(tmp_path / "gt"), "--dst-label-root", str(tmp_path / "o"), "--workers", "2"])
+    with pytest.raises(UserError, match="--dst-label-root is empty"):  # an unset variable: not the current folder
+        main(["--ori-label-root", str(tmp_path / "gt"), "--dst-label-root", ""])
+
+
+def test_a_folder_it_cannot_read_is_named_not_skipped(tmp_path, monkeypatch):
+    _gtfine(tmp_path / "gt")
+    hidden, scandir = str(tmp_path / "gt" / "val"), os.scandir
+
+    def refusing(path="."):  # what a folder without read permission gives (root reads every folder)
+        if os.fspath(path) == hidden:
+            raise PermissionError(13, "Permission denied", hidden)
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.raises(UserError, match=f"--ori-label-root: cannot read {hidden} \\(Permission denied\\)"):
+        main(["--ori-label-root", str(tmp_path / "gt"), "--dst-label-root", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
 
 
 def test_command_line_as_file_and_as_module(tmp_path):

@@ -23,7 +23,8 @@ of another size and shape against predict mode's path.
 
 After writing, the file is read back the way the stages read it and run on a test image: the
 tool prints the share of pixels whose label equals the weight file's and the largest logit
-difference. The file is written atomically (a complete file or none).
+difference. It takes its name only once that check has run: a file that fails it is removed, and
+an existing ``--onnx`` stays as it was.
 """
 import argparse
 import io
@@ -102,8 +103,8 @@ def exported_provider(net, full_resolution=False, resize_to=None):
 
 
 def _check_path(path, restore_from, overwrite):
-    if not path.lower().endswith(".onnx"):
-        raise UserError(f"--onnx {path}: the name must end in .onnx (the stages tell a provider file by its ending)")
+    if os.path.splitext(path)[1].lower() != ".onnx":  # as models/provider_files.is_provider_file tells
+        raise UserError(f"--onnx {path}: the name must be NAME.onnx (the stages tell a provider file by its ending)")
     if os.path.isdir(path):
         raise UserError(f"--onnx {path} is a folder: the file to write cannot replace it")
     if os.path.abspath(path) == os.path.abspath(restore_from):
@@ -213,12 +214,23 @@ def main(argv=None):
     size = "N×3×H×W" if not args.fixed_size else f"N×3×{args.input_size[1]}×{args.input_size[0]}"
     if resize_to:
         size += f" (resized to {resize_to[0]}x{resize_to[1]} inside)"
-    atomic_write_bytes(args.onnx, data)
     from modules.providers import ProviderNetwork
     from models.provider_files import open_provider_file
 
-    provider = ProviderNetwork(open_provider_file(args.onnx), args.num_classes)  # read back as the stages read it
-    same, diff, largest = check_file(provider, net, example[:1], args.full_resolution, resize_to)
+    # Read back and checked as the stages read it before it takes the name: a file that fails
+    # leaves nothing behind, and an existing --onnx stays as it was.
+    folder, name = os.path.split(args.onnx)
+    checked = os.path.join(folder, f".{name}.checking.onnx")
+    atomic_write_bytes(checked, data)
+    try:
+        provider = ProviderNetwork(open_provider_file(checked), args.num_classes)
+        same, diff, largest = check_file(provider, net, example[:1], args.full_resolution, resize_to)
+    except BaseException as err:
+        os.remove(checked)
+        if isinstance(err, UserError):  # (a ProviderFileError is one) named by the name it was to have
+            raise UserError(str(err).replace(checked, args.onnx)) from None
+        raise
+    os.replace(checked, args.onnx)
     print(f"wrote {args.onnx}: ONNX model, {len(data) / 2 ** 20:.1f} MiB; input RGB float32 0..255 {size}, output "
           f"logits N×{args.num_classes}×{'H×W' if args.full_resolution else 'h×w'}; checked on a test image: "
           f"{100 * same:.2f}% of pixels labelled as by {args.restore_from}, largest logit difference {diff:.2g} "

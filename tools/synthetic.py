@@ -982,8 +982,10 @@ def _prepare_root(root, settings, overwrite):
         with open(manifest_path) as f:
             previous = json.load(f)
     except (OSError, ValueError):
-        raise UserError(f"unreadable {manifest_path}; delete it or choose another --root") from None
-    earlier = previous.get("settings", {}).get("target", DEFAULT_TARGET) if isinstance(previous, dict) else None
+        previous = None
+    if not isinstance(previous, dict) or not isinstance(previous.get("settings", {}), dict):
+        raise UserError(f"unreadable {manifest_path}; delete it or choose another --root")
+    earlier = previous.get("settings", {}).get("target", DEFAULT_TARGET)
     if earlier != target and any(os.path.isdir(p) and os.listdir(p) for p in ours[2:]):
         raise UserError(f"--root {root} already holds {target}/ data that this generator did not write (its "
                         f"{MANIFEST} is of another --target); choose another --root")

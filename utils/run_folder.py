@@ -235,6 +235,8 @@ def folder_lock(folder, choose_another):
     holder gets :class:`FolderInUse`: one line naming the folder and its holder, and
     ``choose_another`` (the flag that names another folder, e.g. ``--save``). Only the first process
     of a multi-process run takes it; a process already holding the folder takes it again freely."""
+    if not str(folder).strip():  # an unset shell variable: the current folder is not what was meant
+        raise UserError(f"{choose_another} is empty: give a folder")
     if not launched_as_first_process():
         yield
         return

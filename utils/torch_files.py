@@ -141,6 +141,11 @@ def read_state_dict(path, prefix=None):
                 break
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
+    return only_tensors(state, path)
+
+
+def only_tensors(state, path):
+    """``state``, refused with one line naming ``path`` when an entry is not a tensor."""
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise TorchFileError(f"{path} is not a state dict: entries that are not tensors: {_listing(not_tensors)}")

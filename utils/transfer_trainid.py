@@ -47,8 +47,11 @@ def parse_args(argv=None):
 
 def find_label_files(root, dataset, exclude=None):
     """Sorted paths relative to ``root`` of the dataset's label-id files, skipping ``exclude``."""
+    def unreadable(err):
+        raise UserError(f"--ori-label-root: cannot read {err.filename} ({err.strerror})")
+
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         if exclude is not None:
             dirnames[:] = [d for d in dirnames if os.path.abspath(os.path.join(dirpath, d)) != exclude]
         found += [os.path.relpath(os.path.join(dirpath, f), root)
@@ -94,6 +97,8 @@ def _convert_job(job):
 def main(argv=None):
     args = parse_args(argv)
     src_root, dst_root = args.ori_label_root, args.dst_label_root
+    if not dst_root.strip():
+        raise UserError("--dst-label-root is empty: give a folder")
     if not os.path.isdir(src_root):
         raise UserError(f"--ori-label-root: folder not found: {src_root}")
     if os.path.abspath(src_root) == os.path.abspath(dst_root):
