@@ -398,6 +398,7 @@ def test_export_help_explains_every_flag(capsys):
     (["--onnx", "OUT/m.pt2"], "must be NAME.onnx"),
     (["--onnx", "OUT/.onnx"], "must be NAME.onnx"),
     (["--restore-from", "OUT/missing.pth", "--onnx", "OUT/m.onnx"], "missing.pth"),
+    (["--restore-from", "DIR", "--onnx", "OUT/m.onnx"], "--restore-from: is a folder, not a weight file"),
     (["--num-classes", "7", "--onnx", "OUT/m.onnx"], "7 classes"),
     (["--onnx", "WEIGHTS"], "must be NAME.onnx"),
     (["--onnx", "ONNX"], "exists: add --overwrite"),
@@ -405,7 +406,8 @@ def test_export_help_explains_every_flag(capsys):
 def test_export_mistakes_are_one_line_and_write_nothing(world, tmp_path, capsys, case, expected):
     out = tmp_path / "out"
     argv = ["--restore-from", world["weights"], "--arch", "deeplabv2_tiny", "--input-size", INPUT]
-    argv += [c.replace("OUT", str(out)).replace("WEIGHTS", world["weights"]).replace("ONNX", world["onnx"]) for c in case]
+    argv += [c.replace("OUT", str(out)).replace("WEIGHTS", world["weights"]).replace("ONNX", world["onnx"])
+             .replace("DIR", str(tmp_path)) for c in case]
     capsys.readouterr()
     assert run_script(export_provider.main, argv) == 2
     err = capsys.readouterr().err

@@ -196,7 +196,8 @@ def main(argv=None):
 
     network_flags_from_file(args, argv or [])
     if not os.path.isfile(args.restore_from):
-        raise UserError(f"--restore-from: weight file not found: {args.restore_from}")
+        what = "is a folder, not a weight file" if os.path.isdir(args.restore_from) else "weight file not found"
+        raise UserError(f"--restore-from: {what}: {args.restore_from}")
     _check_path(args.onnx, args.restore_from, args.overwrite)
     if args.fixed_size and args.resize_input:
         raise UserError("--resize-input does nothing with --fixed-size (the file then takes --input-size images "
