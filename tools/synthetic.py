@@ -1029,8 +1029,8 @@ def generate_benchmark(root, seed=0, num_source=DEFAULT_NUM_SOURCE, num_train=DE
     manifest = dict(generator="tools.synthetic", settings=settings, complete=False)
     atomic_write_text(os.path.join(root, MANIFEST), json.dumps(manifest, indent=2) + "\n")
 
-    workers = min(8, os.cpu_count() or 1) if workers is None else workers
     tasks = [(job, settings, overwrite) for job in jobs]
+    workers = min(min(8, os.cpu_count() or 1) if workers is None else workers, len(tasks))  # no idle process
     keys = ["source"] + ["target_" + split for split in SPLITS]  # by stream
     histograms = {key: 0 for key, count in zip(keys, (num_source, num_train, num_val, num_test)) if count}
     display = dict(total=len(tasks), desc="drawing scenes", unit="image", disable=not progress)
