@@ -401,6 +401,7 @@ def test_export_help_explains_every_flag(capsys):
     (["--restore-from", "DIR", "--onnx", "OUT/m.onnx"], "--restore-from: is a folder, not a weight file"),
     (["--num-classes", "7", "--onnx", "OUT/m.onnx"], "7 classes"),
     (["--onnx", "WEIGHTS"], "must be NAME.onnx"),
+    (["--input-size", "64x1", "--onnx", "OUT/m.onnx"], "--input-size 64x1: an image height of 1 would be fixed"),
     (["--onnx", "ONNX"], "exists: add --overwrite"),
 ])
 def test_export_mistakes_are_one_line_and_write_nothing(world, tmp_path, capsys, case, expected):

@@ -119,6 +119,10 @@ def export_program(provider, input_size, fixed_size):
     import torch
 
     width, height = input_size
+    ones = [side for side, n in (("height", height), ("width", width)) if n == 1]
+    if ones and not fixed_size:  # torch.export takes a side of 1 as a constant
+        raise UserError(f"--input-size {width}x{height}: an image {' and '.join(ones)} of 1 would be fixed in the "
+                        "file; trace at a size of at least 2x2, or add --fixed-size for a file of that size only")
     example = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0)) * 255
     dims = {0: torch.export.Dim("batch", min=1)}
     if not fixed_size:
