@@ -80,6 +80,11 @@ class SkipSampler(Sampler):
         return len(self.sampler)
 
 
+def drawable_classes(item_counts, class_pixels):
+    """The classes rare-class sampling can draw (C, bool): some item contains them and they have pixels."""
+    return (torch.as_tensor(item_counts) > 0).any(dim=0) & (torch.as_tensor(class_pixels) > 0)
+
+
 class RareClassSampler(Sampler):
     """Rare-class sampling (DAFormer's RCS): each draw picks a class ``c`` with probability
     ``softmax((1 - f_c) / temperature)`` over the classes that some item contains, ``f_c`` being
@@ -94,7 +99,7 @@ class RareClassSampler(Sampler):
     def __init__(self, item_counts, class_pixels, num_samples, temperature, rank=0, world_size=1, seed=0):
         present = torch.as_tensor(item_counts) > 0
         pixels = torch.as_tensor(class_pixels, dtype=torch.float64)
-        candidates = present.any(dim=0) & (pixels > 0)
+        candidates = drawable_classes(present, pixels)
         if not candidates.any():
             raise ValueError("RareClassSampler needs an item that contains a class")
         rarity = (1.0 - pixels / pixels.sum()).masked_fill(~candidates, float("-inf"))

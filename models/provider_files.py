@@ -37,10 +37,15 @@ class ProviderFileError(UserError):
     """A provider file that is missing, unreadable, or not what the provider contract says."""
 
 
-def is_provider_file(path):
-    """Whether ``path`` names an ONNX provider file (by its ending, case-insensitive); a ``.pt2`` is refused."""
-    refuse_exported_program(path, ProviderFileError)
+def has_provider_ending(path):
+    """Whether ``path`` ends in ``.onnx`` after a name (case-insensitive): how a provider file is told."""
     return os.path.splitext(str(path))[1].lower() == ".onnx"
+
+
+def is_provider_file(path):
+    """Whether ``path`` names an ONNX provider file (:func:`has_provider_ending`); a ``.pt2`` is refused."""
+    refuse_exported_program(path, ProviderFileError)
+    return has_provider_ending(path)
 
 
 def _first_line(err):

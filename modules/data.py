@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets.base import TargetDataset, collate
 from datasets.patches import HardPatchDataset
-from datasets.samplers import CyclingSampler, RareClassSampler, ShardSampler, SkipSampler
+from datasets.samplers import CyclingSampler, RareClassSampler, ShardSampler, SkipSampler, drawable_classes
 from datasets.source import GTA5Dataset, SynthiaDataset
 from utils.cli import UserError
 from utils.image_cache import DEFAULT_FOLDER, ResizedImageCache, entry_bytes, size_text
@@ -166,8 +166,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             if self.data.rare_class_sampling or getattr(self.options, "distribution_alignment", False):
                 self.class_counts("train")
             if self.data.rare_class_sampling and self.use_patches:
-                drawable = (self.class_counts("patches") > 0).any(axis=0) & (self.class_counts("train").sum(axis=0) > 0)
-                if not drawable.any():
+                if not drawable_classes(self.class_counts("patches"), self.class_counts("train").sum(axis=0)).any():
                     raise UserError(f"--hard-patches-root {self.options.hard_patches_root}: no hard patch holds a "
                                     "class of the pseudo-labels, so --rare-class-sampling has none to draw")
 

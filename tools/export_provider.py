@@ -103,7 +103,9 @@ def exported_provider(net, full_resolution=False, resize_to=None):
 
 
 def _check_path(path, restore_from, overwrite):
-    if os.path.splitext(path)[1].lower() != ".onnx":  # as models/provider_files.is_provider_file tells
+    from models.provider_files import has_provider_ending
+
+    if not has_provider_ending(path):
         raise UserError(f"--onnx {path}: the name must be NAME.onnx (the stages tell a provider file by its ending)")
     if os.path.isdir(path):
         raise UserError(f"--onnx {path} is a folder: the file to write cannot replace it")
